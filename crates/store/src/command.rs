@@ -1,0 +1,89 @@
+//! The commands replicated through Raft and the state machine's answers to them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where an object lives: its resource (`deployments.apps`, `pods` for the core group), its
+/// namespace (empty for cluster-scoped kinds) and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(resource: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { resource: resource.into(), namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The redb key. Names and namespaces are DNS labels or subdomains, so `/` cannot occur
+    /// inside a part and prefix scans by resource or by resource and namespace are exact.
+    pub fn encode(&self) -> String {
+        format!("{}/{}/{}", self.resource, self.namespace, self.name)
+    }
+
+    pub fn decode(encoded: &str) -> Option<Self> {
+        let mut parts = encoded.splitn(3, '/');
+        Some(Self::new(parts.next()?, parts.next()?, parts.next()?))
+    }
+
+    /// The key prefix of every object of `resource`, optionally only in `namespace`.
+    pub fn prefix(resource: &str, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(namespace) => format!("{resource}/{namespace}/"),
+            None => format!("{resource}/"),
+        }
+    }
+}
+
+/// A write to the object store. The API server prepares the whole object (uid, timestamps,
+/// generation); the state machine checks preconditions against the current state, because only
+/// it sees writes in their final order, and stamps the new revision as `resourceVersion`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Fails with `AlreadyExists` if the key is taken.
+    Create { key: ObjectKey, object: Value },
+    /// Fails with `NotFound`, or `Conflict` when a precondition does not hold.
+    Update { key: ObjectKey, object: Value, precondition: Precondition },
+    /// Fails with `NotFound`, or `Conflict` when a precondition does not hold.
+    Delete { key: ObjectKey, precondition: Precondition },
+}
+
+/// Optimistic-concurrency checks on the object as it is when the write is applied.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Precondition {
+    pub resource_version: Option<u64>,
+    pub uid: Option<String>,
+}
+
+/// The state machine's answer to one command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// The object as stored, with its new `resourceVersion`. For a delete, the last state.
+    Written { revision: u64, object: Value },
+    Rejected(WriteError),
+    /// Entries that carry no command (blank and membership entries).
+    None,
+}
+
+/// Why the state machine refused a command.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("not found")]
+    NotFound,
+    #[error("the object has been modified; please apply your changes to the latest version and try again (current resourceVersion {current}, expected {expected})")]
+    ResourceVersionConflict { current: u64, expected: u64 },
+    #[error("precondition failed: UID in precondition: {expected}, UID in object meta: {current}")]
+    UidConflict { current: String, expected: String },
+}
+
+impl Command {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Command::Create { key, .. } | Command::Update { key, .. } | Command::Delete { key, .. } => key,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! shoal-store: the revisioned object store behind the API server, replicated through openraft.
+//!
+//! Every write is a [`Command`] proposed to Raft; the [`state_machine`] applies it to redb and
+//! assigns the next cluster-wide revision (the objects' `resourceVersion`), and the in-memory
+//! [`history`] keeps recent events for watches. The Raft log and vote live in their own redb file
+//! ([`log_store`]), written by one thread that commits many appends per fsync.
+
+pub mod command;
+pub mod error;
+pub mod history;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+mod store;
+
+pub use command::{Command, CommandResponse, ObjectKey, WriteError};
+pub use error::{Error, Result};
+pub use history::{Event, EventType, WatchError};
+pub use store::{Store, StoreConfig};
+
+openraft::declare_raft_types!(
+    /// The Raft type configuration of Shoal's control plane.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle type for Shoal's control plane.
+pub type Raft = openraft::Raft<TypeConfig>;

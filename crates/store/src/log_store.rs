@@ -1,0 +1,269 @@
+//! The Raft log and vote, persisted in their own redb file by one writer thread.
+//!
+//! openraft hands `append` a callback to call once the entries are on disk. Appends go to a
+//! channel; the writer thread takes everything queued, writes it in one transaction, commits
+//! with one fsync, and then calls every callback: under concurrent load many client writes share
+//! one fsync (group commit). Entries are also kept in memory (the log is compacted after each
+//! snapshot, so this is bounded) so that readers see them as soon as `append` returns, as
+//! openraft requires.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::TypeConfig;
+use crate::error::{Error, Result, db};
+
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const VOTE_KEY: &str = "vote";
+const COMMITTED_KEY: &str = "committed";
+const LAST_PURGED_KEY: &str = "last_purged";
+/// The most operations the writer folds into one transaction.
+const MAX_BATCH: usize = 4096;
+
+type NodeId = u64;
+
+enum WriteOp {
+    Append { entries: Vec<(u64, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
+    SaveMeta { key: &'static str, value: Vec<u8>, reply: Option<oneshot::Sender<Result<(), String>>> },
+    Truncate { from_index: u64, reply: oneshot::Sender<Result<(), String>> },
+    Purge { up_to_index: u64, last_purged: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },
+}
+
+#[derive(Default)]
+struct LogMeta {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+struct Shared {
+    entries: RwLock<BTreeMap<u64, Entry<TypeConfig>>>,
+    meta: Mutex<LogMeta>,
+}
+
+/// The log store handed to openraft. Cloning shares the same log.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log database and starts its writer thread. The thread ends, and
+    /// closes the database, once every clone of the store is dropped; join the returned handle
+    /// to know the file is free again.
+    pub fn open(path: &Path) -> Result<(Self, std::thread::JoinHandle<()>)> {
+        let database = Database::create(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
+        let mut entries = BTreeMap::new();
+        let mut meta = LogMeta::default();
+        {
+            let write = database.begin_write().map_err(db)?;
+            write.open_table(LOGS).map_err(db)?;
+            write.open_table(META).map_err(db)?;
+            write.commit().map_err(db)?;
+            let read = database.begin_read().map_err(db)?;
+            let logs = read.open_table(LOGS).map_err(db)?;
+            for row in logs.range::<u64>(..).map_err(db)? {
+                let (index, bytes) = row.map_err(db)?;
+                let entry: Entry<TypeConfig> = serde_json::from_slice(bytes.value())?;
+                entries.insert(index.value(), entry);
+            }
+            let table = read.open_table(META).map_err(db)?;
+            if let Some(bytes) = table.get(VOTE_KEY).map_err(db)? {
+                meta.vote = Some(serde_json::from_slice(bytes.value())?);
+            }
+            if let Some(bytes) = table.get(COMMITTED_KEY).map_err(db)? {
+                meta.committed = serde_json::from_slice(bytes.value())?;
+            }
+            if let Some(bytes) = table.get(LAST_PURGED_KEY).map_err(db)? {
+                meta.last_purged = serde_json::from_slice(bytes.value())?;
+            }
+        }
+        let (writer, receiver) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(database, receiver))?;
+        let store = Self { shared: Arc::new(Shared { entries: RwLock::new(entries), meta: Mutex::new(meta) }), writer };
+        Ok((store, thread))
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), StorageError<NodeId>> {
+        self.writer.send(op).map_err(|_| StorageIOError::write_logs(&closed()).into())
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, LogMeta> {
+        // Poisoning would need a panic while the small critical sections below hold the lock.
+        self.shared.meta.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn entries_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.shared.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn entries_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.shared.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::other("the raft log writer has stopped")
+}
+
+fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_batch(&database, &batch).map_err(|error| error.to_string());
+        for op in batch {
+            let result = outcome.clone();
+            match op {
+                WriteOp::Append { callback, .. } => {
+                    callback.log_io_completed(result.map_err(std::io::Error::other));
+                }
+                WriteOp::SaveMeta { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                WriteOp::Truncate { reply, .. } | WriteOp::Purge { reply, .. } => {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<()> {
+    let write = database.begin_write().map_err(db)?;
+    {
+        let mut logs = write.open_table(LOGS).map_err(db)?;
+        let mut meta = write.open_table(META).map_err(db)?;
+        for op in batch {
+            match op {
+                WriteOp::Append { entries, .. } => {
+                    for (index, bytes) in entries {
+                        logs.insert(index, bytes.as_slice()).map_err(db)?;
+                    }
+                }
+                WriteOp::SaveMeta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice()).map_err(db)?;
+                }
+                WriteOp::Truncate { from_index, .. } => {
+                    logs.retain_in(*from_index.., |_, _| false).map_err(db)?;
+                }
+                WriteOp::Purge { up_to_index, last_purged, .. } => {
+                    logs.retain_in(..=*up_to_index, |_, _| false).map_err(db)?;
+                    meta.insert(LAST_PURGED_KEY, last_purged.as_slice()).map_err(db)?;
+                }
+            }
+        }
+    }
+    write.commit().map_err(db)?;
+    Ok(())
+}
+
+async fn wait(reply: oneshot::Receiver<Result<(), String>>) -> Result<(), StorageError<NodeId>> {
+    match reply.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(StorageIOError::write_logs(&std::io::Error::other(message)).into()),
+        Err(_) => Err(StorageIOError::write_logs(&closed()).into()),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.entries_read().range(range).map(|(_, entry)| entry.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id = self.meta().last_purged;
+        let last_log_id = self.entries_read().values().next_back().map(|entry| entry.log_id).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let value = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let (reply, receiver) = oneshot::channel();
+        self.send(WriteOp::SaveMeta { key: VOTE_KEY, value, reply: Some(reply) })?;
+        wait(receiver).await?;
+        self.meta().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.meta().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        // The committed index is a hint for faster restarts; it becomes durable with the next
+        // append's fsync, and losing it only means re-deriving it from the log.
+        let value = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.send(WriteOp::SaveMeta { key: COMMITTED_KEY, value, reply: None })?;
+        self.meta().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.meta().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut memory = self.entries_write();
+            for entry in entries {
+                let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+                encoded.push((entry.log_id.index, bytes));
+                memory.insert(entry.log_id.index, entry);
+            }
+        }
+        self.send(WriteOp::Append { entries: encoded, callback })
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.entries_write().retain(|index, _| *index < log_id.index);
+        let (reply, receiver) = oneshot::channel();
+        self.send(WriteOp::Truncate { from_index: log_id.index, reply })?;
+        wait(receiver).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let last_purged = serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        let (reply, receiver) = oneshot::channel();
+        self.send(WriteOp::Purge { up_to_index: log_id.index, last_purged, reply })?;
+        wait(receiver).await?;
+        self.meta().last_purged = Some(log_id);
+        self.entries_write().retain(|index, _| *index > log_id.index);
+        Ok(())
+    }
+}
