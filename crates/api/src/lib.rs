@@ -1,1 +1,22 @@
-//! placeholder
+//! shoal-api: the object model shared by every part of Shoal.
+//!
+//! Objects travel as `serde_json::Value` (what the store keeps and the wire carries); the
+//! Kubernetes types from k8s-openapi are the schema each kind is checked against. This crate
+//! does no IO and knows no async runtime.
+
+pub mod admission;
+pub mod defaults;
+pub mod error;
+pub mod meta;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod table;
+pub mod validation;
+pub mod yaml;
+
+pub use error::{ApiError, FieldError};
+pub use resources::{ResourceInfo, RESOURCES};
+
+/// The Kubernetes release whose types and behaviour Shoal serves.
+pub const KUBERNETES_VERSION: (u32, u32, u32) = (1, 33, 0);

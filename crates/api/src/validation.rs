@@ -1,0 +1,706 @@
+//! Validation: every field error in an object at once, with Kubernetes' field paths and
+//! messages.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::error::FieldError;
+use crate::selector::LabelSelector;
+use crate::ResourceInfo;
+
+const DNS1123_LABEL_MESSAGE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MESSAGE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1035_LABEL_MESSAGE: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+pub fn is_dns1123_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+pub fn is_dns1123_subdomain(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns1123_label)
+}
+
+pub fn is_dns1035_label(text: &str) -> bool {
+    is_dns1123_label(text) && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+}
+
+/// A label or annotation key: an optional DNS subdomain prefix and `/`, then a name of at most
+/// 63 alphanumerics, `-`, `_` or `.` that starts and ends alphanumeric.
+pub fn is_qualified_name(text: &str) -> bool {
+    let (prefix, name) = match text.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, text),
+    };
+    if prefix.is_some_and(|p| !is_dns1123_subdomain(p)) {
+        return false;
+    }
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+pub fn is_label_value(text: &str) -> bool {
+    text.is_empty()
+        || (text.len() <= 63
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && text.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && text.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+}
+
+/// A ConfigMap or Secret key.
+pub fn is_config_key(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && text != "."
+        && text != ".."
+}
+
+/// An IANA service name (a named port).
+fn is_port_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 15
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && text.bytes().any(|b| b.is_ascii_lowercase())
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+        && !text.contains("--")
+}
+
+/// How a kind's names are checked.
+fn name_rule(info: &ResourceInfo) -> (fn(&str) -> bool, &'static str) {
+    match info.kind {
+        "Namespace" => (is_dns1123_label, DNS1123_LABEL_MESSAGE),
+        "Service" => (is_dns1035_label, DNS1035_LABEL_MESSAGE),
+        _ => (is_dns1123_subdomain, DNS1123_SUBDOMAIN_MESSAGE),
+    }
+}
+
+/// Collects field errors in one place.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, error: FieldError) {
+        self.0.push(error);
+    }
+}
+
+fn quoted(value: &str) -> String {
+    format!("\"{value}\"")
+}
+
+/// Validates `object` as a `info` kind. Returns every problem found.
+pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    metadata(info, &object["metadata"], &mut errors);
+    match (info.group, info.kind) {
+        ("", "Pod") => pod_spec(&object["spec"], "spec", &mut errors),
+        ("", "Service") => service(&object["spec"], &mut errors),
+        ("", "ConfigMap") => config_data(object, &["data", "binaryData"], &mut errors),
+        ("", "Secret") => config_data(object, &["data", "stringData"], &mut errors),
+        ("apps", "Deployment") => {
+            workload(&object["spec"], true, &mut errors);
+            deployment_strategy(&object["spec"], &mut errors);
+        }
+        ("apps", "ReplicaSet") => workload(&object["spec"], true, &mut errors),
+        ("apps", "DaemonSet") => workload(&object["spec"], false, &mut errors),
+        ("batch", "Job") => job_spec(&object["spec"], "spec", &mut errors),
+        ("batch", "CronJob") => cron_job(&object["spec"], &mut errors),
+        ("networking.k8s.io", "Ingress") => ingress(&object["spec"], &mut errors),
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa(&object["spec"], &mut errors),
+        _ => {}
+    }
+    errors.0
+}
+
+fn metadata(info: &ResourceInfo, metadata: &Value, errors: &mut Errors) {
+    let (is_valid, message) = name_rule(info);
+    match metadata["name"].as_str() {
+        None | Some("") => errors.push(FieldError::required("metadata.name").with_detail("name or generateName is required")),
+        Some(name) if !is_valid(name) => errors.push(FieldError::invalid("metadata.name", quoted(name), message)),
+        Some(_) => {}
+    }
+    if !info.namespaced && metadata["namespace"].as_str().is_some_and(|ns| !ns.is_empty()) {
+        errors.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+    }
+    labels(&metadata["labels"], "metadata.labels", errors);
+    if let Some(annotations) = metadata["annotations"].as_object() {
+        let mut total = 0;
+        for (key, value) in annotations {
+            if !is_qualified_name(key) {
+                errors.push(FieldError::invalid("metadata.annotations", quoted(key), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+            total += key.len() + value.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            errors.push(FieldError {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: format!("Too long: may not be more than 262144 bytes (got {total})"),
+            });
+        }
+    }
+}
+
+fn labels(labels: &Value, path: &str, errors: &mut Errors) {
+    let Some(labels) = labels.as_object() else { return };
+    for (key, value) in labels {
+        if !is_qualified_name(key) {
+            errors.push(FieldError::invalid(path, quoted(key), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+        match value.as_str() {
+            Some(text) if is_label_value(text) => {}
+            Some(text) => errors.push(FieldError::invalid(format!("{path}"), quoted(text), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")),
+            None => errors.push(FieldError::invalid(path, value, "label values must be strings")),
+        }
+    }
+}
+
+fn non_negative(value: &Value, path: &str, errors: &mut Errors) {
+    if let Some(number) = value.as_i64()
+        && number < 0
+    {
+        errors.push(FieldError::invalid(path, number, "must be greater than or equal to 0"));
+    }
+}
+
+fn selector_and_template(spec: &Value, errors: &mut Errors, selector_required: bool) {
+    let selector = &spec["selector"];
+    let template_labels = spec["template"]["metadata"]["labels"].as_object();
+    if selector.is_null() {
+        if selector_required {
+            errors.push(FieldError::required("spec.selector"));
+        }
+    } else {
+        match LabelSelector::from_object(selector) {
+            Ok(parsed) if parsed.is_empty() => errors.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment")),
+            Ok(parsed) => {
+                if !parsed.matches(template_labels) {
+                    let shown = serde_json::to_string(&spec["template"]["metadata"]["labels"]).unwrap_or_default();
+                    errors.push(FieldError::invalid("spec.template.metadata.labels", shown, "`selector` does not match template `labels`"));
+                }
+            }
+            Err(detail) => errors.push(FieldError::invalid("spec.selector", selector, detail)),
+        }
+    }
+    labels(&spec["template"]["metadata"]["labels"], "spec.template.metadata.labels", errors);
+}
+
+fn workload(spec: &Value, has_replicas: bool, errors: &mut Errors) {
+    if spec.is_null() {
+        errors.push(FieldError::required("spec"));
+        return;
+    }
+    if has_replicas {
+        non_negative(&spec["replicas"], "spec.replicas", errors);
+    }
+    non_negative(&spec["minReadySeconds"], "spec.minReadySeconds", errors);
+    non_negative(&spec["revisionHistoryLimit"], "spec.revisionHistoryLimit", errors);
+    selector_and_template(spec, errors, true);
+    if spec["template"].is_null() {
+        errors.push(FieldError::required("spec.template"));
+    } else {
+        pod_spec(&spec["template"]["spec"], "spec.template.spec", errors);
+        if let Some(policy) = spec["template"]["spec"]["restartPolicy"].as_str()
+            && policy != "Always"
+        {
+            errors.push(FieldError::not_supported("spec.template.spec.restartPolicy", policy, &["Always"]));
+        }
+    }
+}
+
+fn deployment_strategy(spec: &Value, errors: &mut Errors) {
+    let strategy = &spec["strategy"];
+    match strategy["type"].as_str() {
+        Some("RollingUpdate") | None => {
+            let rolling = &strategy["rollingUpdate"];
+            let zero = |v: &Value| v.as_i64() == Some(0) || v.as_str() == Some("0%") || v.as_str() == Some("0");
+            if zero(&rolling["maxUnavailable"]) && zero(&rolling["maxSurge"]) {
+                errors.push(FieldError::invalid("spec.strategy.rollingUpdate.maxUnavailable", &rolling["maxUnavailable"], "may not be 0 when `maxSurge` is 0"));
+            }
+            for field in ["maxUnavailable", "maxSurge"] {
+                int_or_percent(&rolling[field], &format!("spec.strategy.rollingUpdate.{field}"), errors);
+            }
+        }
+        Some("Recreate") => {
+            if !strategy["rollingUpdate"].is_null() {
+                errors.push(FieldError::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+            }
+        }
+        Some(other) => errors.push(FieldError::not_supported("spec.strategy.type", other, &["Recreate", "RollingUpdate"])),
+    }
+}
+
+fn int_or_percent(value: &Value, path: &str, errors: &mut Errors) {
+    match value {
+        Value::Null => {}
+        Value::Number(n) if n.as_i64().is_some_and(|n| n >= 0) => {}
+        Value::String(text) => {
+            let valid = text.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100);
+            if !valid {
+                errors.push(FieldError::invalid(path, quoted(text), "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
+            }
+        }
+        other => errors.push(FieldError::invalid(path, other, "must be greater than or equal to 0")),
+    }
+}
+
+/// Validates a pod spec at `path`.
+pub fn pod_spec(spec: &Value, path: &str, errors_out: &mut impl Extend<FieldError>) {
+    let mut errors = Errors::default();
+    pod_spec_into(spec, path, &mut errors);
+    errors_out.extend(errors.0);
+}
+
+impl Extend<FieldError> for Errors {
+    fn extend<T: IntoIterator<Item = FieldError>>(&mut self, iter: T) {
+        self.0.extend(iter);
+    }
+}
+
+fn pod_spec_into(spec: &Value, path: &str, errors: &mut Errors) {
+    if spec.is_null() {
+        errors.push(FieldError::required(path));
+        return;
+    }
+    let mut names = HashSet::new();
+    let containers = spec["containers"].as_array();
+    if containers.is_none_or(|c| c.is_empty()) {
+        errors.push(FieldError::required(format!("{path}.containers")));
+    }
+    for list in ["initContainers", "containers"] {
+        for (index, container) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let at = format!("{path}.{list}[{index}]");
+            match container["name"].as_str() {
+                None | Some("") => errors.push(FieldError::required(format!("{at}.name"))),
+                Some(name) if !is_dns1123_label(name) => errors.push(FieldError::invalid(format!("{at}.name"), quoted(name), DNS1123_LABEL_MESSAGE)),
+                Some(name) => {
+                    if !names.insert(name.to_owned()) {
+                        errors.push(FieldError::duplicate(format!("{at}.name"), quoted(name)));
+                    }
+                }
+            }
+            if container["image"].as_str().is_none_or(|image| image.trim().is_empty()) {
+                errors.push(FieldError::required(format!("{at}.image")));
+            }
+            let mut port_names = HashSet::new();
+            for (port_index, port) in container["ports"].as_array().into_iter().flatten().enumerate() {
+                let port_path = format!("{at}.ports[{port_index}]");
+                port_number(&port["containerPort"], &format!("{port_path}.containerPort"), true, errors);
+                port_number(&port["hostPort"], &format!("{port_path}.hostPort"), false, errors);
+                protocol(&port["protocol"], &format!("{port_path}.protocol"), errors);
+                if let Some(name) = port["name"].as_str() {
+                    if !is_port_name(name) {
+                        errors.push(FieldError::invalid(format!("{port_path}.name"), quoted(name), "must be no more than 15 characters, contain only lowercase alphanumeric characters or '-', and contain at least one letter"));
+                    } else if !port_names.insert(name.to_owned()) {
+                        errors.push(FieldError::duplicate(format!("{port_path}.name"), quoted(name)));
+                    }
+                }
+            }
+            for (env_index, variable) in container["env"].as_array().into_iter().flatten().enumerate() {
+                if variable["name"].as_str().is_none_or(str::is_empty) {
+                    errors.push(FieldError::required(format!("{at}.env[{env_index}].name")));
+                }
+            }
+            if let Some(policy) = container["imagePullPolicy"].as_str()
+                && !["Always", "IfNotPresent", "Never"].contains(&policy)
+            {
+                errors.push(FieldError::not_supported(format!("{at}.imagePullPolicy"), policy, &["Always", "IfNotPresent", "Never"]));
+            }
+        }
+    }
+    if let Some(policy) = spec["restartPolicy"].as_str()
+        && !["Always", "OnFailure", "Never"].contains(&policy)
+    {
+        errors.push(FieldError::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+    }
+    if let Some(policy) = spec["dnsPolicy"].as_str()
+        && !["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"].contains(&policy)
+    {
+        errors.push(FieldError::not_supported(format!("{path}.dnsPolicy"), policy, &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
+    }
+    non_negative(&spec["terminationGracePeriodSeconds"], &format!("{path}.terminationGracePeriodSeconds"), errors);
+    let mut volume_names = HashSet::new();
+    for (index, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        match volume["name"].as_str() {
+            Some(name) if is_dns1123_label(name) => {
+                if !volume_names.insert(name.to_owned()) {
+                    errors.push(FieldError::duplicate(format!("{path}.volumes[{index}].name"), quoted(name)));
+                }
+            }
+            Some(name) => errors.push(FieldError::invalid(format!("{path}.volumes[{index}].name"), quoted(name), DNS1123_LABEL_MESSAGE)),
+            None => errors.push(FieldError::required(format!("{path}.volumes[{index}].name"))),
+        }
+    }
+}
+
+fn port_number(value: &Value, path: &str, required: bool, errors: &mut Errors) {
+    match value.as_i64() {
+        Some(port) if (1..=65535).contains(&port) => {}
+        Some(0) if !required => {}
+        Some(port) => errors.push(FieldError::invalid(path, port, "must be between 1 and 65535, inclusive")),
+        None if required => errors.push(FieldError::required(path)),
+        None => {}
+    }
+}
+
+fn protocol(value: &Value, path: &str, errors: &mut Errors) {
+    if let Some(protocol) = value.as_str()
+        && !["TCP", "UDP", "SCTP"].contains(&protocol)
+    {
+        errors.push(FieldError::not_supported(path, protocol, &["SCTP", "TCP", "UDP"]));
+    }
+}
+
+fn service(spec: &Value, errors: &mut Errors) {
+    let service_type = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&service_type) {
+        errors.push(FieldError::not_supported("spec.type", service_type, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+    }
+    if service_type == "ExternalName" {
+        if spec["externalName"].as_str().is_none_or(str::is_empty) {
+            errors.push(FieldError::required("spec.externalName"));
+        }
+        return;
+    }
+    let ports = spec["ports"].as_array();
+    if ports.is_none_or(|p| p.is_empty()) && spec["clusterIP"].as_str() != Some("None") {
+        errors.push(FieldError::required("spec.ports"));
+    }
+    let ports = ports.map(Vec::as_slice).unwrap_or_default();
+    let mut names = HashSet::new();
+    for (index, port) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{index}]");
+        match port["name"].as_str() {
+            Some(name) if !name.is_empty() => {
+                if !is_dns1123_label(name) {
+                    errors.push(FieldError::invalid(format!("{at}.name"), quoted(name), DNS1123_LABEL_MESSAGE));
+                } else if !names.insert(name.to_owned()) {
+                    errors.push(FieldError::duplicate(format!("{at}.name"), quoted(name)));
+                }
+            }
+            _ if ports.len() > 1 => errors.push(FieldError::required(format!("{at}.name"))),
+            _ => {}
+        }
+        port_number(&port["port"], &format!("{at}.port"), true, errors);
+        protocol(&port["protocol"], &format!("{at}.protocol"), errors);
+        match &port["targetPort"] {
+            Value::Number(n) if n.as_i64().is_some_and(|p| (1..=65535).contains(&p)) => {}
+            Value::String(name) if is_port_name(name) => {}
+            Value::Null => {}
+            other => errors.push(FieldError::invalid(format!("{at}.targetPort"), other, "must be between 1 and 65535, inclusive, or a valid port name")),
+        }
+        if let Some(node_port) = port["nodePort"].as_i64() {
+            if service_type == "ClusterIP" {
+                errors.push(FieldError::forbidden(format!("{at}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            } else if !(30000..=32767).contains(&node_port) {
+                errors.push(FieldError::invalid(format!("{at}.nodePort"), node_port, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+            }
+        }
+    }
+    labels(&spec["selector"], "spec.selector", errors);
+    if let Some(affinity) = spec["sessionAffinity"].as_str()
+        && !["None", "ClientIP"].contains(&affinity)
+    {
+        errors.push(FieldError::not_supported("spec.sessionAffinity", affinity, &["ClientIP", "None"]));
+    }
+}
+
+fn config_data(object: &Value, fields: &[&str], errors: &mut Errors) {
+    let mut seen = HashSet::new();
+    let mut total = 0usize;
+    for field in fields {
+        for (key, value) in object[*field].as_object().into_iter().flatten() {
+            if !is_config_key(key) {
+                errors.push(FieldError::invalid(format!("{field}"), quoted(key), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            }
+            if !seen.insert(key.clone()) && *field != "stringData" {
+                errors.push(FieldError::duplicate(format!("{field}[{key}]"), "duplicate of key present in another data field"));
+            }
+            total += value.as_str().map_or(0, str::len);
+        }
+    }
+    if total > 1024 * 1024 {
+        errors.push(FieldError {
+            reason: "FieldValueTooLong",
+            field: fields[0].into(),
+            message: format!("Too long: may not be more than 1048576 bytes (got {total})"),
+        });
+    }
+}
+
+fn job_spec(spec: &Value, path: &str, errors: &mut Errors) {
+    if spec.is_null() {
+        errors.push(FieldError::required(path));
+        return;
+    }
+    for field in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+        non_negative(&spec[field], &format!("{path}.{field}"), errors);
+    }
+    let template = &spec["template"];
+    if template.is_null() {
+        errors.push(FieldError::required(format!("{path}.template")));
+        return;
+    }
+    if path == "spec"
+        && let Ok(selector) = LabelSelector::from_object(&spec["selector"])
+        && !spec["selector"].is_null()
+        && !selector.matches(template["metadata"]["labels"].as_object())
+    {
+        let shown = serde_json::to_string(&template["metadata"]["labels"]).unwrap_or_default();
+        errors.push(FieldError::invalid("spec.template.metadata.labels", shown, "`selector` does not match template `labels`"));
+    }
+    pod_spec_into(&template["spec"], &format!("{path}.template.spec"), errors);
+    match template["spec"]["restartPolicy"].as_str() {
+        Some("OnFailure") | Some("Never") => {}
+        Some(other) => errors.push(FieldError::not_supported(format!("{path}.template.spec.restartPolicy"), other, &["OnFailure", "Never"])),
+        None => errors.push(FieldError::required(format!("{path}.template.spec.restartPolicy"))),
+    }
+}
+
+fn cron_job(spec: &Value, errors: &mut Errors) {
+    match spec["schedule"].as_str() {
+        None | Some("") => errors.push(FieldError::required("spec.schedule")),
+        Some(schedule) => {
+            if let Err(detail) = check_cron(schedule) {
+                errors.push(FieldError::invalid("spec.schedule", quoted(schedule), detail));
+            }
+        }
+    }
+    if let Some(policy) = spec["concurrencyPolicy"].as_str()
+        && !["Allow", "Forbid", "Replace"].contains(&policy)
+    {
+        errors.push(FieldError::not_supported("spec.concurrencyPolicy", policy, &["Allow", "Forbid", "Replace"]));
+    }
+    job_spec(&spec["jobTemplate"]["spec"], "spec.jobTemplate.spec", errors);
+}
+
+/// Checks a five-field cron expression (or one of the `@hourly`-style macros).
+pub fn check_cron(schedule: &str) -> Result<(), String> {
+    let schedule = schedule.trim();
+    let schedule = schedule.strip_prefix("TZ=").map_or(schedule, |rest| rest.split_once(' ').map_or("", |(_, s)| s));
+    if ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"].contains(&schedule) {
+        return Ok(());
+    }
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("expected exactly 5 fields, found {}: {schedule}", fields.len()));
+    }
+    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    for (field, (low, high)) in fields.iter().zip(ranges) {
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            if let Some(step) = step
+                && step.parse::<u32>().map_or(true, |s| s == 0)
+            {
+                return Err(format!("invalid step in \"{item}\""));
+            }
+            if range == "*" || range == "?" {
+                continue;
+            }
+            let bounds: Vec<&str> = range.split('-').collect();
+            for bound in &bounds {
+                let named = matches!(bound.to_ascii_lowercase().as_str(), "jan" | "feb" | "mar" | "apr" | "may" | "jun" | "jul" | "aug" | "sep" | "oct" | "nov" | "dec" | "sun" | "mon" | "tue" | "wed" | "thu" | "fri" | "sat");
+                if !named && bound.parse::<u32>().map_or(true, |n| n < low || n > high) {
+                    return Err(format!("value \"{bound}\" out of range [{low}, {high}]"));
+                }
+            }
+            if bounds.len() > 2 {
+                return Err(format!("invalid range \"{range}\""));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ingress(spec: &Value, errors: &mut Errors) {
+    if spec.is_null() {
+        errors.push(FieldError::required("spec"));
+        return;
+    }
+    let backend = |backend: &Value, path: &str, errors: &mut Errors| {
+        let service = &backend["service"];
+        if service.is_null() && backend["resource"].is_null() {
+            errors.push(FieldError::required(format!("{path}.service")));
+            return;
+        }
+        if !service.is_null() {
+            if service["name"].as_str().is_none_or(str::is_empty) {
+                errors.push(FieldError::required(format!("{path}.service.name")));
+            }
+            let port = &service["port"];
+            if port["number"].is_null() && port["name"].is_null() {
+                errors.push(FieldError::required(format!("{path}.service.port")));
+            }
+            if let Some(number) = port["number"].as_i64()
+                && !(1..=65535).contains(&number)
+            {
+                errors.push(FieldError::invalid(format!("{path}.service.port.number"), number, "must be between 1 and 65535, inclusive"));
+            }
+        }
+    };
+    if !spec["defaultBackend"].is_null() {
+        backend(&spec["defaultBackend"], "spec.defaultBackend", errors);
+    }
+    for (index, rule) in spec["rules"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("spec.rules[{index}]");
+        if let Some(host) = rule["host"].as_str() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if !is_dns1123_subdomain(bare) || host.contains(':') {
+                errors.push(FieldError::invalid(format!("{at}.host"), quoted(host), DNS1123_SUBDOMAIN_MESSAGE));
+            }
+        }
+        let paths = rule["http"]["paths"].as_array();
+        if !rule["http"].is_null() && paths.is_none_or(|p| p.is_empty()) {
+            errors.push(FieldError::required(format!("{at}.http.paths")));
+        }
+        for (path_index, path) in paths.into_iter().flatten().enumerate() {
+            let path_at = format!("{at}.http.paths[{path_index}]");
+            let path_type = path["pathType"].as_str();
+            match path_type {
+                None => errors.push(FieldError::required(format!("{path_at}.pathType")).with_detail("pathType must be specified")),
+                Some("Exact") | Some("Prefix") | Some("ImplementationSpecific") => {}
+                Some(other) => errors.push(FieldError::not_supported(format!("{path_at}.pathType"), other, &["Exact", "ImplementationSpecific", "Prefix"])),
+            }
+            if let Some(text) = path["path"].as_str() {
+                if !text.starts_with('/') && path_type != Some("ImplementationSpecific") {
+                    errors.push(FieldError::invalid(format!("{path_at}.path"), quoted(text), "must be an absolute path"));
+                }
+            } else if path_type != Some("ImplementationSpecific") {
+                errors.push(FieldError::required(format!("{path_at}.path")));
+            }
+            backend(&path["backend"], &format!("{path_at}.backend"), errors);
+        }
+    }
+    for (index, tls) in spec["tls"].as_array().into_iter().flatten().enumerate() {
+        for (host_index, host) in tls["hosts"].as_array().into_iter().flatten().enumerate() {
+            let host = host.as_str().unwrap_or_default();
+            if !is_dns1123_subdomain(host.strip_prefix("*.").unwrap_or(host)) {
+                errors.push(FieldError::invalid(format!("spec.tls[{index}].hosts[{host_index}]"), quoted(host), DNS1123_SUBDOMAIN_MESSAGE));
+            }
+        }
+    }
+}
+
+fn hpa(spec: &Value, errors: &mut Errors) {
+    let target = &spec["scaleTargetRef"];
+    if target["kind"].as_str().is_none_or(str::is_empty) {
+        errors.push(FieldError::required("spec.scaleTargetRef.kind"));
+    }
+    if target["name"].as_str().is_none_or(str::is_empty) {
+        errors.push(FieldError::required("spec.scaleTargetRef.name"));
+    }
+    let min = spec["minReplicas"].as_i64().unwrap_or(1);
+    match spec["maxReplicas"].as_i64() {
+        None => errors.push(FieldError::required("spec.maxReplicas")),
+        Some(max) if max < 1 => errors.push(FieldError::invalid("spec.maxReplicas", max, "must be greater than or equal to 1")),
+        Some(max) if max < min => errors.push(FieldError::invalid("spec.maxReplicas", max, "must be greater than or equal to `minReplicas`")),
+        Some(_) => {}
+    }
+    if min < 0 {
+        errors.push(FieldError::invalid("spec.minReplicas", min, "must be greater than or equal to 0"));
+    }
+}
+
+impl FieldError {
+    /// Replaces the message of a `Required value` error with a fuller explanation.
+    pub fn with_detail(mut self, detail: &str) -> Self {
+        self.message = format!("{}: {detail}", self.message);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::by_name;
+    use serde_json::json;
+
+    fn fields(kind: &str, object: Value) -> Vec<String> {
+        let info = by_name(kind).expect("served");
+        let mut object = object;
+        crate::defaults::apply(info, &mut object);
+        validate(info, &object).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(is_dns1123_subdomain("web.example-1"));
+        assert!(!is_dns1123_subdomain("Web"));
+        assert!(!is_dns1123_label("a.b"));
+        assert!(!is_dns1035_label("1abc"));
+        assert!(is_qualified_name("app.kubernetes.io/name"));
+        assert!(!is_qualified_name("-x"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("a b"));
+    }
+
+    #[test]
+    fn a_broken_deployment_reports_every_error_at_once() {
+        let errors = fields("deployment", json!({
+            "metadata": {"name": "Web_1", "labels": {"ok": "bad value"}},
+            "spec": {"replicas": -1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "other"}},
+                    "spec": {"containers": [{"name": "app"}, {"name": "app", "image": "x", "ports": [{"containerPort": 70000}]}]}}}
+        }));
+        for expected in [
+            "metadata.name",
+            "metadata.labels",
+            "spec.replicas",
+            "spec.template.metadata.labels",
+            "spec.template.spec.containers[0].image",
+            "spec.template.spec.containers[1].name",
+            "spec.template.spec.containers[1].ports[0].containerPort",
+        ] {
+            assert!(errors.contains(&expected.to_owned()), "missing {expected} in {errors:?}");
+        }
+    }
+
+    #[test]
+    fn a_valid_deployment_has_no_errors() {
+        let errors = fields("deployment", json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "shoal.local/samples/hello:latest"}]}}}
+        }));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn service_ports_are_checked() {
+        let errors = fields("service", json!({"metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 0}, {"name": "b", "port": 80, "protocol": "HTTP", "nodePort": 31000}]}}));
+        assert_eq!(errors, vec!["metadata.name", "spec.ports[0].name", "spec.ports[0].port", "spec.ports[0].targetPort", "spec.ports[1].protocol", "spec.ports[1].nodePort"]);
+    }
+
+    #[test]
+    fn jobs_need_a_terminating_restart_policy() {
+        let errors = fields("job", json!({"metadata": {"name": "j", "uid": "u"}, "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}}}));
+        assert_eq!(errors, vec!["spec.template.spec.restartPolicy"]);
+    }
+
+    #[test]
+    fn cron_schedules() {
+        assert!(check_cron("*/5 * * * *").is_ok());
+        assert!(check_cron("0 9-17 * * mon-fri").is_ok());
+        assert!(check_cron("@hourly").is_ok());
+        assert!(check_cron("61 * * * *").is_err());
+        assert!(check_cron("* * *").is_err());
+    }
+
+    #[test]
+    fn ingress_paths_need_a_type_and_a_backend() {
+        let errors = fields("ingress", json!({"metadata": {"name": "i"}, "spec": {"rules": [{"host": "hello.localhost", "http": {"paths": [{"path": "/", "backend": {"service": {"name": "hello"}}}]}}]}}));
+        assert_eq!(errors, vec!["spec.rules[0].http.paths[0].pathType", "spec.rules[0].http.paths[0].backend.service.port"]);
+    }
+}
