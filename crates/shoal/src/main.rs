@@ -1,1 +1,112 @@
-fn main(){}
+//! The `shoal` binary: argument parsing and dispatch to the server and client commands.
+
+mod apply;
+mod describe;
+mod get;
+mod output;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_client::Client;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Run WebAssembly workloads with Kubernetes' model, in one binary")]
+struct Cli {
+    /// Path to the kubeconfig (otherwise $KUBECONFIG, then ./.shoal/admin.kubeconfig).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// API server URL, overriding the kubeconfig's.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane in the foreground.
+    Server(server::ServerArgs),
+    /// Run a single-node development cluster and apply manifests (default: the sample app).
+    Up(server::UpArgs),
+    /// Create or update objects from manifests.
+    Apply(apply::ApplyArgs),
+    /// List or show objects.
+    Get(get::GetArgs),
+    /// Show an object in detail, with its events.
+    Describe(describe::DescribeArgs),
+    /// Delete objects by kind and name, or those in manifests.
+    Delete(apply::DeleteArgs),
+    /// Create an object imperatively.
+    Create {
+        #[command(subcommand)]
+        what: CreateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreateCommand {
+    /// Create a namespace.
+    Namespace { name: String },
+}
+
+/// Finds the kubeconfig as documented on `--kubeconfig`.
+fn kubeconfig_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).map(|v| {
+        // Like kubectl, take the first file of a colon-separated list.
+        PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or_default().to_owned())
+    }))
+    .unwrap_or_else(|| PathBuf::from(".shoal/admin.kubeconfig"))
+}
+
+fn client(cli_kubeconfig: Option<PathBuf>, server: Option<&str>) -> anyhow::Result<Client> {
+    let path = kubeconfig_path(cli_kubeconfig);
+    Ok(Client::from_kubeconfig(&path, server)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_server = matches!(cli.command, Command::Server(_) | Command::Up(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if is_server { "info,openraft=warn" } else { "warn" })
+        }))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            output::print_error(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let server = cli.server.as_deref();
+    match cli.command {
+        Command::Server(args) => server::run_server(args).await,
+        Command::Up(args) => server::run_up(args).await,
+        Command::Apply(args) => apply::apply(&client(cli.kubeconfig, server)?, args).await,
+        Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
+        Command::Describe(args) => describe::describe(&client(cli.kubeconfig, server)?, args).await,
+        Command::Delete(args) => apply::delete(&client(cli.kubeconfig, server)?, args).await,
+        Command::Create { what: CreateCommand::Namespace { name } } => {
+            let client = client(cli.kubeconfig, server)?;
+            let info = shoal_api::resources::by_name("namespace").expect("namespaces are served");
+            let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            client.create(info, None, &object, "shoal-create").await?;
+            println!("namespace/{name} created");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

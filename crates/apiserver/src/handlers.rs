@@ -1,0 +1,450 @@
+//! The HTTP face of the API: authentication, routing, the REST verbs, watch streams, Tables
+//! and discovery. Every failure leaves here as a Kubernetes `Status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use shoal_api::admission::FieldValidation;
+use shoal_api::resources::{self, RESOURCES, ResourceInfo};
+use shoal_api::selector::{FieldSelector, LabelSelector};
+use shoal_api::{ApiError, meta, table};
+use shoal_store::WatchError;
+
+use crate::AppState;
+use crate::objects::{self, DeleteOptions, PatchType, UpdateScope, with_type};
+use crate::request::{self, MAX_BODY_BYTES, Query, Route, Target};
+
+pub fn error_response(error: &ApiError) -> Response {
+    let code = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &error.to_status())
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - \"{}\"", warning.replace('"', "'"));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+/// Whether the request carries a valid bearer token.
+fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    let token = token.trim().as_bytes();
+    [&state.credentials.admin_token, &state.credentials.node_token].iter().any(|known| constant_time_eq(known.as_bytes(), token))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn version() -> Response {
+    let (major, minor, patch) = shoal_api::KUBERNETES_VERSION;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": major.to_string(),
+            "minor": minor.to_string(),
+            "gitVersion": format!("v{major}.{minor}.{patch}+shoal.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+        }),
+    )
+}
+
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// Everything under `/api` and `/apis`.
+pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    if !authenticated(&state, &headers) {
+        return error_response(&ApiError::unauthorized());
+    }
+    let body = match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return error_response(&ApiError::too_large(format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes")));
+            }
+            return error_response(&ApiError::bad_request(format!("reading the request body: {error}")));
+        }
+    };
+    let query = Query::parse(uri.query());
+    let result = match request::route(uri.path()) {
+        Ok(Route::Discovery { group, version, legacy_core }) if method == Method::GET => discovery(group, version, legacy_core),
+        Ok(Route::Discovery { .. }) => Err(ApiError::method_not_allowed(method.as_str())),
+        Ok(Route::Resource(target)) => resource(&state, &method, &headers, &query, target, &body).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| {
+        accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
+    })
+}
+
+async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, query: &Query, target: Target, body: &Bytes) -> Result<Response, ApiError> {
+    let info = target.info;
+    let namespace = target.namespace.as_deref();
+    let validation = FieldValidation::parse(query.get("fieldValidation"))?;
+    let dry_run = query.dry_run()?;
+    let scope = match target.subresource.as_deref() {
+        Some("status") => UpdateScope::Status,
+        _ => UpdateScope::Main,
+    };
+    match (method.clone(), target.name.as_deref()) {
+        (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace),
+        (Method::GET, None) => list(state, headers, query, info, namespace),
+        (Method::GET, Some(name)) => {
+            let object = with_type(info, objects::get(state, info, namespace, name)?);
+            if wants_table(headers) {
+                return Ok(json_response(StatusCode::OK, &table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true)));
+            }
+            Ok(json_response(StatusCode::OK, &object))
+        }
+        (Method::POST, None) => {
+            if info.namespaced && namespace.is_none() {
+                return Err(ApiError::method_not_allowed("POST"));
+            }
+            let object = request::decode_body(headers, body)?;
+            let written = objects::create(state, info, namespace, object, validation, dry_run).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &with_type(info, written.object)), &written.warnings))
+        }
+        (Method::PUT, Some(name)) => {
+            let desired = request::decode_body(headers, body)?;
+            let current = objects::get(state, info, namespace, name)?;
+            let precondition = shoal_store::command::Precondition { resource_version: meta::resource_version(&desired), uid: None };
+            let written = objects::update(state, info, namespace, name, &current, desired, scope, precondition, validation, dry_run).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
+        }
+        (Method::PATCH, Some(name)) => {
+            let patch_type = match request::content_type(headers).as_str() {
+                "application/merge-patch+json" => PatchType::Merge,
+                "application/json-patch+json" => PatchType::Json,
+                "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
+                    return Err(ApiError::unsupported_media_type(
+                        "strategic merge patch and server-side apply are not supported by this server yet; use a JSON merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
+                    ));
+                }
+                other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/merge-patch+json or application/json-patch+json"))),
+            };
+            let patch = request::decode_body(headers, body)?;
+            let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, validation, dry_run).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
+        }
+        (Method::DELETE, Some(name)) => {
+            let body_value = if body.is_empty() { json!({}) } else { request::decode_body(headers, body)? };
+            let mut options = DeleteOptions::from_body(&body_value)?;
+            if let Some(grace) = query.number("gracePeriodSeconds")? {
+                options.grace_period_seconds = Some(grace);
+            }
+            if let Some(policy) = query.get("propagationPolicy") {
+                options.propagation_policy = Some(policy.to_owned());
+            }
+            options.dry_run |= dry_run;
+            let deleted = objects::delete(state, info, namespace, name, &options).await?;
+            Ok(json_response(StatusCode::OK, &with_type(info, deleted)))
+        }
+        (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+    }
+}
+
+/// Label and field selectors from the query, checked against the kind.
+fn selectors(query: &Query, info: &ResourceInfo) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), info.kind)?;
+    Ok((labels, fields))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    #[serde(rename = "rv")]
+    revision: u64,
+    #[serde(rename = "start")]
+    start_after: String,
+}
+
+fn list(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'static ResourceInfo, namespace: Option<&str>) -> Result<Response, ApiError> {
+    let (labels, fields) = selectors(query, info)?;
+    let limit = query.number("limit")?.filter(|l| *l > 0).map(|l| l as usize);
+    let start_after = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<ContinueToken>(&bytes).ok())
+                .ok_or_else(|| ApiError::bad_request("the provided continue parameter is not valid"))?;
+            Some(decoded.start_after)
+        }
+        None => None,
+    };
+    let filter = |object: &Value| labels.matches(meta::labels(object)) && fields.matches(object);
+    let listed = state
+        .store
+        .list(&info.group_resource(), namespace, start_after.as_deref(), limit, &filter)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let items: Vec<Value> = listed.items.into_iter().map(|o| with_type(info, o)).collect();
+    if wants_table(headers) {
+        let mut table = table_of(info, &items, listed.revision, true);
+        if let Some(next) = &listed.continue_after {
+            table["metadata"]["continue"] = json!(encode_continue(listed.revision, next));
+        }
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    let mut metadata = json!({"resourceVersion": listed.revision.to_string()});
+    if let Some(next) = &listed.continue_after {
+        metadata["continue"] = json!(encode_continue(listed.revision, next));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": metadata, "items": items})))
+}
+
+fn encode_continue(revision: u64, start_after: &str) -> String {
+    use base64::Engine;
+    let token = serde_json::to_vec(&ContinueToken { revision, start_after: start_after.to_owned() }).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+}
+
+/// A `meta.k8s.io/v1` Table of `objects`.
+fn table_of(info: &ResourceInfo, objects: &[Value], revision: u64, with_definitions: bool) -> Value {
+    let now = jiff::Timestamp::now();
+    let columns = table::columns(info);
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| {
+            let name = title_case(c.name);
+            json!({"name": name, "type": "string", "format": if c.name == "NAME" { "name" } else { "" }, "description": "", "priority": c.priority})
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|object| {
+            json!({"cells": table::row(info, object, now), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"].clone()}})
+        })
+        .collect();
+    let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": revision.to_string()}, "rows": rows});
+    if with_definitions {
+        table["columnDefinitions"] = Value::Array(definitions);
+    }
+    table
+}
+
+/// `UP-TO-DATE` → `Up-to-date`, as kube-apiserver names its columns (kubectl upper-cases them).
+fn title_case(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let mut characters = lower.chars();
+    match characters.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + characters.as_str(),
+        None => String::new(),
+    }
+}
+
+/// The watch stream: chunked JSON lines, one event each.
+fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'static ResourceInfo, namespace: Option<&str>) -> Result<Response, ApiError> {
+    let (labels, fields) = selectors(query, info)?;
+    let as_table = wants_table(headers);
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let timeout = match query.number("timeoutSeconds")? {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
+        // kube-apiserver holds watches without a timeout for 30 to 60 minutes.
+        _ => Duration::from_secs(1800 + rand::random_range(0..1800)),
+    };
+    let resource = info.group_resource();
+    let namespace = namespace.map(str::to_owned);
+    let requested = query.get("resourceVersion").filter(|rv| !rv.is_empty()).map(str::to_owned);
+    let matches = move |object: &Value| labels.matches(meta::labels(object)) && fields.matches(object);
+
+    // Where the stream starts: after the given revision, or after an initial listing sent as
+    // ADDED events when none (or "0") is given.
+    let mut initial = Vec::new();
+    let start = match requested.as_deref() {
+        None | Some("0") => {
+            let listed = state
+                .store
+                .list(&resource, namespace.as_deref(), None, None, &|o| matches(o))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            initial = listed.items;
+            listed.revision
+        }
+        Some(text) => text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))?,
+    };
+    let watcher = state.store.watch(start);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        let encode = |event_type: &str, object: Value| -> Bytes {
+            let object = if as_table { table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true) } else { object };
+            let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+            line.push(b'\n');
+            Bytes::from(line)
+        };
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(WatchError::Expired { requested, oldest }) => {
+                let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
+                let _ = sender.send(Ok(encode("ERROR", status))).await;
+                return;
+            }
+        };
+        for object in initial {
+            if sender.send(Ok(encode("ADDED", with_type(info, object)))).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut bookmark_timer = tokio::time::interval(Duration::from_secs(60));
+        bookmark_timer.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = shutdown.cancelled() => return,
+                _ = sender.closed() => return,
+                _ = bookmark_timer.tick(), if bookmarks => {
+                    let revision = watcher.last_revision();
+                    let bookmark = json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": revision.to_string(), "annotations": {"k8s.io/initial-events-end": "false"}}});
+                    if sender.send(Ok(encode("BOOKMARK", bookmark))).await.is_err() {
+                        return;
+                    }
+                }
+                batch = watcher.next_batch() => {
+                    let events = match batch {
+                        Ok(events) => events,
+                        Err(WatchError::Expired { requested, oldest }) => {
+                            let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
+                            let _ = sender.send(Ok(encode("ERROR", status))).await;
+                            return;
+                        }
+                    };
+                    for event in events {
+                        if event.key.resource != resource || namespace.as_deref().is_some_and(|ns| ns != event.key.namespace) {
+                            continue;
+                        }
+                        if !matches(&event.object) {
+                            continue;
+                        }
+                        let object = with_type(info, Value::clone(&event.object));
+                        if sender.send(Ok(encode(event.event_type.as_str(), object))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    Ok(response.into_response())
+}
+
+fn verbs(info: &ResourceInfo) -> Value {
+    let _ = info;
+    json!(["create", "delete", "get", "list", "patch", "update", "watch"])
+}
+
+/// Legacy discovery documents (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList`).
+fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) -> Result<Response, ApiError> {
+    let body = match (group.as_deref(), version.as_deref()) {
+        (None, None) if legacy_core => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+        (None, None) => {
+            let groups: Vec<Value> = resources::groups().into_iter().map(group_document).collect();
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        }
+        (Some(group), None) => {
+            if !resources::groups().contains(&group) {
+                return Err(ApiError::path_not_found());
+            }
+            let mut document = group_document(resources::groups().into_iter().find(|g| *g == group).unwrap_or_default());
+            document["kind"] = json!("APIGroup");
+            document["apiVersion"] = json!("v1");
+            document
+        }
+        (Some(group), Some(version)) => {
+            let served: Vec<&ResourceInfo> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+            if served.is_empty() {
+                return Err(ApiError::path_not_found());
+            }
+            let mut listed = Vec::new();
+            for info in served {
+                listed.push(json!({
+                    "name": info.plural, "singularName": info.singular, "namespaced": info.namespaced, "kind": info.kind,
+                    "verbs": verbs(info), "shortNames": info.short_names, "categories": info.categories,
+                }));
+                if info.has_status {
+                    listed.push(json!({"name": format!("{}/status", info.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}));
+                }
+            }
+            let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": listed})
+        }
+        _ => return Err(ApiError::path_not_found()),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn group_document(group: &str) -> Value {
+    let versions: Vec<&str> = {
+        let mut versions = Vec::new();
+        for info in RESOURCES.iter().filter(|r| r.group == group) {
+            if !versions.contains(&info.version) {
+                versions.push(info.version);
+            }
+        }
+        versions
+    };
+    let listed: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    json!({"name": group, "versions": listed, "preferredVersion": listed.first().cloned().unwrap_or(Value::Null)})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_names_are_title_case() {
+        assert_eq!(title_case("UP-TO-DATE"), "Up-to-date");
+        assert_eq!(title_case("NAME"), "Name");
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

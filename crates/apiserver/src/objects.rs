@@ -1,0 +1,602 @@
+//! The object operations behind the REST verbs: create, update (with its status-subresource
+//! and patch variants), delete with finalizers and graceful deletion, and namespace teardown.
+//! Every write goes through the store, that is through Raft.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use shoal_api::admission::{self, FieldValidation};
+use shoal_api::resources::{self, ResourceInfo};
+use shoal_api::{ApiError, meta};
+use shoal_store::command::Precondition;
+use shoal_store::{Command, ObjectKey, WriteError};
+
+use crate::AppState;
+
+/// How many times a patch re-reads and retries after losing a race with another writer.
+const PATCH_RETRIES: usize = 16;
+
+pub fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ObjectKey {
+    ObjectKey::new(info.group_resource(), if info.namespaced { namespace.unwrap_or_default() } else { "" }, name)
+}
+
+pub fn now() -> String {
+    meta::format_time(jiff::Timestamp::now())
+}
+
+fn store_error(error: shoal_store::Error) -> ApiError {
+    match error {
+        shoal_store::Error::NotLeader(message) => ApiError::unavailable(format!("the control plane cannot accept writes right now: {message}")),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn write_error(info: &ResourceInfo, name: &str, error: WriteError) -> ApiError {
+    match error {
+        WriteError::AlreadyExists => ApiError::already_exists(info, name),
+        WriteError::NotFound => ApiError::not_found(info, name),
+        WriteError::ResourceVersionConflict { .. } => {
+            ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again")
+        }
+        WriteError::UidConflict { .. } => ApiError::conflict(info, name, error.to_string()),
+    }
+}
+
+pub fn get(state: &AppState, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    state.store.get(&key(info, namespace, name)).map_err(store_error)?.ok_or_else(|| ApiError::not_found(info, name))
+}
+
+/// Kinds whose objects carry a generation that tracks spec changes.
+fn tracks_generation(info: &ResourceInfo) -> bool {
+    !matches!(info.kind, "ConfigMap" | "Secret" | "Endpoints" | "Event" | "EndpointSlice")
+}
+
+/// The fields of an object that its spec-generation follows.
+fn generation_fields(object: &Value) -> Value {
+    let mut fields = object.clone();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    fields
+}
+
+/// What a create resets in `status` (as each kind's create strategy does).
+fn reset_status_on_create(info: &ResourceInfo, object: &mut Value) {
+    let Some(map) = object.as_object_mut() else { return };
+    match info.kind {
+        "Pod" => {
+            map.insert("status".into(), json!({"phase": "Pending", "qosClass": qos_class(&map["spec"])}));
+        }
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "CronJob" | "Ingress" | "HorizontalPodAutoscaler" => {
+            map.remove("status");
+        }
+        "Service" => {
+            map.insert("status".into(), json!({"loadBalancer": {}}));
+        }
+        _ => {}
+    }
+}
+
+/// The pod's QoS class, from its containers' requests and limits.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
+    let any = containers.iter().any(|c| c["resources"]["requests"].as_object().is_some_and(|r| !r.is_empty()) || c["resources"]["limits"].as_object().is_some_and(|l| !l.is_empty()));
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        let limits = &c["resources"]["limits"];
+        let requests = &c["resources"]["requests"];
+        ["cpu", "memory"].iter().all(|r| !limits[*r].is_null() && (requests[*r].is_null() || requests[*r] == limits[*r]))
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
+}
+
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("{prefix}{suffix}")
+}
+
+/// Checks that `namespace` exists and is not being torn down.
+fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
+    let namespaces = resources::by_name("namespaces").expect("namespaces are served");
+    let object = state
+        .store
+        .get(&key(namespaces, None, namespace))
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
+    if !object["metadata"]["deletionTimestamp"].is_null() {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {namespace} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+/// The result of a write: the stored object and warnings for the client.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+pub async fn create(
+    state: &AppState,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    mut object: Value,
+    validation: FieldValidation,
+    dry_run: bool,
+) -> Result<Written, ApiError> {
+    if !object.is_object() {
+        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", info.kind)));
+    }
+    let metadata = meta::metadata_mut(&mut object);
+    if info.namespaced {
+        let url_namespace = namespace.unwrap_or("default");
+        match metadata.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != url_namespace => {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+            _ => {
+                metadata.insert("namespace".into(), json!(url_namespace));
+            }
+        }
+    } else {
+        metadata.remove("namespace");
+    }
+    let name_missing = metadata.get("name").and_then(Value::as_str).is_none_or(str::is_empty);
+    if name_missing && let Some(prefix) = metadata.get("generateName").and_then(Value::as_str) {
+        let name = generated_name(prefix);
+        metadata.insert("name".into(), json!(name));
+    }
+    // Fields only the server sets.
+    for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        metadata.remove(field);
+    }
+    metadata.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    metadata.insert("creationTimestamp".into(), json!(now()));
+    if tracks_generation(info) {
+        metadata.insert("generation".into(), json!(1));
+    }
+    let mut admitted = admission::admit(info, object, validation)?;
+    reset_status_on_create(info, &mut admitted.object);
+    let name = meta::name(&admitted.object).to_owned();
+    if info.namespaced {
+        check_namespace(state, meta::namespace(&admitted.object))?;
+    }
+    let key = key(info, namespace.or(Some("default")), &name);
+    if dry_run {
+        if state.store.get(&key).map_err(store_error)?.is_some() {
+            return Err(ApiError::already_exists(info, &name));
+        }
+        return Ok(Written { object: admitted.object, warnings: admitted.warnings });
+    }
+    let (_, stored) = state
+        .store
+        .write(Command::Create { key, object: admitted.object })
+        .await
+        .map_err(store_error)?
+        .map_err(|e| write_error(info, &name, e))?;
+    Ok(Written { object: stored, warnings: admitted.warnings })
+}
+
+/// Which part of the object an update may change.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UpdateScope {
+    /// The main resource: everything but status (for kinds with a status subresource).
+    Main,
+    /// The status subresource: only status.
+    Status,
+}
+
+/// Fields whose change after creation Kubernetes refuses.
+fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
+    match info.kind {
+        "Deployment" | "ReplicaSet" | "DaemonSet" => &["spec.selector"],
+        "Job" => &["spec.selector", "spec.completionMode"],
+        "Service" => &["spec.clusterIP"],
+        "Pod" => &["spec.nodeName"],
+        _ => &[],
+    }
+}
+
+fn lookup<'a>(object: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(object, |value, segment| &value[segment])
+}
+
+/// Replaces `current` with `desired` within `scope`, checking `precondition`. `desired` is the
+/// full object the client wants (after a patch, or as PUT).
+pub async fn update(
+    state: &AppState,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    current: &Value,
+    mut desired: Value,
+    scope: UpdateScope,
+    precondition: Precondition,
+    validation: FieldValidation,
+    dry_run: bool,
+) -> Result<Written, ApiError> {
+    if !desired.is_object() {
+        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", info.kind)));
+    }
+    if let Some(body_name) = desired["metadata"]["name"].as_str()
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+    }
+    if info.namespaced
+        && let Some(body_namespace) = desired["metadata"]["namespace"].as_str()
+        && !body_namespace.is_empty()
+        && Some(body_namespace) != namespace
+    {
+        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+    }
+    if scope == UpdateScope::Status {
+        // Only status changes through /status; everything else stays as stored.
+        let status = desired.get("status").cloned();
+        desired = current.clone();
+        match status {
+            Some(status) => desired["status"] = status,
+            None => {
+                if let Some(map) = desired.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+    } else if info.has_status {
+        match current.get("status") {
+            Some(status) => desired["status"] = status.clone(),
+            None => {
+                if let Some(map) = desired.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+    }
+    let current_metadata = current["metadata"].as_object().cloned().unwrap_or_default();
+    let metadata = meta::metadata_mut(&mut desired);
+    for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+        match current_metadata.get(field) {
+            Some(value) => metadata.insert(field.into(), value.clone()),
+            None => metadata.remove(field),
+        };
+    }
+    metadata.remove("resourceVersion");
+    if !current["metadata"]["deletionTimestamp"].is_null() {
+        // A terminating object may lose finalizers but not gain new ones.
+        let before = meta::finalizers(current);
+        let after: Vec<String> = metadata.get("finalizers").and_then(Value::as_array).into_iter().flatten().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+        if let Some(added) = after.iter().find(|f| !before.contains(f)) {
+            return Err(ApiError::invalid(info, name, &[shoal_api::FieldError::forbidden("metadata.finalizers", format!("no new finalizers can be added if the object is being deleted, found new finalizers []string{{\"{added}\"}}"))]));
+        }
+    }
+    let mut admitted = admission::admit(info, desired, validation)?;
+    let mut immutable_errors = Vec::new();
+    for path in immutable_fields(info) {
+        let before = lookup(current, path);
+        let after = lookup(&admitted.object, path);
+        if !before.is_null() && before != after {
+            immutable_errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
+        }
+    }
+    if !immutable_errors.is_empty() {
+        return Err(ApiError::invalid(info, name, &immutable_errors));
+    }
+    if tracks_generation(info) && generation_fields(current) != generation_fields(&admitted.object) && scope == UpdateScope::Main {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        meta::metadata_mut(&mut admitted.object).insert("generation".into(), json!(generation));
+    }
+    let mut unchanged_candidate = admitted.object.clone();
+    meta::metadata_mut(&mut unchanged_candidate).insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
+    let stale = precondition.resource_version.is_some_and(|rv| Some(rv) != meta::resource_version(current));
+    if unchanged_candidate == *current && !stale {
+        // Nothing changes: answer with the stored object and do not write.
+        return Ok(Written { object: current.clone(), warnings: admitted.warnings });
+    }
+    if dry_run {
+        if stale {
+            return Err(ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"));
+        }
+        return Ok(Written { object: unchanged_candidate, warnings: admitted.warnings });
+    }
+    let precondition = Precondition { resource_version: precondition.resource_version, uid: Some(meta::uid(current).to_owned()) };
+    let key = key(info, namespace, name);
+    let (revision, stored) = state
+        .store
+        .write(Command::Update { key: key.clone(), object: admitted.object, precondition })
+        .await
+        .map_err(store_error)?
+        .map_err(|e| write_error(info, name, e))?;
+    // Removing the last finalizer of an object being deleted completes the deletion.
+    if !stored["metadata"]["deletionTimestamp"].is_null() && meta::finalizers(&stored).is_empty() && !graceful_pending(info, &stored) {
+        let outcome = state
+            .store
+            .write(Command::Delete { key, precondition: Precondition { resource_version: Some(revision), uid: None } })
+            .await
+            .map_err(store_error)?;
+        if let Ok((_, deleted)) = outcome {
+            return Ok(Written { object: deleted, warnings: admitted.warnings });
+        }
+    }
+    Ok(Written { object: stored, warnings: admitted.warnings })
+}
+
+/// A pod bound to a node waits for that node to finish its graceful deletion.
+fn graceful_pending(info: &ResourceInfo, object: &Value) -> bool {
+    info.kind == "Pod" && object["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) > 0
+}
+
+/// How a patch body is applied.
+#[derive(Clone, Copy, Debug)]
+pub enum PatchType {
+    Merge,
+    Json,
+}
+
+pub async fn patch(
+    state: &AppState,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    patch_type: PatchType,
+    patch: &Value,
+    scope: UpdateScope,
+    validation: FieldValidation,
+    dry_run: bool,
+) -> Result<Written, ApiError> {
+    for _ in 0..PATCH_RETRIES {
+        let current = get(state, info, namespace, name)?;
+        let mut patched = current.clone();
+        match patch_type {
+            PatchType::Merge => {
+                if !patch.is_object() {
+                    return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+                }
+                shoal_api::patch::merge_patch(&mut patched, patch);
+            }
+            PatchType::Json => shoal_api::patch::json_patch(&mut patched, patch)?,
+        }
+        // A resourceVersion the patch itself sets is the client's precondition; otherwise the
+        // patch applies to whatever is current, retried if another write wins the race.
+        let requested = meta::resource_version(&patched);
+        let client_precondition = requested.is_some() && requested != meta::resource_version(&current);
+        let precondition = Precondition {
+            resource_version: if client_precondition { requested } else { meta::resource_version(&current) },
+            uid: None,
+        };
+        match update(state, info, namespace, name, &current, patched, scope, precondition, validation, dry_run).await {
+            Err(error) if error.code == 409 && error.reason == "Conflict" && !client_precondition => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(info, name, "the object kept changing while the patch was applied; try again"))
+}
+
+/// DeleteOptions from the body and query.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition: Precondition,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    pub fn from_body(body: &Value) -> Result<Self, ApiError> {
+        let dry_run = match &body["dryRun"] {
+            Value::Array(values) => values.iter().any(|v| v == "All"),
+            _ => false,
+        };
+        let policy = body["propagationPolicy"].as_str().map(str::to_owned);
+        if let Some(policy) = &policy
+            && !["Orphan", "Background", "Foreground"].contains(&policy.as_str())
+        {
+            return Err(ApiError::bad_request(format!("propagationPolicy must be one of Orphan, Background, Foreground, got {policy}")));
+        }
+        Ok(Self {
+            grace_period_seconds: body["gracePeriodSeconds"].as_i64(),
+            propagation_policy: policy,
+            precondition: Precondition {
+                resource_version: body["preconditions"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()),
+                uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
+            },
+            dry_run,
+        })
+    }
+}
+
+pub async fn delete(
+    state: &Arc<AppState>,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let current = get(state, info, namespace, name)?;
+    if let Some(expected) = &options.precondition.uid
+        && expected != meta::uid(&current)
+    {
+        return Err(ApiError::conflict(info, name, format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {}", meta::uid(&current))));
+    }
+    if let Some(expected) = options.precondition.resource_version
+        && Some(expected) != meta::resource_version(&current)
+    {
+        return Err(ApiError::conflict(info, name, format!("Precondition failed: ResourceVersion in precondition: {expected}, ResourceVersion in object meta: {}", meta::resource_version(&current).unwrap_or(0))));
+    }
+    if options.dry_run {
+        return Ok(current);
+    }
+    let key = key(info, namespace, name);
+    let already_terminating = !current["metadata"]["deletionTimestamp"].is_null();
+
+    if info.kind == "Namespace" {
+        if ["default", "kube-system", "kube-public"].contains(&name) {
+            return Err(ApiError::forbidden(format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
+        }
+        let object = if already_terminating {
+            current
+        } else {
+            let mut terminating = current.clone();
+            let metadata = meta::metadata_mut(&mut terminating);
+            metadata.insert("deletionTimestamp".into(), json!(now()));
+            metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+            terminating["status"]["phase"] = json!("Terminating");
+            let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
+            state
+                .store
+                .write(Command::Update { key, object: terminating, precondition })
+                .await
+                .map_err(store_error)?
+                .map_err(|e| write_error(info, name, e))?
+                .1
+        };
+        spawn_namespace_teardown(state, name.to_owned());
+        return Ok(object);
+    }
+
+    let grace = match info.kind {
+        "Pod" if !current["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() => options
+            .grace_period_seconds
+            .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0),
+        _ => 0,
+    };
+    let finalizers = meta::finalizers(&current);
+    if grace > 0 || !finalizers.is_empty() {
+        // Graceful deletion: mark the object; its node (for pods) or the owners of its
+        // finalizers complete the deletion.
+        let current_grace = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if already_terminating && current_grace.is_some_and(|g| g <= grace) {
+            return Ok(current);
+        }
+        let mut terminating = current.clone();
+        let deadline = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or_else(|_| jiff::Timestamp::now());
+        let metadata = meta::metadata_mut(&mut terminating);
+        metadata.insert("deletionTimestamp".into(), json!(meta::format_time(deadline)));
+        metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
+        if tracks_generation(info) {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            meta::metadata_mut(&mut terminating).insert("generation".into(), json!(generation));
+        }
+        let (_, stored) = state
+            .store
+            .write(Command::Update { key, object: terminating, precondition })
+            .await
+            .map_err(store_error)?
+            .map_err(|e| write_error(info, name, e))?;
+        return Ok(stored);
+    }
+    let precondition = Precondition { resource_version: None, uid: Some(meta::uid(&current).to_owned()) };
+    let (_, deleted) = state
+        .store
+        .write(Command::Delete { key, precondition })
+        .await
+        .map_err(store_error)?
+        .map_err(|e| write_error(info, name, e))?;
+    Ok(deleted)
+}
+
+/// Deletes everything in a terminating namespace, then the namespace itself. Runs until done;
+/// restarted for every terminating namespace when the server starts.
+pub fn spawn_namespace_teardown(state: &Arc<AppState>, namespace: String) {
+    {
+        let mut running = state.namespace_teardowns.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(namespace.clone()) {
+            return;
+        }
+    }
+    let state = Arc::clone(state);
+    let tracker = state.tasks.clone();
+    tracker.spawn(async move {
+        let shutdown = state.shutdown.clone();
+        tokio::select! {
+            _ = teardown(&state, &namespace) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        state.namespace_teardowns.lock().unwrap_or_else(|p| p.into_inner()).remove(&namespace);
+    });
+}
+
+async fn teardown(state: &Arc<AppState>, namespace: &str) {
+    let namespaces = resources::by_name("namespaces").expect("namespaces are served");
+    loop {
+        let mut remaining = 0usize;
+        for info in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+            let listed = match state.store.list(&info.group_resource(), Some(namespace), None, None, &|_| true) {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(%error, namespace, "listing during namespace teardown");
+                    remaining += 1;
+                    continue;
+                }
+            };
+            for object in listed.items {
+                remaining += 1;
+                if object["metadata"]["deletionTimestamp"].is_null() {
+                    let options = DeleteOptions { propagation_policy: Some("Background".into()), ..Default::default() };
+                    if let Err(error) = delete(state, info, Some(namespace), meta::name(&object), &options).await
+                        && error.code != 404
+                    {
+                        tracing::warn!(%error, namespace, "deleting during namespace teardown");
+                    }
+                }
+            }
+        }
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Ok(current) = get(state, namespaces, None, namespace) {
+        let precondition = Precondition { resource_version: None, uid: Some(meta::uid(&current).to_owned()) };
+        let outcome = state.store.write(Command::Delete { key: key(namespaces, None, namespace), precondition }).await;
+        if let Err(error) = outcome {
+            tracing::warn!(%error, namespace, "removing the namespace after teardown");
+        }
+    }
+}
+
+/// Creates the namespaces every cluster has, and resumes teardown of terminating namespaces.
+pub async fn bootstrap(state: &Arc<AppState>) -> Result<(), ApiError> {
+    let namespaces = resources::by_name("namespaces").expect("namespaces are served");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if state.store.get(&key(namespaces, None, name)).map_err(store_error)?.is_none() {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match create(state, namespaces, None, object, FieldValidation::Strict, false).await {
+                Ok(_) => {}
+                Err(error) if error.code == 409 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    let listed = state.store.list(&namespaces.group_resource(), None, None, None, &|o| !o["metadata"]["deletionTimestamp"].is_null()).map_err(store_error)?;
+    for object in listed.items {
+        spawn_namespace_teardown(state, meta::name(&object).to_owned());
+    }
+    Ok(())
+}
+
+/// The object with `apiVersion` and `kind` set (list items carry them too).
+pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        let mut ordered = Map::new();
+        ordered.insert("apiVersion".into(), json!(info.api_version()));
+        ordered.insert("kind".into(), json!(info.kind));
+        for (k, v) in std::mem::take(map) {
+            ordered.entry(k).or_insert(v);
+        }
+        *map = ordered;
+    }
+    object
+}

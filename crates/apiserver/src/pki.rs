@@ -1,0 +1,137 @@
+//! The cluster's credentials: a CA and serving certificate (rcgen), the admin and node bearer
+//! tokens, and the admin kubeconfig, all created in the data dir on first start and reused after.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rand::RngCore;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+use crate::error::{Error, Result};
+
+/// Paths and contents of the credentials in a data dir.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub admin_token: String,
+    pub node_token: String,
+    pub kubeconfig_path: PathBuf,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_or_create(path: &Path, create: impl FnOnce() -> Result<String>) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let text = create()?;
+            write_private(path, &text)?;
+            Ok(text)
+        }
+        Err(source) => Err(Error::Io { path: path.to_owned(), source }),
+    }
+}
+
+/// Writes a file readable only by its owner (keys and tokens).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io { path: path.to_owned(), source };
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    Ok(())
+}
+
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::tls)?;
+    params.distinguished_name.push(DnType::CommonName, "shoal-ca");
+    params.distinguished_name.push(DnType::OrganizationName, "shoal");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    Ok(params)
+}
+
+/// Loads or creates the credentials in `data_dir`. The serving certificate names `localhost`,
+/// the loopback addresses, the machine's host name, the in-cluster names, and `extra_names`.
+pub fn ensure(data_dir: &Path, extra_names: &[String]) -> Result<Credentials> {
+    let pki = data_dir.join("pki");
+    std::fs::create_dir_all(&pki).map_err(|source| Error::Io { path: pki.clone(), source })?;
+    let ca_key_pem = read_or_create(&pki.join("ca.key"), || Ok(KeyPair::generate().map_err(Error::tls)?.serialize_pem()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(Error::tls)?;
+    let ca_pem = read_or_create(&pki.join("ca.crt"), || Ok(ca_params()?.self_signed(&ca_key).map_err(Error::tls)?.pem()))?;
+
+    let mut names: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    for name in extra_names {
+        if !names.contains(name) && name != "0.0.0.0" && name != "::" {
+            names.push(name.clone());
+        }
+    }
+    let names_path = pki.join("server.names");
+    let recorded = std::fs::read_to_string(&names_path).unwrap_or_default();
+    let server_cert_path = pki.join("server.crt");
+    let server_key_path = pki.join("server.key");
+    let (server_cert_pem, server_key_pem) = if recorded.trim() == names.join(",") && server_cert_path.exists() && server_key_path.exists() {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source });
+        (read(&server_cert_path)?, read(&server_key_path)?)
+    } else {
+        // First start, or the server is now reachable under other names: issue a new serving
+        // certificate from the same CA, so existing kubeconfigs keep working.
+        let key = KeyPair::generate().map_err(Error::tls)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::tls)?;
+        params.distinguished_name.push(DnType::CommonName, "shoal-apiserver");
+        params.subject_alt_names = names
+            .iter()
+            .map(|name| match name.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => name.clone().try_into().map(SanType::DnsName).map_err(Error::tls),
+            })
+            .collect::<Result<_>>()?;
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+        let issuer = Issuer::new(ca_params()?, &ca_key);
+        let certificate = params.signed_by(&key, &issuer).map_err(Error::tls)?;
+        write_private(&server_key_path, &key.serialize_pem())?;
+        write_private(&server_cert_path, &certificate.pem())?;
+        write_private(&names_path, &names.join(","))?;
+        (certificate.pem(), key.serialize_pem())
+    };
+    let admin_token = read_or_create(&data_dir.join("admin-token"), || Ok(random_token()))?;
+    let node_token = read_or_create(&data_dir.join("node-token"), || Ok(random_token()))?;
+    Ok(Credentials { ca_pem, server_cert_pem, server_key_pem, admin_token, node_token, kubeconfig_path: data_dir.join("admin.kubeconfig") })
+}
+
+/// Writes the admin kubeconfig for `server_url` (usable by `shoal` and kubectl alike).
+pub fn write_kubeconfig(credentials: &Credentials, server_url: &str) -> Result<()> {
+    let ca_data = base64::engine::general_purpose::STANDARD.encode(credentials.ca_pem.as_bytes());
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca_data}\nusers:\n- name: shoal-admin\n  user:\n    token: {token}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal-admin\n    namespace: default\ncurrent-context: shoal\npreferences: {{}}\n",
+        token = credentials.admin_token
+    );
+    write_private(&credentials.kubeconfig_path, &kubeconfig)
+}
