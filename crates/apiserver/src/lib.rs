@@ -18,7 +18,7 @@ use axum::Router;
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use shoal_store::history::HistoryLimits;
+pub use shoal_store::history::HistoryLimits;
 use shoal_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -34,6 +34,8 @@ pub struct ApiServerConfig {
     pub data_dir: PathBuf,
     /// `HOST:PORT` to listen on; port 0 picks a free port (the kubeconfig names the real one).
     pub api_addr: String,
+    /// How much watch history to keep.
+    pub watch_history: HistoryLimits,
 }
 
 /// Shared by every request.
@@ -105,7 +107,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         data_dir: config.data_dir.join("store"),
         node_id: 1,
         advertise_addr: url.clone(),
-        history: HistoryLimits::default(),
+        history: config.watch_history.clone(),
     })
     .await?;
     let state = Arc::new(AppState {

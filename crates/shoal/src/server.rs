@@ -16,6 +16,15 @@ pub struct ServerArgs {
     /// Address of the HTTPS API (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     api_addr: String,
+    /// Watch history: events always kept (at least).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    watch_history_min_events: usize,
+    /// Watch history: seconds an event is kept even beyond the minimum count.
+    #[arg(long, default_value_t = 300, hide = true)]
+    watch_history_min_age_seconds: u64,
+    /// Watch history: the hard cap on kept events.
+    #[arg(long, default_value_t = 200_000, hide = true)]
+    watch_history_max_events: usize,
 }
 
 #[derive(Args)]
@@ -49,7 +58,15 @@ async fn termination_signal() {
 
 async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Result<ApiServer> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let server = shoal_apiserver::start(ApiServerConfig { data_dir: args.data_dir.clone(), api_addr: args.api_addr.clone() }, shutdown.clone())
+    let server = shoal_apiserver::start(ApiServerConfig {
+        data_dir: args.data_dir.clone(),
+        api_addr: args.api_addr.clone(),
+        watch_history: shoal_apiserver::HistoryLimits {
+            min_events: args.watch_history_min_events,
+            min_age: std::time::Duration::from_secs(args.watch_history_min_age_seconds),
+            max_events: args.watch_history_max_events.max(args.watch_history_min_events),
+        },
+    }, shutdown.clone())
         .await
         .context("starting the API server")?;
     Ok(server)

@@ -1,0 +1,175 @@
+//! Starting and stopping real `shoal server` processes, and talking to them over HTTPS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `shoal server` on a temporary data dir and a free loopback port.
+pub struct Server {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+pub fn shoal_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra_args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::launch(data_dir, extra_args.iter().map(|s| s.to_string()).collect()).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    async fn launch(data_dir: PathBuf, extra_args: Vec<String>) -> Self {
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        let _ = std::fs::remove_file(&kubeconfig);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.parent().unwrap_or(Path::new("/tmp")).join("server.log"))
+            .expect("log file");
+        let child = Command::new(shoal_binary())
+            .args(["server", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(&extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start shoal server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !kubeconfig.exists() {
+            assert!(Instant::now() < deadline, "the server did not write its kubeconfig within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+        let url = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned();
+        let token = std::fs::read_to_string(data_dir.join("admin-token")).expect("admin token").trim().to_owned();
+        let ca = std::fs::read(data_dir.join("pki/ca.crt")).expect("ca");
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
+            .build()
+            .expect("client");
+        let server = Self { child: Some(child), data_dir, url, token, http, extra_args, _temp: None };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = server.http.get(format!("{}/readyz", server.url)).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the server did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+
+    /// Stops the process with SIGKILL (no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "shoal server exited with {status} on SIGTERM");
+                    return;
+                }
+                assert!(Instant::now() < deadline, "shoal server did not stop within 30 s of SIGTERM");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Starts the server again on the same data dir (a new port).
+    pub async fn restart(&mut self) {
+        let temp = self._temp.take();
+        let mut restarted = Self::launch(self.data_dir.clone(), self.extra_args.clone()).await;
+        restarted._temp = temp;
+        *self = restarted;
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("Content-Type", content_type).body(bytes);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(("application/json", serde_json::to_vec(body).expect("json")))).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, Some(("application/json", serde_json::to_vec(body).expect("json")))).await
+    }
+
+    /// Runs the `shoal` CLI against this server; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(shoal_binary())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("run shoal");
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn config_map(name: &str, value: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"value": value}})
+}
+
+pub fn deployment(name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "shoal.local/samples/hello:latest"}]}}}
+    })
+}
+
+/// The repository root (for samples and manifests).
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: real `shoal` processes on loopback ports, real HTTPS, real redb files.
+
+mod api;
+mod cli;
+mod durability;
+mod harness;
