@@ -4,3 +4,4 @@ mod api;
 mod cli;
 mod durability;
 mod harness;
+mod samples;
