@@ -103,13 +103,9 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     };
     let url = format!("https://{url_host}:{}", local_addr.port());
 
-    let store = Store::open(StoreConfig {
-        data_dir: config.data_dir.join("store"),
-        node_id: 1,
-        advertise_addr: url.clone(),
-        history: config.watch_history.clone(),
-    })
-    .await?;
+    let mut store_config = StoreConfig::new(config.data_dir.join("store"), 1, url.clone());
+    store_config.history = config.watch_history.clone();
+    let store = Store::open(store_config).await?;
     let state = Arc::new(AppState {
         store,
         credentials: credentials.clone(),

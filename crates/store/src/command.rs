@@ -48,6 +48,9 @@ pub enum Command {
     Update { key: ObjectKey, object: Value, precondition: Precondition },
     /// Fails with `NotFound`, or `Conflict` when a precondition does not hold.
     Delete { key: ObjectKey, precondition: Precondition },
+    /// Independent commands applied in order in one log entry, each with its own revision and
+    /// verdict: how concurrent writes share one Raft round and one fsync (group commit).
+    Batch(Vec<Command>),
 }
 
 /// Optimistic-concurrency checks on the object as it is when the write is applied.
@@ -63,6 +66,8 @@ pub enum CommandResponse {
     /// The object as stored, with its new `resourceVersion`. For a delete, the last state.
     Written { revision: u64, object: Value },
     Rejected(WriteError),
+    /// The answers to a [`Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
     /// Entries that carry no command (blank and membership entries).
     None,
 }
@@ -80,10 +85,4 @@ pub enum WriteError {
     UidConflict { current: String, expected: String },
 }
 
-impl Command {
-    pub fn key(&self) -> &ObjectKey {
-        match self {
-            Command::Create { key, .. } | Command::Update { key, .. } | Command::Delete { key, .. } => key,
-        }
-    }
-}
+

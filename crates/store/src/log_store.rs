@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::TypeConfig;
@@ -29,6 +29,9 @@ const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
 /// The most operations the writer folds into one transaction.
 const MAX_BATCH: usize = 4096;
+/// The most purged entries deleted from disk per transaction: purging is spread over many
+/// small deletions so that compaction never stalls appends.
+const PURGE_STEP: u64 = 256;
 
 type NodeId = u64;
 
@@ -73,26 +76,29 @@ impl LogStore {
             write.commit().map_err(db)?;
             let read = database.begin_read().map_err(db)?;
             let logs = read.open_table(LOGS).map_err(db)?;
-            for row in logs.range::<u64>(..).map_err(db)? {
+            let table = read.open_table(META).map_err(db)?;
+            if let Some(bytes) = table.get(LAST_PURGED_KEY).map_err(db)? {
+                meta.last_purged = serde_json::from_slice(bytes.value())?;
+            }
+            // Entries up to the purge point may still be on disk (purging is incremental).
+            let first_kept = meta.last_purged.map_or(0, |id: LogId<NodeId>| id.index + 1);
+            for row in logs.range::<u64>(first_kept..).map_err(db)? {
                 let (index, bytes) = row.map_err(db)?;
                 let entry: Entry<TypeConfig> = serde_json::from_slice(bytes.value())?;
                 entries.insert(index.value(), entry);
             }
-            let table = read.open_table(META).map_err(db)?;
             if let Some(bytes) = table.get(VOTE_KEY).map_err(db)? {
                 meta.vote = Some(serde_json::from_slice(bytes.value())?);
             }
             if let Some(bytes) = table.get(COMMITTED_KEY).map_err(db)? {
                 meta.committed = serde_json::from_slice(bytes.value())?;
             }
-            if let Some(bytes) = table.get(LAST_PURGED_KEY).map_err(db)? {
-                meta.last_purged = serde_json::from_slice(bytes.value())?;
-            }
         }
+        let purge_up_to = meta.last_purged.map(|id| id.index);
         let (writer, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(database, receiver))?;
+            .spawn(move || writer_loop(database, receiver, purge_up_to))?;
         let store = Self { shared: Arc::new(Shared { entries: RwLock::new(entries), meta: Mutex::new(meta) }), writer };
         Ok((store, thread))
     }
@@ -119,16 +125,46 @@ fn closed() -> std::io::Error {
     std::io::Error::other("the raft log writer has stopped")
 }
 
-fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>) {
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
+fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_up_to: Option<u64>) {
+    // Entries at or below `purge_up_to` are deleted from disk a step at a time.
+    let mut purge_pending = purge_up_to.is_some();
+    loop {
+        let first = if purge_pending {
+            match receiver.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match receiver.recv() {
+                Ok(op) => Some(op),
+                Err(_) => return,
+            }
+        };
+        let mut batch: Vec<WriteOp> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        let outcome = write_batch(&database, &batch).map_err(|error| error.to_string());
+        for op in &batch {
+            if let WriteOp::Purge { up_to_index, .. } = op {
+                purge_up_to = Some(purge_up_to.map_or(*up_to_index, |current| current.max(*up_to_index)));
+                purge_pending = true;
+            }
+        }
+        let started = std::time::Instant::now();
+        let outcome = write_batch(&database, &batch, if purge_pending { purge_up_to } else { None }).map_err(|error| error.to_string());
+        let elapsed = started.elapsed();
+        if elapsed > std::time::Duration::from_millis(50) {
+            tracing::warn!(operations = batch.len(), elapsed_ms = elapsed.as_millis() as u64, "slow raft log write");
+        }
+        tracing::trace!(operations = batch.len(), "log batch committed");
+        if let Ok(more) = &outcome {
+            purge_pending = *more;
+        }
+        let outcome = outcome.map(|_| ());
         for op in batch {
             let result = outcome.clone();
             match op {
@@ -148,7 +184,9 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>) {
     }
 }
 
-fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<()> {
+/// Writes one batch, plus one step of pending purging; returns whether purging remains.
+fn write_batch(database: &Database, batch: &[WriteOp], purge_up_to: Option<u64>) -> Result<bool> {
+    let mut purge_remaining = false;
     let write = database.begin_write().map_err(db)?;
     {
         let mut logs = write.open_table(LOGS).map_err(db)?;
@@ -166,15 +204,24 @@ fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<()> {
                 WriteOp::Truncate { from_index, .. } => {
                     logs.retain_in(*from_index.., |_, _| false).map_err(db)?;
                 }
-                WriteOp::Purge { up_to_index, last_purged, .. } => {
-                    logs.retain_in(..=*up_to_index, |_, _| false).map_err(db)?;
+                WriteOp::Purge { last_purged, .. } => {
+                    // Recording the purge point is what makes the purge durable; the entries
+                    // below it are deleted step by step (and ignored when the log is loaded).
                     meta.insert(LAST_PURGED_KEY, last_purged.as_slice()).map_err(db)?;
                 }
             }
         }
+        if let Some(up_to) = purge_up_to {
+            let first = logs.first().map_err(db)?.map(|(index, _)| index.value());
+            if let Some(first) = first.filter(|first| *first <= up_to) {
+                let end = up_to.min(first + PURGE_STEP - 1);
+                logs.retain_in(first..=end, |_, _| false).map_err(db)?;
+                purge_remaining = end < up_to;
+            }
+        }
     }
     write.commit().map_err(db)?;
-    Ok(())
+    Ok(purge_remaining)
 }
 
 async fn wait(reply: oneshot::Receiver<Result<(), String>>) -> Result<(), StorageError<NodeId>> {

@@ -1,20 +1,22 @@
 //! The state machine: objects in redb, the cluster revision, and the events it emits.
 //!
-//! Applies commit without fsync (`Durability::None`): the Raft log is the durable record, and
-//! after a crash openraft re-applies committed entries past the last applied id that did reach
-//! disk. Before the log is compacted, building a snapshot forces a durable commit here, so no
-//! entry is purged from the log while its effect exists only in memory.
+//! Objects are served from memory and written behind to redb in batches without fsync
+//! (`Durability::None`): the Raft log is the durable record, and after a crash openraft
+//! re-applies committed entries past the last applied id that did reach disk. Before the log is
+//! compacted, building a snapshot forces a durable flush here, so no entry is purged from the
+//! log while its effect exists only in memory.
 
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -48,12 +50,31 @@ struct SnapshotData {
     objects: Vec<(String, Value)>,
 }
 
-/// State shared between the state machine (owned by openraft) and the store's readers.
+/// The served state: every object, in memory, and what still has to reach redb.
+#[derive(Default)]
+struct Memory {
+    objects: BTreeMap<String, Arc<Value>>,
+    applied: Applied,
+    /// Keys changed since the last flush (`None`: deleted).
+    dirty: BTreeMap<String, Option<Arc<Value>>>,
+    applied_dirty: bool,
+}
+
+/// State shared between the state machine (owned by openraft), the flusher and readers.
+///
+/// Objects are served from memory; a flusher thread writes what changed to redb in batches
+/// (write-behind). redb always holds a consistent (objects, last applied) pair, because both are
+/// taken from memory under one lock and written in one transaction; after a crash openraft
+/// re-applies the log from that last applied id.
 pub struct StateShared {
     database: Database,
-    applied: Mutex<Applied>,
+    memory: RwLock<Memory>,
     pub(crate) history: Arc<History>,
     snapshot: Mutex<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>>,
+    /// Serialises flushes so that an older batch never lands after a newer one.
+    flush_lock: Mutex<()>,
+    flush_signal: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl StateShared {
@@ -63,41 +84,136 @@ impl StateShared {
         write.open_table(OBJECTS).map_err(db)?;
         write.open_table(META).map_err(db)?;
         write.commit().map_err(db)?;
-        let mut applied = Applied::default();
+        let mut memory = Memory::default();
         {
             let read = database.begin_read().map_err(db)?;
             let meta = read.open_table(META).map_err(db)?;
             if let Some(bytes) = meta.get(APPLIED_KEY).map_err(db)? {
-                applied.last_applied = serde_json::from_slice(bytes.value())?;
+                memory.applied.last_applied = serde_json::from_slice(bytes.value())?;
             }
             if let Some(bytes) = meta.get(MEMBERSHIP_KEY).map_err(db)? {
-                applied.membership = serde_json::from_slice(bytes.value())?;
+                memory.applied.membership = serde_json::from_slice(bytes.value())?;
             }
             if let Some(bytes) = meta.get(REVISION_KEY).map_err(db)? {
-                applied.revision = serde_json::from_slice(bytes.value())?;
+                memory.applied.revision = serde_json::from_slice(bytes.value())?;
+            }
+            let objects = read.open_table(OBJECTS).map_err(db)?;
+            for row in objects.range::<&str>(..).map_err(db)? {
+                let (key, bytes) = row.map_err(db)?;
+                memory.objects.insert(key.value().to_owned(), Arc::new(serde_json::from_slice(bytes.value())?));
             }
         }
-        let history = Arc::new(History::new(applied.revision, history_limits));
-        Ok(Arc::new(Self { database, applied: Mutex::new(applied), history, snapshot: Mutex::new(None) }))
+        let history = Arc::new(History::new(memory.applied.revision, history_limits));
+        let shared = Arc::new(Self {
+            database,
+            memory: RwLock::new(memory),
+            history,
+            snapshot: Mutex::new(None),
+            flush_lock: Mutex::new(()),
+            flush_signal: Mutex::new(None),
+            flusher: Mutex::new(None),
+        });
+        let (signal, wakeups) = std::sync::mpsc::channel::<()>();
+        let weak = Arc::downgrade(&shared);
+        let flusher = std::thread::Builder::new().name("state-flusher".into()).spawn(move || {
+            // Flush at most every few milliseconds, batching everything applied meanwhile.
+            while wakeups.recv().is_ok() {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                while wakeups.try_recv().is_ok() {}
+                let Some(shared) = weak.upgrade() else { return };
+                if let Err(error) = shared.flush(false) {
+                    tracing::error!(%error, "writing the state machine to redb");
+                }
+            }
+        })?;
+        *lock(&shared.flush_signal) = Some(signal);
+        *lock(&shared.flusher) = Some(flusher);
+        Ok(shared)
     }
 
-    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+    fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
         // Only short, panic-free sections hold this lock.
-        self.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.memory.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_memory(&self) -> std::sync::RwLockWriteGuard<'_, Memory> {
+        self.memory.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wake_flusher(&self) {
+        if let Some(signal) = lock(&self.flush_signal).as_ref() {
+            let _ = signal.send(());
+        }
+    }
+
+    /// Writes what changed since the last flush to redb, durably if asked.
+    pub fn flush(&self, durable: bool) -> Result<()> {
+        let _serialised = lock(&self.flush_lock);
+        let (dirty, applied, applied_dirty) = {
+            let mut memory = self.write_memory();
+            let dirty = std::mem::take(&mut memory.dirty);
+            let applied_dirty = std::mem::replace(&mut memory.applied_dirty, false);
+            (dirty, memory.applied.clone(), applied_dirty)
+        };
+        if dirty.is_empty() && !applied_dirty && !durable {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let result: Result<()> = (|| {
+            let mut write = self.database.begin_write().map_err(db)?;
+            write.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(db)?;
+            {
+                let mut objects = write.open_table(OBJECTS).map_err(db)?;
+                for (key, object) in &dirty {
+                    match object {
+                        Some(object) => {
+                            objects.insert(key.as_str(), serde_json::to_vec(object.as_ref())?.as_slice()).map_err(db)?;
+                        }
+                        None => {
+                            objects.remove(key.as_str()).map_err(db)?;
+                        }
+                    }
+                }
+                let mut meta = write.open_table(META).map_err(db)?;
+                meta.insert(APPLIED_KEY, serde_json::to_vec(&applied.last_applied)?.as_slice()).map_err(db)?;
+                meta.insert(MEMBERSHIP_KEY, serde_json::to_vec(&applied.membership)?.as_slice()).map_err(db)?;
+                meta.insert(REVISION_KEY, serde_json::to_vec(&applied.revision)?.as_slice()).map_err(db)?;
+            }
+            write.commit().map_err(db)?;
+            Ok(())
+        })();
+        let elapsed = started.elapsed();
+        if elapsed > std::time::Duration::from_millis(50) {
+            tracing::warn!(objects = dirty.len(), durable, elapsed_ms = elapsed.as_millis() as u64, "slow state machine flush");
+        }
+        if result.is_err() {
+            // Put the batch back, under anything newer, so the next flush retries it.
+            let mut memory = self.write_memory();
+            for (key, object) in dirty {
+                memory.dirty.entry(key).or_insert(object);
+            }
+            memory.applied_dirty = true;
+        }
+        result
+    }
+
+    /// Flushes durably and stops the flusher thread (the store is closing).
+    pub fn close(&self) -> Result<()> {
+        let flushed = self.flush(true);
+        lock(&self.flush_signal).take();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+        flushed
     }
 
     /// The revision of the last applied write.
     pub fn revision(&self) -> u64 {
-        self.applied().revision
+        self.read_memory().applied.revision
     }
 
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
-        let read = self.database.begin_read().map_err(db)?;
-        let objects = read.open_table(OBJECTS).map_err(db)?;
-        match objects.get(key.encode().as_str()).map_err(db)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(bytes.value())?)),
-            None => Ok(None),
-        }
+        Ok(self.read_memory().objects.get(&key.encode()).map(|object| Value::clone(object)))
     }
 
     /// Lists objects under `prefix`, after the encoded key `start_after` if given, keeping those
@@ -110,46 +226,34 @@ impl StateShared {
         limit: Option<usize>,
         filter: &dyn Fn(&Value) -> bool,
     ) -> Result<(Vec<Value>, u64, Option<String>)> {
-        let read = self.database.begin_read().map_err(db)?;
-        let objects = read.open_table(OBJECTS).map_err(db)?;
-        let meta = read.open_table(META).map_err(db)?;
-        let revision: u64 = match meta.get(REVISION_KEY).map_err(db)? {
-            Some(bytes) => serde_json::from_slice(bytes.value())?,
-            None => 0,
+        let memory = self.read_memory();
+        let start = match start_after {
+            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
+            None => std::ops::Bound::Included(prefix.to_owned()),
         };
-        let start = start_after.map(str::to_owned).unwrap_or_else(|| prefix.to_owned());
         let mut items = Vec::new();
+        let mut last_key = None;
         let mut continue_after = None;
-        let bounds = (std::ops::Bound::Included(start.as_str()), std::ops::Bound::Unbounded);
-        for row in objects.range::<&str>(bounds).map_err(db)? {
-            let (key, bytes) = row.map_err(db)?;
-            let key = key.value();
+        for (key, object) in memory.objects.range::<String, _>((start, std::ops::Bound::Unbounded)) {
             if !key.starts_with(prefix) {
                 break;
             }
-            if Some(key) == start_after {
-                continue;
-            }
-            let object: Value = serde_json::from_slice(bytes.value())?;
-            if !filter(&object) {
+            if !filter(object) {
                 continue;
             }
             if limit.is_some_and(|limit| items.len() >= limit) {
-                continue_after = Some(last_key(&items, prefix));
+                continue_after = last_key;
                 break;
             }
-            items.push(object);
+            items.push(Value::clone(object));
+            last_key = Some(key.clone());
         }
-        Ok((items, revision, continue_after))
+        Ok((items, memory.applied.revision, continue_after))
     }
 }
 
-/// The encoded key of the last listed object (for continue tokens).
-fn last_key(items: &[Value], prefix: &str) -> String {
-    let name = items.last().and_then(|object| object["metadata"]["name"].as_str()).unwrap_or_default();
-    let namespace = items.last().and_then(|object| object["metadata"]["namespace"].as_str()).unwrap_or_default();
-    let resource = prefix.split('/').next().unwrap_or_default();
-    ObjectKey::new(resource, namespace, name).encode()
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn object_revision(object: &Value) -> u64 {
@@ -189,50 +293,52 @@ impl StateMachine {
     }
 }
 
-fn execute(
-    objects: &mut redb::Table<&str, &[u8]>,
-    revision: &mut u64,
-    command: Command,
-    events: &mut Vec<Event>,
-) -> Result<CommandResponse> {
-    let encoded = command.key().encode();
-    let current: Option<Value> = match objects.get(encoded.as_str()).map_err(db)? {
-        Some(bytes) => Some(serde_json::from_slice(bytes.value())?),
-        None => None,
+fn execute(memory: &mut Memory, command: Command, events: &mut Vec<Event>) -> CommandResponse {
+    let key = match &command {
+        Command::Batch(_) => {
+            let Command::Batch(commands) = command else { unreachable!("matched just above") };
+            return CommandResponse::Batch(commands.into_iter().map(|c| execute(memory, c, events)).collect());
+        }
+        Command::Create { key, .. } | Command::Update { key, .. } | Command::Delete { key, .. } => key,
     };
+    let encoded = key.encode();
+    let current = memory.objects.get(&encoded).cloned();
     let (key, mut object, event_type) = match command {
+        Command::Batch(_) => unreachable!("batches returned above"),
         Command::Create { key, object } => {
             if current.is_some() {
-                return Ok(CommandResponse::Rejected(WriteError::AlreadyExists));
+                return CommandResponse::Rejected(WriteError::AlreadyExists);
             }
             (key, object, EventType::Added)
         }
         Command::Update { key, object, precondition } => {
-            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
+            let Some(current) = current else { return CommandResponse::Rejected(WriteError::NotFound) };
             if let Err(error) = check_precondition(&current, &precondition) {
-                return Ok(CommandResponse::Rejected(error));
+                return CommandResponse::Rejected(error);
             }
             (key, object, EventType::Modified)
         }
         Command::Delete { key, precondition } => {
-            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
+            let Some(current) = current else { return CommandResponse::Rejected(WriteError::NotFound) };
             if let Err(error) = check_precondition(&current, &precondition) {
-                return Ok(CommandResponse::Rejected(error));
+                return CommandResponse::Rejected(error);
             }
-            (key, current, EventType::Deleted)
+            (key, Value::clone(&current), EventType::Deleted)
         }
     };
-    *revision += 1;
-    stamp(&mut object, *revision);
-    if event_type == EventType::Deleted {
-        objects.remove(encoded.as_str()).map_err(db)?;
-    } else {
-        let bytes = serde_json::to_vec(&object)?;
-        objects.insert(encoded.as_str(), bytes.as_slice()).map_err(db)?;
-    }
+    memory.applied.revision += 1;
+    let revision = memory.applied.revision;
+    stamp(&mut object, revision);
     let object = Arc::new(object);
-    events.push(Event { revision: *revision, event_type, key, object: Arc::clone(&object) });
-    Ok(CommandResponse::Written { revision: *revision, object: Arc::unwrap_or_clone(object) })
+    if event_type == EventType::Deleted {
+        memory.objects.remove(&encoded);
+        memory.dirty.insert(encoded, None);
+    } else {
+        memory.objects.insert(encoded.clone(), Arc::clone(&object));
+        memory.dirty.insert(encoded, Some(Arc::clone(&object)));
+    }
+    events.push(Event { revision, event_type, key, object: Arc::clone(&object) });
+    CommandResponse::Written { revision, object: Value::clone(&object) }
 }
 
 fn io_error(error: Error) -> StorageError<NodeId> {
@@ -243,8 +349,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        let applied = self.shared.applied();
-        Ok((applied.last_applied, applied.membership.clone()))
+        let memory = self.shared.read_memory();
+        Ok((memory.applied.last_applied, memory.applied.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
@@ -252,39 +358,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.shared.applied().clone();
         let mut responses = Vec::new();
         let mut events = Vec::new();
-        let result: Result<()> = (|| {
-            let mut write = self.shared.database.begin_write().map_err(db)?;
-            write.set_durability(Durability::None).map_err(db)?;
-            {
-                let mut objects = write.open_table(OBJECTS).map_err(db)?;
-                let mut meta = write.open_table(META).map_err(db)?;
-                for entry in entries {
-                    applied.last_applied = Some(entry.log_id);
-                    let response = match entry.payload {
-                        EntryPayload::Blank => CommandResponse::None,
-                        EntryPayload::Normal(command) => {
-                            execute(&mut objects, &mut applied.revision, command, &mut events)?
-                        }
-                        EntryPayload::Membership(membership) => {
-                            applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                            CommandResponse::None
-                        }
-                    };
-                    responses.push(response);
-                }
-                meta.insert(APPLIED_KEY, serde_json::to_vec(&applied.last_applied)?.as_slice()).map_err(db)?;
-                meta.insert(MEMBERSHIP_KEY, serde_json::to_vec(&applied.membership)?.as_slice()).map_err(db)?;
-                meta.insert(REVISION_KEY, serde_json::to_vec(&applied.revision)?.as_slice()).map_err(db)?;
+        {
+            let mut memory = self.shared.write_memory();
+            for entry in entries {
+                memory.applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => CommandResponse::None,
+                    EntryPayload::Normal(command) => execute(&mut memory, command, &mut events),
+                    EntryPayload::Membership(membership) => {
+                        memory.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResponse::None
+                    }
+                };
+                responses.push(response);
             }
-            write.commit().map_err(db)?;
-            Ok(())
-        })();
-        result.map_err(io_error)?;
-        *self.shared.applied() = applied;
+            memory.applied_dirty = true;
+        }
         self.shared.history.record(events);
+        self.shared.wake_flusher();
         Ok(responses)
     }
 
@@ -302,6 +395,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
+        let _serialised = lock(&self.shared.flush_lock);
         let data: SnapshotData = serde_json::from_slice(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let result: Result<()> = (|| {
@@ -321,8 +415,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         })();
         result.map_err(io_error)?;
-        *self.shared.applied() =
-            Applied { last_applied: data.last_applied, membership: data.membership, revision: data.revision };
+        {
+            let mut memory = self.shared.write_memory();
+            memory.objects = data.objects.into_iter().map(|(key, object)| (key, Arc::new(object))).collect();
+            memory.applied = Applied { last_applied: data.last_applied, membership: data.membership, revision: data.revision };
+            memory.dirty.clear();
+            memory.applied_dirty = false;
+        }
         self.shared.history.reset(data.revision);
         *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes));
         Ok(())
@@ -343,40 +442,29 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let result: Result<(SnapshotData, Vec<u8>)> = (|| {
-            // Make every earlier non-durable apply durable before openraft may purge the log
-            // entries that produced it.
-            let mut flush = self.shared.database.begin_write().map_err(db)?;
-            flush.set_durability(Durability::Immediate).map_err(db)?;
-            flush.commit().map_err(db)?;
-            let read = self.shared.database.begin_read().map_err(db)?;
-            let objects_table = read.open_table(OBJECTS).map_err(db)?;
-            let meta = read.open_table(META).map_err(db)?;
-            let decode = |key: &str| -> Result<Option<Vec<u8>>> {
-                Ok(meta.get(key).map_err(db)?.map(|bytes| bytes.value().to_vec()))
+        // Serialising every object and the durable flush are long, synchronous work: keep them off
+        // the async workers that serve requests and drive Raft.
+        let shared = Arc::clone(&self.shared);
+        let built = tokio::task::spawn_blocking(move || -> Result<(SnapshotData, Vec<u8>)> {
+            // Make everything applied so far durable before openraft may purge the log entries
+            // that produced it.
+            shared.flush(true)?;
+            // Hold the lock only to copy the map of shared objects; serialise outside it.
+            let (last_applied, membership, revision, objects) = {
+                let memory = shared.read_memory();
+                (memory.applied.last_applied, memory.applied.membership.clone(), memory.applied.revision, memory.objects.clone())
             };
-            let last_applied = match decode(APPLIED_KEY)? {
-                Some(bytes) => serde_json::from_slice(&bytes)?,
-                None => None,
-            };
-            let membership = match decode(MEMBERSHIP_KEY)? {
-                Some(bytes) => serde_json::from_slice(&bytes)?,
-                None => Membership::default(),
-            };
-            let revision = match decode(REVISION_KEY)? {
-                Some(bytes) => serde_json::from_slice(&bytes)?,
-                None => 0,
-            };
-            let mut objects = Vec::new();
-            for row in objects_table.range::<&str>(..).map_err(db)? {
-                let (key, bytes) = row.map_err(db)?;
-                objects.push((key.value().to_owned(), serde_json::from_slice(bytes.value())?));
-            }
+            let objects: Vec<(String, Value)> = objects.into_iter().map(|(key, object)| (key, Arc::unwrap_or_clone(object))).collect();
             let data = SnapshotData { last_applied, membership, revision, objects };
             let bytes = serde_json::to_vec(&data)?;
-            Ok((data, bytes))
-        })();
-        let (data, bytes) = result.map_err(|e| StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())))?;
+            Ok((SnapshotData { objects: Vec::new(), ..data }, bytes))
+        })
+        .await;
+        let (data, bytes) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(error)) => return Err(StorageIOError::read_state_machine(&std::io::Error::other(error.to_string())).into()),
+            Err(join) => return Err(StorageIOError::read_state_machine(&std::io::Error::other(join.to_string())).into()),
+        };
         let snapshot_id = match data.last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, data.revision),
             None => format!("0-0-{}", data.revision),

@@ -24,6 +24,16 @@ pub struct StoreConfig {
     /// The address peers would reach this server at (recorded in the membership).
     pub advertise_addr: String,
     pub history: HistoryLimits,
+    /// Build a snapshot (and compact the log) after this many log entries.
+    pub snapshot_every: u64,
+}
+
+impl StoreConfig {
+    /// The defaults for a server: history per [`HistoryLimits::default`], a snapshot every
+    /// 10,000 entries.
+    pub fn new(data_dir: PathBuf, node_id: u64, advertise_addr: String) -> Self {
+        Self { data_dir, node_id, advertise_addr, history: HistoryLimits::default(), snapshot_every: 10_000 }
+    }
 }
 
 /// A listing: the items, the revision they were read at, and where to continue.
@@ -34,10 +44,18 @@ pub struct ListResult {
     pub continue_after: Option<String>,
 }
 
+type Proposal = (Command, tokio::sync::oneshot::Sender<Result<CommandResponse>>);
+
+/// How many Raft writes the proposer keeps in flight at once.
+const PROPOSALS_IN_FLIGHT: usize = 2;
+/// The most commands folded into one log entry.
+const MAX_BATCH: usize = 512;
+
 /// The replicated object store. Cloning shares it.
 #[derive(Clone)]
 pub struct Store {
     raft: Raft,
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     state: Arc<StateShared>,
     log_writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -54,8 +72,9 @@ impl Store {
             heartbeat_interval: 250,
             election_timeout_min: 300,
             election_timeout_max: 600,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: (config.snapshot_every / 10).max(1),
+            purge_batch_size: 1,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft(e.to_string()))?);
@@ -77,22 +96,21 @@ impl Store {
             .state(ServerState::Leader, "the single-member group elects this server")
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        Ok(Self { raft, state, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(propose(raft.clone(), queue));
+        Ok(Self { raft, proposals, state, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// Proposes `command` and waits until it is durable in the log and applied. The inner
-    /// result is the state machine's verdict.
+    /// result is the state machine's verdict. Concurrent writes share log entries (see
+    /// [`propose`]).
     pub async fn write(&self, command: Command) -> Result<Result<(u64, Value), WriteError>> {
-        let response = self.raft.client_write(command).await.map_err(|e| match e {
-            openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
-                Error::NotLeader(format!("leader is {:?}", forward.leader_id))
-            }
-            other => Error::Raft(other.to_string()),
-        })?;
-        match response.data {
+        let (reply, response) = tokio::sync::oneshot::channel();
+        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
+        match response.await.map_err(|_| Error::Raft("the store is shut down".into()))?? {
             CommandResponse::Written { revision, object } => Ok(Ok((revision, object))),
             CommandResponse::Rejected(error) => Ok(Err(error)),
-            CommandResponse::None => Err(Error::Raft("a write produced no response".into())),
+            CommandResponse::Batch(_) | CommandResponse::None => Err(Error::Raft("a write produced no response".into())),
         }
     }
 
@@ -127,6 +145,11 @@ impl Store {
         self.state.revision()
     }
 
+    /// Raft's view of this server: the log, snapshot and membership positions.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
     /// Follows every change after `after_revision`.
     pub fn watch(&self, after_revision: u64) -> Result<Watcher, WatchError> {
         self.state.history.watch(after_revision)
@@ -137,6 +160,9 @@ impl Store {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+        if let Err(error) = self.state.close() {
+            tracing::warn!(%error, "flushing the state machine at shutdown");
+        }
         let handle = self.log_writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let joined = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || handle.join())).await;
@@ -144,5 +170,67 @@ impl Store {
                 tracing::warn!("the raft log writer did not stop within 10 s");
             }
         }
+    }
+}
+
+fn raft_error(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>) -> Error {
+    match error {
+        openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
+            Error::NotLeader(format!("leader is {:?}", forward.leader_id))
+        }
+        other => Error::Raft(other.to_string()),
+    }
+}
+
+/// Group commit above Raft. openraft 0.9 starts a log append only after the previous one is
+/// flushed, so one write per entry would cap throughput at one fsync per write. Instead every
+/// write that arrives while a Raft write is in flight waits here, and the next log entry carries
+/// all of them as one [`Command::Batch`].
+async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(proposal) => batch.push(proposal),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if batch.len() == 1 {
+                let (command, reply) = batch.pop().expect("one proposal");
+                let outcome = raft.client_write(command).await.map(|r| r.data).map_err(raft_error);
+                let _ = reply.send(outcome);
+                return;
+            }
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            match raft.client_write(Command::Batch(commands)).await {
+                Ok(response) => match response.data {
+                    CommandResponse::Batch(responses) => {
+                        for (reply, response) in replies.into_iter().zip(responses) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                    other => {
+                        for reply in replies {
+                            let _ = reply.send(Err(Error::Raft(format!("a batch produced {other:?}"))));
+                        }
+                    }
+                },
+                Err(error) => {
+                    let error = raft_error(error);
+                    for reply in replies {
+                        let copy = match &error {
+                            Error::NotLeader(message) => Error::NotLeader(message.clone()),
+                            other => Error::Raft(other.to_string()),
+                        };
+                        let _ = reply.send(Err(copy));
+                    }
+                }
+            }
+        });
     }
 }

@@ -6,12 +6,7 @@ use shoal_store::history::HistoryLimits;
 use shoal_store::{Command, ObjectKey, Store, StoreConfig, WriteError};
 
 fn config(dir: &std::path::Path) -> StoreConfig {
-    StoreConfig {
-        data_dir: dir.to_owned(),
-        node_id: 1,
-        advertise_addr: "127.0.0.1:0".into(),
-        history: HistoryLimits::default(),
-    }
+    StoreConfig { history: HistoryLimits::default(), ..StoreConfig::new(dir.to_owned(), 1, "127.0.0.1:0".into()) }
 }
 
 fn config_map(name: &str, value: &str) -> serde_json::Value {
@@ -92,5 +87,44 @@ async fn listing_pages_and_snapshots_keep_every_object() {
     assert_eq!(names.len(), 25);
     assert_eq!(names.first().map(String::as_str), Some("cm-00"));
     assert_eq!(names.last().map(String::as_str), Some("cm-24"));
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compact_the_log_and_restarts_keep_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_every = 20;
+    {
+        let store = Store::open(config.clone()).await.expect("open");
+        for index in 0..150 {
+            let name = format!("cm-{index:03}");
+            store
+                .write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object: config_map(&name, "v") })
+                .await
+                .expect("raft")
+                .expect("created");
+        }
+        store
+            .write(Command::Delete { key: ObjectKey::new("configmaps", "default", "cm-000"), precondition: Precondition::default() })
+            .await
+            .expect("raft")
+            .expect("deleted");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let metrics = store.raft_metrics();
+            if metrics.purged.is_some_and(|purged| purged.index > 100) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the log was not compacted: {metrics:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store.shutdown().await;
+    }
+    let store = Store::open(config).await.expect("reopen");
+    let listed = store.list("configmaps", Some("default"), None, None, &|_| true).expect("list");
+    assert_eq!(listed.items.len(), 149, "every object survives compaction and restart");
+    assert!(store.get(&ObjectKey::new("configmaps", "default", "cm-000")).expect("read").is_none());
+    assert_eq!(listed.revision, 151);
     store.shutdown().await;
 }

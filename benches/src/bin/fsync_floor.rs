@@ -1,0 +1,27 @@
+//! The machine's fsync floor: append a small record to a file and fdatasync it, N times, in the
+//! directory the store would use. Every durable write of a single client costs at least this.
+
+use std::io::Write;
+use std::time::Instant;
+
+use shoal_benches::{Summary, micros};
+
+fn main() -> anyhow::Result<()> {
+    let directory = std::env::args().nth(1).unwrap_or_else(|| ".".into());
+    let iterations: usize = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2000);
+    let path = std::path::Path::new(&directory).join("fsync-floor.tmp");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let record = [0x5au8; 512];
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = Instant::now();
+        file.write_all(&record)?;
+        file.sync_data()?;
+        samples.push(start.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let summary = Summary::of(samples);
+    println!("fsync floor (512 B append + fdatasync, {} runs): p50 {}, p99 {}, max {}", summary.count, micros(summary.p50), micros(summary.p99), micros(summary.max));
+    Ok(())
+}
