@@ -1,18 +1,52 @@
 #!/usr/bin/env bash
 # Whole-system benchmarks, all in one run on this machine: the fsync floor, then API create
-# throughput and latency through a real `shoal server` (single-member Raft group on redb) with
-# 1 and 32 concurrent clients. Prints lines to copy into benches/RESULTS.md.
+# throughput and latency through a real `shoal server` (single-member Raft group on redb), with
+# wrk (Debian's package; a Lua script makes every name unique) and with a Rust client
+# (reqwest + rustls), each with 1 and 32 concurrent connections. Prints lines for
+# benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${SECONDS_PER_RUN:-10}"
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p shoal -p shoal-benches
 work="$(mktemp -d)"
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), disk of $work: $(df -h "$work" | awk 'NR==2 {print $1}')"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 ./target/release/fsync_floor "$work" 2000
-./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
-sleep 0.5
-./target/release/api_create "$work/data" 1 "$seconds"
-./target/release/api_create "$work/data" 32 "$seconds"
+
+start_server() {
+  rm -rf "$work/data"
+  ./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 2>"$work/server.log" &
+  server_pid=$!
+  for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
+  sleep 0.5
+  url="$(awk '/server:/ {print $2}' "$work/data/admin.kubeconfig")/api/v1/namespaces/default/configmaps"
+}
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
+
+for connections in 1 32; do
+  start_server
+  printf 'wrk, %s connection(s), %s s: ' "$connections" "$seconds"
+  TOKEN="$(cat "$work/data/admin-token")" wrk -t1 -c"$connections" -d"${seconds}s" -s benches/create.lua "$url" | tail -1
+  stop_server
+  start_server
+  ./target/release/api_create "$work/data" "$connections" "$seconds"
+  stop_server
+done
+
+# The peer: etcd (Debian's etcd-server) on the same disk, puts through its v3 JSON gateway over
+# plain HTTP, one member, default fsync-per-commit settings.
+if command -v etcd >/dev/null; then
+  for connections in 1 32; do
+    rm -rf "$work/etcd"
+    etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+      --listen-peer-urls http://127.0.0.1:23800 --log-level error >"$work/etcd.log" 2>&1 &
+    etcd_pid=$!
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:23790/health >/dev/null && break; sleep 0.1; done
+    printf 'etcd %s put, wrk, %s connection(s), %s s: ' "$(etcd --version | awk 'NR==1 {print $3}')" "$connections" "$seconds"
+    wrk -t1 -c"$connections" -d"${seconds}s" -s benches/etcd_put.lua http://127.0.0.1:23790/v3/kv/put | tail -1
+    kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true
+  done
+else
+  echo "etcd is not installed (apt-get install etcd-server): no peer measurement"
+fi

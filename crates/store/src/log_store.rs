@@ -51,6 +51,8 @@ struct LogMeta {
 
 struct Shared {
     entries: RwLock<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// Encoded bytes of the entries still held (since the last purge).
+    bytes_held: Arc<std::sync::atomic::AtomicU64>,
     meta: Mutex<LogMeta>,
 }
 
@@ -99,8 +101,16 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(database, receiver, purge_up_to))?;
-        let store = Self { shared: Arc::new(Shared { entries: RwLock::new(entries), meta: Mutex::new(meta) }), writer };
+        let bytes_held = entries.values().map(|entry| serde_json::to_vec(entry).map_or(0, |b| b.len() as u64)).sum();
+        let shared = Shared { entries: RwLock::new(entries), bytes_held: Arc::new(std::sync::atomic::AtomicU64::new(bytes_held)), meta: Mutex::new(meta) };
+        let store = Self { shared: Arc::new(shared), writer };
         Ok((store, thread))
+    }
+
+    /// A live count of the bytes of log the store holds since the last purge. Holding it does not
+    /// keep the store open.
+    pub fn bytes_held(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.shared.bytes_held)
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError<NodeId>> {
@@ -290,6 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut memory = self.entries_write();
             for entry in entries {
                 let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+                self.shared.bytes_held.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 encoded.push((entry.log_id.index, bytes));
                 memory.insert(entry.log_id.index, entry);
             }
@@ -310,7 +321,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(WriteOp::Purge { up_to_index: log_id.index, last_purged, reply })?;
         wait(receiver).await?;
         self.meta().last_purged = Some(log_id);
-        self.entries_write().retain(|index, _| *index > log_id.index);
+        let mut entries = self.entries_write();
+        entries.retain(|index, _| *index > log_id.index);
+        // Recount what remains (purges are rare; appends only add).
+        let remaining: u64 = entries.values().map(|entry| serde_json::to_vec(entry).map_or(0, |b| b.len() as u64)).sum();
+        self.shared.bytes_held.store(remaining, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

@@ -60,6 +60,15 @@ struct Memory {
     applied_dirty: bool,
 }
 
+/// A borrowed [`SnapshotData`], serialised to the same layout without copying the objects.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    last_applied: Option<LogId<NodeId>>,
+    membership: &'a Membership,
+    revision: u64,
+    objects: Vec<(&'a str, &'a Value)>,
+}
+
 /// State shared between the state machine (owned by openraft), the flusher and readers.
 ///
 /// Objects are served from memory; a flusher thread writes what changed to redb in batches
@@ -454,10 +463,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let memory = shared.read_memory();
                 (memory.applied.last_applied, memory.applied.membership.clone(), memory.applied.revision, memory.objects.clone())
             };
-            let objects: Vec<(String, Value)> = objects.into_iter().map(|(key, object)| (key, Arc::unwrap_or_clone(object))).collect();
-            let data = SnapshotData { last_applied, membership, revision, objects };
-            let bytes = serde_json::to_vec(&data)?;
-            Ok((SnapshotData { objects: Vec::new(), ..data }, bytes))
+            // Serialise straight from the shared objects, in the layout of `SnapshotData`.
+            let borrowed: Vec<(&str, &Value)> = objects.iter().map(|(key, object)| (key.as_str(), object.as_ref())).collect();
+            let bytes = serde_json::to_vec(&SnapshotView { last_applied, membership: &membership, revision, objects: borrowed })?;
+            Ok((SnapshotData { last_applied, membership, revision, objects: Vec::new() }, bytes))
         })
         .await;
         let (data, bytes) = match built {

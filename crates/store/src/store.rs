@@ -24,15 +24,24 @@ pub struct StoreConfig {
     /// The address peers would reach this server at (recorded in the membership).
     pub advertise_addr: String,
     pub history: HistoryLimits,
-    /// Build a snapshot (and compact the log) after this many log entries.
+    /// Build a snapshot (and compact the log) after this many log entries...
     pub snapshot_every: u64,
+    /// ...or once the log holds this many bytes, whichever comes first.
+    pub snapshot_log_bytes: u64,
 }
 
 impl StoreConfig {
     /// The defaults for a server: history per [`HistoryLimits::default`], a snapshot every
-    /// 10,000 entries.
+    /// 100,000 entries (as etcd) or 64 MiB of log.
     pub fn new(data_dir: PathBuf, node_id: u64, advertise_addr: String) -> Self {
-        Self { data_dir, node_id, advertise_addr, history: HistoryLimits::default(), snapshot_every: 10_000 }
+        Self {
+            data_dir,
+            node_id,
+            advertise_addr,
+            history: HistoryLimits::default(),
+            snapshot_every: 100_000,
+            snapshot_log_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -66,6 +75,7 @@ impl Store {
     pub async fn open(config: StoreConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let (log_store, log_writer) = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+        let log_bytes = log_store.bytes_held();
         let state = StateShared::open(&config.data_dir.join("state.redb"), config.history.clone())?;
         let raft_config = Config {
             cluster_name: "shoal".into(),
@@ -96,6 +106,7 @@ impl Store {
             .state(ServerState::Leader, "the single-member group elects this server")
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), queue));
         Ok(Self { raft, proposals, state, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
@@ -232,5 +243,22 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
                 }
             }
         });
+    }
+}
+
+/// Triggers a snapshot (and with it log compaction) whenever the log outgrows `limit` bytes, so
+/// that large batch entries cannot grow memory without bound between entry-count snapshots.
+async fn bound_log_size(raft: Raft, log_bytes: Arc<std::sync::atomic::AtomicU64>, limit: u64) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_trigger: Option<tokio::time::Instant> = None;
+    loop {
+        ticker.tick().await;
+        if log_bytes.load(std::sync::atomic::Ordering::Relaxed) < limit || last_trigger.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            continue;
+        }
+        last_trigger = Some(tokio::time::Instant::now());
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
 }

@@ -128,3 +128,23 @@ async fn snapshots_compact_the_log_and_restarts_keep_everything() {
     assert_eq!(listed.revision, 151);
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_outgrows_its_byte_budget_is_compacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_every = 1_000_000;
+    config.snapshot_log_bytes = 16 * 1024;
+    let store = Store::open(config).await.expect("open");
+    for index in 0..100 {
+        let name = format!("big-{index:03}");
+        let object = config_map(&name, &"x".repeat(1024));
+        store.write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object }).await.expect("raft").expect("created");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while store.raft_metrics().purged.is_none() {
+        assert!(std::time::Instant::now() < deadline, "100 KiB of log over a 16 KiB budget was never compacted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    store.shutdown().await;
+}
