@@ -28,6 +28,8 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// ...or once the log holds this many bytes, whichever comes first.
     pub snapshot_log_bytes: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging peer can catch up from the log.
+    pub entries_kept_after_snapshot: u64,
 }
 
 impl StoreConfig {
@@ -41,6 +43,7 @@ impl StoreConfig {
             history: HistoryLimits::default(),
             snapshot_every: 100_000,
             snapshot_log_bytes: 64 * 1024 * 1024,
+            entries_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -83,7 +86,7 @@ impl Store {
             election_timeout_min: 300,
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: (config.snapshot_every / 10).max(1),
+            max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
             purge_batch_size: 1,
             ..Default::default()
         };

@@ -95,6 +95,7 @@ async fn snapshots_compact_the_log_and_restarts_keep_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.snapshot_every = 20;
+    config.entries_kept_after_snapshot = 2;
     {
         let store = Store::open(config.clone()).await.expect("open");
         for index in 0..150 {
@@ -135,6 +136,7 @@ async fn a_log_that_outgrows_its_byte_budget_is_compacted() {
     let mut config = config(dir.path());
     config.snapshot_every = 1_000_000;
     config.snapshot_log_bytes = 16 * 1024;
+    config.entries_kept_after_snapshot = 0;
     let store = Store::open(config).await.expect("open");
     for index in 0..100 {
         let name = format!("big-{index:03}");
