@@ -314,8 +314,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
         let mut watcher = match watcher {
             Ok(watcher) => watcher,
             Err(WatchError::Expired { requested, oldest }) => {
-                let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
-                let _ = sender.send(Ok(encode("ERROR", status))).await;
+                let _ = sender.send(Ok(encode("ERROR", expired(requested, oldest)))).await;
                 return;
             }
         };
@@ -344,8 +343,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                     let events = match batch {
                         Ok(events) => events,
                         Err(WatchError::Expired { requested, oldest }) => {
-                            let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
-                            let _ = sender.send(Ok(encode("ERROR", status))).await;
+                            let _ = sender.send(Ok(encode("ERROR", expired(requested, oldest)))).await;
                             return;
                         }
                     };
@@ -372,10 +370,13 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
     Ok(response.into_response())
 }
 
-fn verbs(info: &ResourceInfo) -> Value {
-    let _ = info;
-    json!(["create", "delete", "get", "list", "patch", "update", "watch"])
+/// The `Status` of an ERROR watch event for a revision no longer in the history.
+fn expired(requested: u64, oldest: u64) -> Value {
+    ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status()
 }
+
+/// Every served kind supports the same verbs.
+const VERBS: [&str; 7] = ["create", "delete", "get", "list", "patch", "update", "watch"];
 
 /// Legacy discovery documents (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList`).
 fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) -> Result<Response, ApiError> {
@@ -403,7 +404,7 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
             for info in served {
                 listed.push(json!({
                     "name": info.plural, "singularName": info.singular, "namespaced": info.namespaced, "kind": info.kind,
-                    "verbs": verbs(info), "shortNames": info.short_names, "categories": info.categories,
+                    "verbs": VERBS, "shortNames": info.short_names, "categories": info.categories,
                 }));
                 if info.has_status {
                     listed.push(json!({"name": format!("{}/status", info.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}));

@@ -183,10 +183,7 @@ impl StateShared {
                         }
                     }
                 }
-                let mut meta = write.open_table(META).map_err(db)?;
-                meta.insert(APPLIED_KEY, serde_json::to_vec(&applied.last_applied)?.as_slice()).map_err(db)?;
-                meta.insert(MEMBERSHIP_KEY, serde_json::to_vec(&applied.membership)?.as_slice()).map_err(db)?;
-                meta.insert(REVISION_KEY, serde_json::to_vec(&applied.revision)?.as_slice()).map_err(db)?;
+                write_applied(&mut write.open_table(META).map_err(db)?, &applied)?;
             }
             write.commit().map_err(db)?;
             Ok(())
@@ -259,6 +256,14 @@ impl StateShared {
         }
         Ok((items, memory.applied.revision, continue_after))
     }
+}
+
+/// Records the applied position (last applied id, membership, revision) in the meta table.
+fn write_applied(meta: &mut redb::Table<&str, &[u8]>, applied: &Applied) -> Result<()> {
+    meta.insert(APPLIED_KEY, serde_json::to_vec(&applied.last_applied)?.as_slice()).map_err(db)?;
+    meta.insert(MEMBERSHIP_KEY, serde_json::to_vec(&applied.membership)?.as_slice()).map_err(db)?;
+    meta.insert(REVISION_KEY, serde_json::to_vec(&applied.revision)?.as_slice()).map_err(db)?;
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -415,10 +420,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for (key, object) in &data.objects {
                     objects.insert(key.as_str(), serde_json::to_vec(object)?.as_slice()).map_err(db)?;
                 }
-                let mut table = write.open_table(META).map_err(db)?;
-                table.insert(APPLIED_KEY, serde_json::to_vec(&data.last_applied)?.as_slice()).map_err(db)?;
-                table.insert(MEMBERSHIP_KEY, serde_json::to_vec(&data.membership)?.as_slice()).map_err(db)?;
-                table.insert(REVISION_KEY, serde_json::to_vec(&data.revision)?.as_slice()).map_err(db)?;
+                let applied = Applied { last_applied: data.last_applied, membership: data.membership.clone(), revision: data.revision };
+                write_applied(&mut write.open_table(META).map_err(db)?, &applied)?;
             }
             write.commit().map_err(db)?;
             Ok(())
