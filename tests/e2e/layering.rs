@@ -1,6 +1,6 @@
 //! The workspace's dependency rules (ARCHITECTURE.md, "Invariants"), checked from the crates'
-//! manifests: `api` is a leaf; the client knows only `api`; the store knows no other Shoal crate;
-//! the API server uses `api` and `store` only.
+//! manifests: `api`, `store` and `oci` are leaves; the client knows only `api`; the API server
+//! uses `api`, `store` and `oci` only.
 
 use std::collections::BTreeMap;
 
@@ -42,8 +42,9 @@ fn crates_depend_only_in_the_documented_direction() {
     let allowed: &[(&str, &[&str])] = &[
         ("shoal-api", &[]),
         ("shoal-store", &[]),
+        ("shoal-oci", &[]),
         ("shoal-client", &["shoal-api"]),
-        ("shoal-apiserver", &["shoal-api", "shoal-store"]),
+        ("shoal-apiserver", &["shoal-api", "shoal-store", "shoal-oci"]),
     ];
     for (krate, permitted) in allowed {
         let actual = graph.get(*krate).unwrap_or_else(|| panic!("{krate} is missing from crates/"));

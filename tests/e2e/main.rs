@@ -5,4 +5,5 @@ mod cli;
 mod durability;
 mod harness;
 mod layering;
+mod registry;
 mod samples;

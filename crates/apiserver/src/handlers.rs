@@ -57,7 +57,7 @@ fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
     [&state.credentials.admin_token, &state.credentials.node_token].iter().any(|known| constant_time_eq(known.as_bytes(), token))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -85,6 +85,9 @@ pub async fn health() -> &'static str {
 
 /// Everything under `/api` and `/apis`.
 pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    if uri.path() == "/v2" || uri.path().starts_with("/v2/") {
+        return crate::registry::handle(state, method, uri, headers, body).await;
+    }
     if !authenticated(&state, &headers) {
         return error_response(&ApiError::unauthorized());
     }

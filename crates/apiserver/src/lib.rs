@@ -7,6 +7,7 @@ pub mod error;
 mod handlers;
 pub mod objects;
 pub mod pki;
+pub mod registry;
 pub mod request;
 
 use std::collections::HashSet;
@@ -36,6 +37,8 @@ pub struct ApiServerConfig {
     pub api_addr: String,
     /// How much watch history to keep.
     pub watch_history: HistoryLimits,
+    /// The built-in registry's limit on one artifact (all its blobs).
+    pub registry_max_artifact_bytes: u64,
 }
 
 /// Shared by every request.
@@ -45,6 +48,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub(crate) namespace_teardowns: Mutex<HashSet<String>>,
+    pub(crate) registry: registry::Registry,
 }
 
 /// A running API server.
@@ -112,6 +116,8 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         namespace_teardowns: Mutex::new(HashSet::new()),
+        registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
+            .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });
     objects::bootstrap(&state).await.map_err(|e| Error::Tls(format!("bootstrapping namespaces: {e}")))?;
     pki::write_kubeconfig(&credentials, &url)?;

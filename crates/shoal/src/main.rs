@@ -1,6 +1,7 @@
 //! The `shoal` binary: argument parsing and dispatch to the server and client commands.
 
 mod apply;
+mod artifact;
 mod describe;
 mod get;
 mod output;
@@ -39,6 +40,15 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Delete objects by kind and name, or those in manifests.
     Delete(apply::DeleteArgs),
+    /// Push a .wasm file as an OCI artifact (CNCF Wasm format) and print its digest.
+    Push(artifact::PushArgs),
+    /// Pull a Wasm artifact into a file.
+    Pull(artifact::PullArgs),
+    /// Manage the built-in registry's artifacts.
+    Artifact {
+        #[command(subcommand)]
+        what: artifact::ArtifactCommand,
+    },
     /// Create an object imperatively.
     Create {
         #[command(subcommand)]
@@ -100,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
         Command::Describe(args) => describe::describe(&client(cli.kubeconfig, server)?, args).await,
         Command::Delete(args) => apply::delete(&client(cli.kubeconfig, server)?, args).await,
+        Command::Push(args) => artifact::push(&kubeconfig_path(cli.kubeconfig), server, args).await,
+        Command::Pull(args) => artifact::pull(&kubeconfig_path(cli.kubeconfig), server, args).await,
+        Command::Artifact { what } => artifact::artifact(&kubeconfig_path(cli.kubeconfig), server, what).await,
         Command::Create { what: CreateCommand::Namespace { name } } => {
             let client = client(cli.kubeconfig, server)?;
             let info = shoal_api::resources::by_name("namespace").expect("namespaces are served");

@@ -11,8 +11,11 @@ pub fn kind_name(info: &ResourceInfo) -> String {
 
 /// Prints an error as kubectl does: `Error from server (Reason): message` for API errors.
 pub fn print_error(error: &anyhow::Error) {
-    match error.downcast_ref::<shoal_client::Error>() {
-        Some(shoal_client::Error::Api(status)) => eprintln!("Error from server ({}): {}", status.reason, status.message),
+    match (error.downcast_ref::<shoal_client::Error>(), error.downcast_ref::<shoal_oci::Error>()) {
+        (Some(shoal_client::Error::Api(status)), _) => eprintln!("Error from server ({}): {}", status.reason, status.message),
+        (_, Some(shoal_oci::Error::Registry { registry, status, code, message })) => {
+            eprintln!("Error from registry {registry} ({status} {code}): {message}")
+        }
         _ => eprintln!("error: {error:#}"),
     }
 }

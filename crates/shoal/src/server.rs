@@ -16,6 +16,9 @@ pub struct ServerArgs {
     /// Address of the HTTPS API (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     api_addr: String,
+    /// The built-in registry's size limit for one artifact, in bytes.
+    #[arg(long, default_value_t = shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)]
+    registry_max_artifact_bytes: u64,
     /// Watch history: events always kept (at least).
     #[arg(long, default_value_t = 10_000, hide = true)]
     watch_history_min_events: usize,
@@ -61,6 +64,7 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
     let server = shoal_apiserver::start(ApiServerConfig {
         data_dir: args.data_dir.clone(),
         api_addr: args.api_addr.clone(),
+        registry_max_artifact_bytes: args.registry_max_artifact_bytes,
         watch_history: shoal_apiserver::HistoryLimits {
             min_events: args.watch_history_min_events,
             min_age: std::time::Duration::from_secs(args.watch_history_min_age_seconds),

@@ -48,6 +48,12 @@ pub enum Command {
     Update { key: ObjectKey, object: Value, precondition: Precondition },
     /// Fails with `NotFound`, or `Conflict` when a precondition does not hold.
     Delete { key: ObjectKey, precondition: Precondition },
+    /// One chunk of a content-addressed blob (registry content), base64-encoded. Chunks live in
+    /// their own redb table, not in the object map, and are readable through
+    /// `Store::blob_chunk`.
+    PutBlobChunk { digest: String, index: u32, data: String },
+    /// Removes every chunk of a blob.
+    DeleteBlobChunks { digest: String },
     /// Independent commands applied in order in one log entry, each with its own revision and
     /// verdict: how concurrent writes share one Raft round and one fsync (group commit).
     Batch(Vec<Command>),
@@ -66,6 +72,8 @@ pub enum CommandResponse {
     /// The object as stored, with its new `resourceVersion`. For a delete, the last state.
     Written { revision: u64, object: Value },
     Rejected(WriteError),
+    /// A blob chunk was written or removed.
+    BlobDone,
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
     /// Entries that carry no command (blank and membership entries).

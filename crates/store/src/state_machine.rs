@@ -26,6 +26,8 @@ use crate::history::{Event, EventType, History};
 use crate::TypeConfig;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// Blob chunks, keyed `DIGEST/INDEX` with the index zero-padded so that keys sort by index.
+const BLOB_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blob_chunks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("state_meta");
 const APPLIED_KEY: &str = "last_applied";
 const MEMBERSHIP_KEY: &str = "membership";
@@ -92,6 +94,7 @@ impl StateShared {
         let write = database.begin_write().map_err(db)?;
         write.open_table(OBJECTS).map_err(db)?;
         write.open_table(META).map_err(db)?;
+        write.open_table(BLOB_CHUNKS).map_err(db)?;
         write.commit().map_err(db)?;
         let mut memory = Memory::default();
         {
@@ -266,6 +269,45 @@ fn write_applied(meta: &mut redb::Table<&str, &[u8]>, applied: &Applied) -> Resu
     Ok(())
 }
 
+fn blob_chunk_key(digest: &str, index: u32) -> String {
+    format!("{digest}/{index:08}")
+}
+
+impl StateShared {
+    /// Chunk `index` of blob `digest`, if stored.
+    pub fn blob_chunk(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>> {
+        let read = self.database.begin_read().map_err(db)?;
+        let chunks = read.open_table(BLOB_CHUNKS).map_err(db)?;
+        Ok(chunks.get(blob_chunk_key(digest, index).as_str()).map_err(db)?.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// Writes or removes blob chunks (applied commands; idempotent, so replay is harmless).
+    fn apply_blob(&self, command: &Command) -> Result<()> {
+        let mut write = self.database.begin_write().map_err(db)?;
+        write.set_durability(Durability::None).map_err(db)?;
+        {
+            let mut chunks = write.open_table(BLOB_CHUNKS).map_err(db)?;
+            match command {
+                Command::PutBlobChunk { digest, index, data } => {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map_err(|e| Error::Database(format!("blob chunk {digest}/{index} is not base64: {e}")))?;
+                    chunks.insert(blob_chunk_key(digest, *index).as_str(), bytes.as_slice()).map_err(db)?;
+                }
+                Command::DeleteBlobChunks { digest } => {
+                    let start = format!("{digest}/");
+                    let end = format!("{digest}0");
+                    chunks.retain_in(start.as_str()..end.as_str(), |_, _| false).map_err(db)?;
+                }
+                _ => {}
+            }
+        }
+        write.commit().map_err(db)?;
+        Ok(())
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -307,35 +349,40 @@ impl StateMachine {
     }
 }
 
-fn execute(memory: &mut Memory, command: Command, events: &mut Vec<Event>) -> CommandResponse {
+fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: &mut Vec<Event>) -> Result<CommandResponse> {
     let key = match &command {
         Command::Batch(_) => {
             let Command::Batch(commands) = command else { unreachable!("matched just above") };
-            return CommandResponse::Batch(commands.into_iter().map(|c| execute(memory, c, events)).collect());
+            let responses = commands.into_iter().map(|c| execute(shared, memory, c, events)).collect::<Result<Vec<_>>>()?;
+            return Ok(CommandResponse::Batch(responses));
+        }
+        Command::PutBlobChunk { .. } | Command::DeleteBlobChunks { .. } => {
+            shared.apply_blob(&command)?;
+            return Ok(CommandResponse::BlobDone);
         }
         Command::Create { key, .. } | Command::Update { key, .. } | Command::Delete { key, .. } => key,
     };
     let encoded = key.encode();
     let current = memory.objects.get(&encoded).cloned();
     let (key, mut object, event_type) = match command {
-        Command::Batch(_) => unreachable!("batches returned above"),
+        Command::Batch(_) | Command::PutBlobChunk { .. } | Command::DeleteBlobChunks { .. } => unreachable!("returned above"),
         Command::Create { key, object } => {
             if current.is_some() {
-                return CommandResponse::Rejected(WriteError::AlreadyExists);
+                return Ok(CommandResponse::Rejected(WriteError::AlreadyExists));
             }
             (key, object, EventType::Added)
         }
         Command::Update { key, object, precondition } => {
-            let Some(current) = current else { return CommandResponse::Rejected(WriteError::NotFound) };
+            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
             if let Err(error) = check_precondition(&current, &precondition) {
-                return CommandResponse::Rejected(error);
+                return Ok(CommandResponse::Rejected(error));
             }
             (key, object, EventType::Modified)
         }
         Command::Delete { key, precondition } => {
-            let Some(current) = current else { return CommandResponse::Rejected(WriteError::NotFound) };
+            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
             if let Err(error) = check_precondition(&current, &precondition) {
-                return CommandResponse::Rejected(error);
+                return Ok(CommandResponse::Rejected(error));
             }
             (key, Value::clone(&current), EventType::Deleted)
         }
@@ -352,7 +399,7 @@ fn execute(memory: &mut Memory, command: Command, events: &mut Vec<Event>) -> Co
         memory.dirty.insert(encoded, Some(Arc::clone(&object)));
     }
     events.push(Event { revision, event_type, key, object: Arc::clone(&object) });
-    CommandResponse::Written { revision, object: Value::clone(&object) }
+    Ok(CommandResponse::Written { revision, object: Value::clone(&object) })
 }
 
 fn io_error(error: Error) -> StorageError<NodeId> {
@@ -380,7 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 memory.applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::None,
-                    EntryPayload::Normal(command) => execute(&mut memory, command, &mut events),
+                    EntryPayload::Normal(command) => execute(&self.shared, &mut memory, command, &mut events).map_err(io_error)?,
                     EntryPayload::Membership(membership) => {
                         memory.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse::None

@@ -124,8 +124,25 @@ impl Store {
         match response.await.map_err(|_| Error::Raft("the store is shut down".into()))?? {
             CommandResponse::Written { revision, object } => Ok(Ok((revision, object))),
             CommandResponse::Rejected(error) => Ok(Err(error)),
-            CommandResponse::Batch(_) | CommandResponse::None => Err(Error::Raft("a write produced no response".into())),
+            CommandResponse::Batch(_) | CommandResponse::BlobDone | CommandResponse::None => {
+                Err(Error::Raft("a write produced no response".into()))
+            }
         }
+    }
+
+    /// Replicates one blob chunk (or a chunk deletion) and waits until it is applied.
+    pub async fn write_blob(&self, command: Command) -> Result<()> {
+        let (reply, response) = tokio::sync::oneshot::channel();
+        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
+        match response.await.map_err(|_| Error::Raft("the store is shut down".into()))?? {
+            CommandResponse::BlobDone => Ok(()),
+            other => Err(Error::Raft(format!("a blob write produced {other:?}"))),
+        }
+    }
+
+    /// Chunk `index` of blob `digest` as applied on this server.
+    pub fn blob_chunk(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>> {
+        self.state.blob_chunk(digest, index)
     }
 
     /// Waits until this server's state reflects every write committed before the call
