@@ -68,3 +68,21 @@ async fn errors_read_like_kubectl_and_exit_non_zero() {
     assert_eq!(code, 1);
     assert!(stderr.contains("error parsing"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_sample_job_manifest_applies_with_its_defaults() {
+    let server = Server::start().await;
+    let manifest = repository().join("samples/worker/job.yaml");
+    let (code, stdout, stderr) = server.cli(&["apply", "-f", manifest.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "job.batch/worker created\n");
+    let (code, stdout, _) = server.cli(&["get", "job", "worker", "-o", "json"]);
+    assert_eq!(code, 0);
+    let job: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let uid = job["metadata"]["uid"].as_str().expect("uid");
+    assert_eq!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "worker");
+    assert_eq!(job["spec"]["completions"], 1);
+    let (_, stdout, _) = server.cli(&["apply", "-f", manifest.to_str().expect("utf-8")]);
+    assert_eq!(stdout, "job.batch/worker unchanged\n", "the generated selector and labels are not a change");
+}
