@@ -1,5 +1,5 @@
 //! The workspace's dependency rules (ARCHITECTURE.md, "Invariants"), checked from the crates'
-//! manifests: `api`, `store` and `oci` are leaves; the client knows only `api`; the API server
+//! manifests: `api`, `store`, `oci` and `runtime-wasm` are leaves (runtimes know nothing of the API); the client knows only `api`; the API server
 //! uses `api`, `store` and `oci` only.
 
 use std::collections::BTreeMap;
@@ -43,6 +43,7 @@ fn crates_depend_only_in_the_documented_direction() {
         ("shoal-api", &[]),
         ("shoal-store", &[]),
         ("shoal-oci", &[]),
+        ("shoal-runtime-wasm", &[]),
         ("shoal-client", &["shoal-api"]),
         ("shoal-apiserver", &["shoal-api", "shoal-store", "shoal-oci"]),
     ];

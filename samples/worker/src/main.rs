@@ -9,5 +9,21 @@ fn main() {
         println!("worker: step {step}");
     }
     println!("worker: done");
-    std::process::exit(exit_code);
+    exit(exit_code);
+}
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn exit(code: i32) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    if code == 0 {
+        std::process::exit(0);
+    }
+    // std's exit on WASI 0.2 maps every failure to 1; say the exact code.
+    wasip2::cli::exit::exit_with_code(code.clamp(1, 255) as u8);
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn exit(code: i32) {
+    std::process::exit(code);
 }

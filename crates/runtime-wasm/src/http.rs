@@ -1,0 +1,154 @@
+//! HTTP workloads: components exporting `wasi:http/incoming-handler`, served with a fresh
+//! instance per request (or, when a pod opts in, nothing reused: see the note on reuse below),
+//! under the pod's concurrency limit, time budget and memory limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::sandbox::{ComponentState, SandboxSpec, apply_time_budget};
+use crate::{Error, Result};
+
+/// The body of a response from a guest.
+pub type ResponseBody = HyperOutgoingBody;
+
+/// A component linked against WASI and wasi:http, ready to instantiate per request.
+pub struct Prepared {
+    pre: ProxyPre<ComponentState>,
+}
+
+impl Prepared {
+    /// `None` when the component does not export the HTTP handler.
+    pub(crate) fn new(engine: &Engine, component: &Component) -> Result<Option<Self>> {
+        let exports_handler = component
+            .component_type()
+            .exports(engine)
+            .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"));
+        if !exports_handler {
+            return Ok(None);
+        }
+        let mut linker = Linker::<ComponentState>::new(engine);
+        crate::sandbox::add_wasi_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| Error::Link(format!("{e:#}")))?;
+        Ok(Some(Self { pre }))
+    }
+}
+
+/// How a request ended, for the pod's status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpOutcome {
+    /// The guest answered.
+    Answered,
+    /// The guest trapped, ran past its budget, or never answered: the client got a 5xx.
+    Failed(String),
+}
+
+/// Serves one pod's HTTP component.
+pub struct HttpHandler {
+    prepared: Arc<Prepared>,
+    spec: SandboxSpec,
+    concurrency: Arc<tokio::sync::Semaphore>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+fn text_response(status: u16, text: String) -> hyper::Response<ResponseBody> {
+    let body = http_body_util::Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+impl HttpHandler {
+    pub fn new(prepared: Arc<Prepared>, spec: SandboxSpec, max_concurrency: usize) -> Self {
+        Self {
+            prepared,
+            spec,
+            concurrency: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
+            failures: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Requests that failed inside the guest (traps, budget, no answer).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Handles one request in a fresh instance. Never fails: guest failures become 500 (or 503
+    /// when the pod is at its concurrency limit for longer than its budget).
+    pub async fn handle<B>(&self, request: hyper::Request<B>) -> (hyper::Response<ResponseBody>, HttpOutcome)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        let budget = self.spec.time_budget;
+        let permit = match tokio::time::timeout(budget, Arc::clone(&self.concurrency).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return (text_response(503, "the pod is at its concurrency limit\n".into()), HttpOutcome::Failed("concurrency limit".into())),
+        };
+        let outcome = self.run(request, budget).await;
+        drop(permit);
+        match outcome {
+            Ok(response) => (response, HttpOutcome::Answered),
+            Err(reason) => {
+                self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%reason, elapsed_ms = started.elapsed().as_millis() as u64, "request failed in the guest");
+                (text_response(500, format!("the Wasm handler failed: {reason}\n")), HttpOutcome::Failed(reason))
+            }
+        }
+    }
+
+    async fn run<B>(&self, request: hyper::Request<B>, budget: Duration) -> Result<hyper::Response<ResponseBody>, String>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let state = ComponentState::new(&self.spec).map_err(|e| e.to_string())?;
+        let mut store = Store::new(self.prepared.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        apply_time_budget(&mut store, budget);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
+        let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
+        let pre = self.prepared.pre.clone();
+        // The guest runs in its own task so it can keep streaming the body after the headers.
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+        });
+        match tokio::time::timeout(budget, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(code))) => Err(format!("the guest answered with an error: {code:?}")),
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err("the guest returned without setting a response".into()),
+                Ok(Err(error)) => Err(describe_trap(&error)),
+                Err(join) => Err(format!("the guest task failed: {join}")),
+            },
+            Err(_) => {
+                task.abort();
+                Err(format!("the request ran past its {budget:?} time budget"))
+            }
+        }
+    }
+}
+
+/// A trap in words users recognise.
+pub(crate) fn describe_trap(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "stopped at its time budget (epoch interrupt)".into(),
+        Some(wasmtime::Trap::StackOverflow) => "trapped: Wasm stack overflow".into(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("{error:#}"),
+    }
+}

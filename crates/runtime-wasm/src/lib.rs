@@ -1,0 +1,193 @@
+//! shoal-runtime-wasm: runs Wasm workloads inside the node agent's process.
+//!
+//! One wasmtime [`Engine`] per node, with the pooling allocator, copy-on-write memory images and
+//! epoch interruption. Artifacts are compiled off the request path, under a size cap and a time
+//! budget, and the compiled code is cached on disk by artifact digest and the engine's
+//! compatibility hash, so neither a restart nor a second pod of the same artifact recompiles.
+//! Three kinds of workload are detected from the artifact:
+//! [`Workload::Http`] (a component exporting `wasi:http/incoming-handler`, a fresh instance per
+//! request), [`Workload::Command`] (a component exporting `wasi:cli/run`) and
+//! [`Workload::Preview1`] (a core module with `_start`). The runtime knows nothing about the API
+//! server: the node hands it resolved [`SandboxSpec`]s.
+
+mod cache;
+mod command;
+mod http;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use command::{CommandOutcome, run_command};
+pub use http::{HttpHandler, HttpOutcome, ResponseBody};
+pub use sandbox::{LogLine, LogSink, Preopen, SandboxSpec, Stream};
+
+/// How long one epoch tick is: the granularity of time budgets.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the artifact is {0} bytes, over the runtime's limit of {1} bytes")]
+    TooLarge(usize, usize),
+    #[error("compiling took longer than the {0:?} budget")]
+    CompileTimeout(Duration),
+    #[error("the artifact cannot be compiled: {0}")]
+    Compile(String),
+    #[error("the artifact cannot be linked (it imports something this node does not provide): {0}")]
+    Link(String),
+    #[error("the artifact is neither a wasi:http component, a wasi:cli command nor a WASI preview 1 module with _start")]
+    NotRunnable,
+    #[error("the artifact is a WASIp3 component ({0}); this node runs WASI 0.2 components and preview 1 modules")]
+    Preview3(String),
+    #[error("starting the sandbox: {0}")]
+    Sandbox(String),
+    #[error("io on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the engine: {0}")]
+    Engine(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to build the node's runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are cached.
+    pub cache_dir: PathBuf,
+    /// The largest artifact accepted for compilation.
+    pub max_artifact_bytes: usize,
+    /// How long compilation may take.
+    pub compile_budget: Duration,
+    /// Instances that may be live at once on this node (the pool's size).
+    pub max_instances: u32,
+    /// The largest linear memory any instance may have (per-pod limits are lower).
+    pub max_memory_bytes: usize,
+    /// The guest's Wasm stack limit; kept well under the host's async stack.
+    pub max_wasm_stack: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            max_artifact_bytes: 64 * 1024 * 1024,
+            compile_budget: Duration::from_secs(60),
+            max_instances: 1000,
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_wasm_stack: 512 * 1024,
+        }
+    }
+}
+
+/// A loaded artifact, ready to run as its kind of workload.
+pub enum Workload {
+    Http(Arc<http::Prepared>),
+    Command(Arc<command::PreparedCommand>),
+    Preview1(Arc<command::PreparedModule>),
+}
+
+impl Workload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Workload::Http(_) => "http",
+            Workload::Command(_) => "command",
+            Workload::Preview1(_) => "preview1",
+        }
+    }
+}
+
+/// The node's Wasm runtime: one engine, its linkers and its compile cache.
+pub struct Runtime {
+    engine: Engine,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.cache_dir).map_err(|source| Error::Io { path: config.cache_dir.clone(), source })?;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances);
+        // A component holds a few core instances, memories and tables.
+        pool.total_core_instances(config.max_instances * 4);
+        pool.total_memories(config.max_instances * 2);
+        pool.total_tables(config.max_instances * 4);
+        pool.total_stacks(config.max_instances);
+        pool.max_memory_size(config.max_memory_bytes);
+        let mut wasmtime_config = Config::new();
+        wasmtime_config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .async_stack_size(config.max_wasm_stack + 2 * 1024 * 1024)
+            .wasm_component_model(true)
+            .memory_init_cow(true);
+        let engine = Engine::new(&wasmtime_config).map_err(|e| Error::Engine(e.to_string()))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            // The epoch clock: every tick lets each store check its deadline.
+            let engine = engine.clone();
+            let stop = Arc::clone(&ticker_stop);
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|source| Error::Io { path: PathBuf::from("wasm-epoch thread"), source })?;
+        }
+        Ok(Arc::new(Self { engine, config, ticker_stop }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the artifact `digest` from `wasm_path`: from the compile cache when possible, else
+    /// compiled off the async workers within the budget. Detects the kind of workload.
+    pub async fn load(self: &Arc<Self>, digest: &str, wasm_path: &Path) -> Result<Workload> {
+        let runtime = Arc::clone(self);
+        let digest = digest.to_owned();
+        let wasm_path = wasm_path.to_owned();
+        let budget = self.config.compile_budget;
+        let compiled = tokio::task::spawn_blocking(move || cache::load_or_compile(&runtime, &digest, &wasm_path));
+        let artifact = match tokio::time::timeout(budget, compiled).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => return Err(Error::Compile(join.to_string())),
+            // Cranelift cannot be cancelled; the compile finishes in the background and is cached.
+            Err(_) => return Err(Error::CompileTimeout(budget)),
+        };
+        match artifact {
+            cache::Compiled::Component(component) => {
+                if let Some(prepared) = http::Prepared::new(&self.engine, &component)? {
+                    return Ok(Workload::Http(Arc::new(prepared)));
+                }
+                if let Some(prepared) = command::PreparedCommand::new(&self.engine, &component)? {
+                    return Ok(Workload::Command(Arc::new(prepared)));
+                }
+                let exports: Vec<String> = component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+                if let Some(p3) = exports.iter().find(|e| e.contains("@0.3")) {
+                    return Err(Error::Preview3(p3.clone()));
+                }
+                Err(Error::NotRunnable)
+            }
+            cache::Compiled::Module(module) => Ok(Workload::Preview1(Arc::new(command::PreparedModule::new(&self.engine, &module)?))),
+        }
+    }
+}

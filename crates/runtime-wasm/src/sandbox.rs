@@ -1,0 +1,274 @@
+//! What a guest may do and see: the sandbox spec the node resolves from the pod spec, the store
+//! state built from it (deny by default), and the line-by-line capture of stdout and stderr.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// A host directory the guest sees at `guest_path`.
+#[derive(Clone, Debug)]
+pub struct Preopen {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One captured line of output.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub timestamp: jiff::Timestamp,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// Where a container's output goes, line by line. Bounded: beyond `max_lines` the oldest are
+/// dropped (the node's log store persists and rotates them).
+#[derive(Clone)]
+pub struct LogSink {
+    inner: Arc<Mutex<SinkInner>>,
+}
+
+struct SinkInner {
+    lines: std::collections::VecDeque<LogLine>,
+    max_lines: usize,
+    partial: [Vec<u8>; 2],
+    notify: Option<tokio::sync::watch::Sender<u64>>,
+    written: u64,
+}
+
+/// The longest line kept whole; longer output is split.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+impl LogSink {
+    pub fn new(max_lines: usize) -> Self {
+        let (notify, _) = tokio::sync::watch::channel(0);
+        Self {
+            inner: Arc::new(Mutex::new(SinkInner {
+                lines: Default::default(),
+                max_lines,
+                partial: [Vec::new(), Vec::new()],
+                notify: Some(notify),
+                written: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        let mut inner = self.lock();
+        let index = stream as usize;
+        for byte in bytes {
+            if *byte == b'\n' || inner.partial[index].len() >= MAX_LINE_BYTES {
+                let text = String::from_utf8_lossy(&inner.partial[index]).into_owned();
+                inner.partial[index].clear();
+                inner.push(LogLine { timestamp: jiff::Timestamp::now(), stream, text });
+                if *byte == b'\n' {
+                    continue;
+                }
+            }
+            inner.partial[index].push(*byte);
+        }
+    }
+
+    /// Flushes unterminated output (when the guest exits).
+    pub fn flush(&self) {
+        let mut inner = self.lock();
+        for (index, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            if !inner.partial[index].is_empty() {
+                let text = String::from_utf8_lossy(&inner.partial[index]).into_owned();
+                inner.partial[index].clear();
+                inner.push(LogLine { timestamp: jiff::Timestamp::now(), stream, text });
+            }
+        }
+    }
+
+    /// The lines captured so far (oldest first).
+    pub fn lines(&self) -> Vec<LogLine> {
+        self.lock().lines.iter().cloned().collect()
+    }
+
+    /// Wakes up whenever a line is added.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.lock().notify {
+            Some(notify) => notify.subscribe(),
+            None => tokio::sync::watch::channel(0).1,
+        }
+    }
+
+    /// How many lines were ever written (to resume a follow).
+    pub fn written(&self) -> u64 {
+        self.lock().written
+    }
+
+    fn stream(&self, stream: Stream) -> SinkStream {
+        SinkStream { sink: self.clone(), stream }
+    }
+}
+
+impl SinkInner {
+    fn push(&mut self, line: LogLine) {
+        self.lines.push_back(line);
+        while self.lines.len() > self.max_lines {
+            self.lines.pop_front();
+        }
+        self.written += 1;
+        if let Some(notify) = &self.notify {
+            notify.send_replace(self.written);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SinkStream {
+    sink: LogSink,
+    stream: Stream,
+}
+
+impl IsTerminal for SinkStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SinkStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for SinkStream {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.sink.write(self.stream, bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Everything a guest is granted, resolved from the pod spec by the node. Nothing else is
+/// granted: no environment, arguments, files or sockets beyond these.
+#[derive(Clone)]
+pub struct SandboxSpec {
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub preopens: Vec<Preopen>,
+    /// The most linear memory one instance may grow to.
+    pub memory_limit_bytes: usize,
+    /// How long one HTTP request (or, for commands, the whole run) may execute.
+    pub time_budget: Duration,
+    pub logs: LogSink,
+}
+
+impl SandboxSpec {
+    pub fn new(logs: LogSink) -> Self {
+        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs }
+    }
+
+    pub(crate) fn wasi_builder(&self) -> Result<WasiCtxBuilder, crate::Error> {
+        let mut builder = WasiCtx::builder();
+        builder.envs(&self.env).args(&self.args).stdout(self.logs.stream(Stream::Stdout)).stderr(self.logs.stream(Stream::Stderr));
+        for preopen in &self.preopens {
+            let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            builder
+                .preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
+                .map_err(|e| crate::Error::Sandbox(format!("preopening {} as {}: {e}", preopen.host_path.display(), preopen.guest_path)))?;
+        }
+        Ok(builder)
+    }
+
+    pub(crate) fn limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new().memory_size(self.memory_limit_bytes).instances(64).tables(64).memories(16).build()
+    }
+}
+
+/// The per-store state of component workloads.
+pub struct ComponentState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+    }
+}
+
+impl ComponentState {
+    pub(crate) fn new(spec: &SandboxSpec) -> Result<Self, crate::Error> {
+        Ok(Self { wasi: spec.wasi_builder()?.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), limits: spec.limits() })
+    }
+}
+
+/// Links WASI 0.2 for components (including `wasi:cli/exit#exit-with-code`, stable since 0.2.12,
+/// which commands need to report exact exit codes).
+pub(crate) fn add_wasi_to_linker(linker: &mut wasmtime::component::Linker<ComponentState>) -> Result<(), crate::Error> {
+    wasmtime_wasi::p2::add_to_linker_async(linker).map_err(|e| crate::Error::Engine(e.to_string()))
+}
+
+/// Makes `store` stop the guest once it has run for `budget` (checked every epoch tick), and
+/// yield to other tasks every few ticks meanwhile so one guest cannot hold an executor thread.
+pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budget: Duration) {
+    // Wall-clock: a guest spinning in Wasm is stopped within one epoch tick of its deadline.
+    // (Waits inside host calls are bounded by the caller's own timeout.)
+    const SLICE: u64 = 10;
+    let deadline = std::time::Instant::now() + budget;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(wasmtime::UpdateDeadline::Interrupt);
+        }
+        let left = ((deadline - now).as_millis() / crate::EPOCH_TICK.as_millis().max(1)) as u64;
+        Ok(wasmtime::UpdateDeadline::Yield(left.clamp(1, SLICE)))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_split_into_bounded_lines() {
+        let sink = LogSink::new(3);
+        sink.write(Stream::Stdout, b"one\ntw");
+        sink.write(Stream::Stderr, b"err\n");
+        sink.write(Stream::Stdout, b"o\nthree\nfour");
+        sink.flush();
+        let lines: Vec<(Stream, String)> = sink.lines().into_iter().map(|l| (l.stream, l.text)).collect();
+        assert_eq!(lines, vec![(Stream::Stdout, "two".into()), (Stream::Stdout, "three".into()), (Stream::Stdout, "four".into())]);
+        assert_eq!(sink.written(), 5);
+    }
+}

@@ -1,0 +1,147 @@
+//! The runtime against the real sample guests (built by samples/build.sh; missing ones fail).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use shoal_runtime_wasm::{HttpHandler, LogSink, Runtime, RuntimeConfig, SandboxSpec, Workload, run_command};
+
+fn sample(relative: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(relative);
+    assert!(path.exists(), "{} is missing: run samples/build.sh", path.display());
+    path
+}
+
+fn runtime(dir: &tempfile::TempDir) -> Arc<Runtime> {
+    let mut config = RuntimeConfig::new(dir.path().join("compiled"));
+    config.max_instances = 64;
+    Runtime::new(config).expect("runtime")
+}
+
+async fn load(runtime: &Arc<Runtime>, relative: &str) -> Workload {
+    let path = sample(relative);
+    let digest = format!("sha256:{:0>64}", relative.len());
+    let digest = format!("{digest}{}", relative.replace(['/', '.'], "-"));
+    runtime.load(&digest, &path).await.expect("load")
+}
+
+fn request(path: &str) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::builder().uri(format!("http://pod.local{path}")).body(Full::new(Bytes::new())).expect("request")
+}
+
+async fn body_text(response: hyper::Response<shoal_runtime_wasm::ResponseBody>) -> String {
+    let bytes = response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_to_completion_with_their_output_and_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    for artifact in ["worker/worker.wasm", "worker/worker-p1.wasm"] {
+        let workload = load(&runtime, artifact).await;
+        assert_eq!(workload.kind(), if artifact.ends_with("p1.wasm") { "preview1" } else { "command" });
+        let logs = LogSink::new(100);
+        let mut spec = SandboxSpec::new(logs.clone());
+        spec.env = vec![("STEPS".into(), "2".into())];
+        let outcome = run_command(&workload, &spec).await.expect("run");
+        assert_eq!((outcome.exit_code, outcome.reason.as_str()), (0, "Completed"), "{artifact}");
+        let lines: Vec<String> = logs.lines().into_iter().map(|l| l.text).collect();
+        assert_eq!(lines, ["worker: step 1", "worker: step 2", "worker: done"], "{artifact}");
+
+        let mut failing = SandboxSpec::new(LogSink::new(100));
+        failing.env = vec![("EXIT_CODE".into(), "3".into()), ("STEPS".into(), "0".into())];
+        let outcome = run_command(&workload, &failing).await.expect("run");
+        assert_eq!((outcome.exit_code, outcome.reason.as_str()), (3, "Error"), "{artifact}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_component_answers_with_its_environment_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(prepared) = load(&runtime, "hello/hello.wasm").await else { panic!("hello is an HTTP component") };
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    spec.env = vec![("HOSTNAME".into(), "hello-abc".into()), ("GREETING".into(), "hi there".into())];
+    let handler = HttpHandler::new(prepared, spec, 16);
+    let (response, _) = handler.handle(request("/")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-shoal-pod"], "hello-abc");
+    assert_eq!(body_text(response).await, "hi there\n");
+
+    let Workload::Http(echo) = load(&runtime, "echo/echo.wasm").await else { panic!("echo is an HTTP component") };
+    let echo = HttpHandler::new(echo, SandboxSpec::new(LogSink::new(10)), 16);
+    let (response, _) = echo.handle(request("/some/path?x=1")).await;
+    let text = body_text(response).await;
+    assert!(text.contains("\"path\":\"/some/path\"") && text.contains("\"query\":\"x=1\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_are_contained_while_a_neighbour_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(misbehave) = load(&runtime, "misbehave/misbehave.wasm").await else { panic!("http") };
+    let Workload::Http(hello) = load(&runtime, "hello/hello.wasm").await else { panic!("http") };
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    spec.time_budget = Duration::from_millis(300);
+    spec.memory_limit_bytes = 32 * 1024 * 1024;
+    let misbehave = Arc::new(HttpHandler::new(misbehave, spec, 16));
+    let hello = Arc::new(HttpHandler::new(hello, SandboxSpec::new(LogSink::new(10)), 16));
+
+    // A spinning guest runs while its neighbour keeps answering.
+    let spinning = {
+        let misbehave = Arc::clone(&misbehave);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (response, _) = misbehave.handle(request("/loop")).await;
+            (response.status().as_u16(), body_text(response).await, started.elapsed())
+        })
+    };
+    for _ in 0..50 {
+        let (response, _) = hello.handle(request("/")).await;
+        assert_eq!(response.status(), 200, "hello keeps serving while /loop spins");
+    }
+    let (status, text, elapsed) = spinning.await.expect("join");
+    assert_eq!(status, 500);
+    assert!(text.contains("time budget"), "{text}");
+    assert!(elapsed < Duration::from_secs(5), "the loop was stopped, not left running ({elapsed:?})");
+
+    let (response, _) = misbehave.handle(request("/alloc?mb=256")).await;
+    let bomb_status = response.status().as_u16();
+    assert!(bomb_status == 507 || bomb_status == 500, "growing past the 32 MiB limit fails in the guest (507) or traps (500), got {bomb_status}");
+    let (response, _) = misbehave.handle(request("/alloc?mb=4")).await;
+    assert_eq!(response.status(), 200, "within the limit it works: {}", body_text(response).await);
+
+    let (response, _) = misbehave.handle(request("/recurse")).await;
+    assert_eq!(response.status(), 500);
+    assert!(body_text(response).await.contains("stack overflow"));
+
+    let (response, _) = misbehave.handle(request("/sleep?ms=20")).await;
+    assert_eq!(response.status(), 200);
+    let (response, _) = misbehave.handle(request("/ok")).await;
+    assert_eq!(body_text(response).await, "ok\n");
+    let expected = 2 + u64::from(bomb_status == 500);
+    assert_eq!(misbehave.failures(), expected, "the loop and the recursion (and the memory bomb if it trapped)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_code_is_cached_and_bad_artifacts_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let copy = dir.path().join("hello.wasm");
+    std::fs::copy(sample("hello/hello.wasm"), &copy).expect("copy");
+    let digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    assert_eq!(runtime.load(digest, &copy).await.expect("compile").kind(), "http");
+    std::fs::remove_file(&copy).expect("remove the source");
+    assert_eq!(runtime.load(digest, &copy).await.expect("from the cache").kind(), "http", "a second load never recompiles");
+    drop(runtime);
+    let restarted = self::runtime(&dir);
+    assert_eq!(restarted.load(digest, &copy).await.expect("from the cache after a restart").kind(), "http");
+
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, "not wasm").expect("write");
+    let error = restarted.load("sha256:2222222222222222222222222222222222222222222222222222222222222222", &text).await.err().expect("refused");
+    assert!(error.to_string().contains("cannot be compiled"), "{error}");
+}
