@@ -45,7 +45,7 @@ impl Server {
         let child = Command::new(shoal_binary())
             .args(["server", "--data-dir"])
             .arg(&data_dir)
-            .args(["--api-addr", "127.0.0.1:0"])
+            .args(["--api-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:0", "--node-name", "node-1"])
             .args(&extra_args)
             .stdout(Stdio::null())
             .stderr(log)

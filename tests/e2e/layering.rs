@@ -1,6 +1,6 @@
 //! The workspace's dependency rules (ARCHITECTURE.md, "Invariants"), checked from the crates'
 //! manifests: `api`, `store`, `oci` and `runtime-wasm` are leaves (runtimes know nothing of the API); the client knows only `api`; the API server
-//! uses `api`, `store` and `oci` only.
+//! uses `api`, `store` and `oci` only; the node talks to the control plane only through `client`.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +46,7 @@ fn crates_depend_only_in_the_documented_direction() {
         ("shoal-runtime-wasm", &[]),
         ("shoal-client", &["shoal-api"]),
         ("shoal-apiserver", &["shoal-api", "shoal-store", "shoal-oci"]),
+        ("shoal-node", &["shoal-api", "shoal-client", "shoal-oci", "shoal-runtime-wasm"]),
     ];
     for (krate, permitted) in allowed {
         let actual = graph.get(*krate).unwrap_or_else(|| panic!("{krate} is missing from crates/"));

@@ -128,6 +128,12 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         Some("status") => UpdateScope::Status,
         _ => UpdateScope::Main,
     };
+    if target.subresource.as_deref() == Some("log") {
+        return match (method.clone(), target.name.as_deref()) {
+            (Method::GET, Some(name)) => pod_log(state, namespace.unwrap_or("default"), name, query).await,
+            (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+        };
+    }
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace),
         (Method::GET, None) => list(state, headers, query, info, namespace),
@@ -183,6 +189,43 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         }
         (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
     }
+}
+
+/// `pods/{name}/log`: proxied to the data plane of the pod's node, with the node token.
+async fn pod_log(state: &Arc<AppState>, namespace: &str, name: &str, query: &Query) -> Result<Response, ApiError> {
+    let pods = resources::by_name("pods").expect("pods are served");
+    let nodes = resources::by_name("nodes").expect("nodes are served");
+    let pod = objects::get(state, pods, Some(namespace), name)?;
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!("pod {name} is not scheduled to a node yet; it has no logs")));
+    };
+    let node = objects::get(state, nodes, None, node_name)?;
+    let Some(data_addr) = node["metadata"]["annotations"]["shoal.dev/data-addr"].as_str() else {
+        return Err(ApiError::unavailable(format!("node {node_name} has not published its data-plane address")));
+    };
+    let mut forwarded = Vec::new();
+    for key in ["container", "follow", "tailLines", "timestamps", "sinceSeconds", "limitBytes", "previous"] {
+        if let Some(value) = query.get(key) {
+            forwarded.push((key, value.to_owned()));
+        }
+    }
+    let response = state
+        .http
+        .get(format!("http://{data_addr}/_logs/{namespace}/{name}"))
+        .query(&forwarded)
+        .bearer_auth(&state.credentials.node_token)
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot reach node {node_name} at {data_addr}: {e}")))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::new(status, if status == 404 { "NotFound" } else { "BadRequest" }, text.trim().to_owned()));
+    }
+    let stream = response.bytes_stream();
+    let mut reply = Response::new(Body::from_stream(stream));
+    reply.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(reply)
 }
 
 /// Label and field selectors from the query, checked against the kind.

@@ -49,6 +49,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     pub(crate) namespace_teardowns: Mutex<HashSet<String>>,
     pub(crate) registry: registry::Registry,
+    /// For proxying to nodes' data planes (pod logs).
+    pub(crate) http: reqwest::Client,
 }
 
 /// A running API server.
@@ -116,6 +118,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         namespace_teardowns: Mutex::new(HashSet::new()),
+        http: reqwest::Client::builder().build().map_err(|e| Error::Tls(e.to_string()))?,
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });

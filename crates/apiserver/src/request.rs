@@ -77,7 +77,9 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         [] => return Err(ApiError::path_not_found()),
     };
     if let Some(sub) = &target.subresource {
-        let known = (sub == "status" && target.info.has_status) || (sub == "finalize" && target.info.kind == "Namespace");
+        let known = (sub == "status" && target.info.has_status)
+            || (sub == "finalize" && target.info.kind == "Namespace")
+            || (sub == "log" && target.info.kind == "Pod");
         if !known {
             return Err(ApiError::path_not_found());
         }

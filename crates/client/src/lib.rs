@@ -102,6 +102,28 @@ impl Client {
         Ok(Self { http, server, token: config.token, default_namespace: config.namespace })
     }
 
+    /// A client for `server` trusting `ca_pem` (or the system roots when `None`), sending
+    /// `token` as a bearer token.
+    pub fn new(server: &str, ca_pem: Option<&str>, token: Option<String>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca) = ca_pem {
+            let certificate = reqwest::Certificate::from_pem(ca.as_bytes())
+                .map_err(|e| Error::Config { path: PathBuf::from("(certificate authority)"), detail: e.to_string() })?;
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(certificate);
+        }
+        let http = builder.build().map_err(|e| Error::Config { path: PathBuf::from("(client)"), detail: e.to_string() })?;
+        Ok(Self { http, server: server.trim_end_matches('/').to_owned(), token, default_namespace: "default".into() })
+    }
+
+    /// The underlying HTTP client and token, for streaming requests this client does not wrap.
+    pub fn raw_get(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(self.url(path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -171,6 +193,12 @@ impl Client {
     pub async fn replace(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str, object: &Value) -> Result<Value> {
         let body = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
         self.request(reqwest::Method::PUT, &info.object_path(namespace, name), &[], Some(("application/json", body))).await
+    }
+
+    /// Replaces an object's status through its `status` subresource.
+    pub async fn replace_status(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str, object: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
+        self.request(reqwest::Method::PUT, &format!("{}/status", info.object_path(namespace, name)), &[], Some(("application/json", body))).await
     }
 
     /// Sends a JSON merge patch (`merge = true`) or a JSON patch.

@@ -92,7 +92,7 @@ impl RegistryClient {
 
     /// Sends a request built by `build`, following one Bearer challenge through the token
     /// service if the registry asks for it.
-    async fn send(&self, build: &dyn Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    async fn send(&self, build: &(dyn Fn() -> reqwest::RequestBuilder + Sync)) -> Result<reqwest::Response> {
         let response = self.authorize(build()).send().await.map_err(|e| self.transport(e))?;
         if response.status() != StatusCode::UNAUTHORIZED || matches!(self.auth, Auth::Bearer(_)) {
             return Ok(response);

@@ -58,6 +58,7 @@ pub struct HttpHandler {
     prepared: Arc<Prepared>,
     spec: SandboxSpec,
     concurrency: Arc<tokio::sync::Semaphore>,
+    max_concurrency: usize,
     failures: std::sync::atomic::AtomicU64,
 }
 
@@ -75,8 +76,14 @@ impl HttpHandler {
             prepared,
             spec,
             concurrency: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
+            max_concurrency: max_concurrency.max(1),
             failures: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrency - self.concurrency.available_permits()
     }
 
     /// Requests that failed inside the guest (traps, budget, no answer).

@@ -24,6 +24,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use command::{CommandOutcome, run_command};
 pub use http::{HttpHandler, HttpOutcome, ResponseBody};
+/// The error type of guest response bodies.
+pub type BodyError = wasmtime_wasi_http::Error;
 pub use sandbox::{LogLine, LogSink, Preopen, SandboxSpec, Stream};
 
 /// How long one epoch tick is: the granularity of time budgets.

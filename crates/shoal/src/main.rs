@@ -4,6 +4,7 @@ mod apply;
 mod artifact;
 mod describe;
 mod get;
+mod logs;
 mod output;
 mod server;
 
@@ -28,14 +29,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane in the foreground.
-    Server(server::ServerArgs),
+    /// Run the control plane (and a local node) in the foreground.
+    Server(server::ServerCommandArgs),
+    /// Run a node agent that joins a cluster.
+    Agent(server::AgentArgs),
     /// Run a single-node development cluster and apply manifests (default: the sample app).
     Up(server::UpArgs),
     /// Create or update objects from manifests.
     Apply(apply::ApplyArgs),
     /// List or show objects.
     Get(get::GetArgs),
+    /// Print a pod's container logs.
+    Logs(logs::LogsArgs),
     /// Show an object in detail, with its events.
     Describe(describe::DescribeArgs),
     /// Delete objects by kind and name, or those in manifests.
@@ -78,7 +83,7 @@ fn client(cli_kubeconfig: Option<PathBuf>, server: Option<&str>) -> anyhow::Resu
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_) | Command::Up(_));
+    let is_server = matches!(cli.command, Command::Server(_) | Command::Up(_) | Command::Agent(_));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(if is_server { "info,openraft=warn" } else { "warn" })
@@ -106,6 +111,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server::run_server(args).await,
         Command::Up(args) => server::run_up(args).await,
+        Command::Agent(args) => server::run_agent(args).await,
+        Command::Logs(args) => logs::logs(&client(cli.kubeconfig, server)?, args).await,
         Command::Apply(args) => apply::apply(&client(cli.kubeconfig, server)?, args).await,
         Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
         Command::Describe(args) => describe::describe(&client(cli.kubeconfig, server)?, args).await,

@@ -9,6 +9,17 @@ use shoal_apiserver::{ApiServer, ApiServerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
+pub struct ServerCommandArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Run the control plane only, without a local node.
+    #[arg(long)]
+    disable_node: bool,
+}
+
+#[derive(Args)]
 pub struct ServerArgs {
     /// Where the store, certificates and kubeconfig live.
     #[arg(long, default_value = ".shoal")]
@@ -30,10 +41,51 @@ pub struct ServerArgs {
     watch_history_max_events: usize,
 }
 
+/// The node a server or agent runs.
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Address of the node's data plane (pods' HTTP and logs); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    data_addr: String,
+    /// Bytes of artifacts the node keeps cached.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    artifact_cache_bytes: u64,
+}
+
+impl NodeArgs {
+    fn name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "shoal-node".into())
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The API server's URL.
+    #[arg(long)]
+    server: String,
+    /// The node token (`DATA_DIR/node-token` on the server).
+    #[arg(long, env = "SHOAL_NODE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The cluster CA (`DATA_DIR/pki/ca.crt` on the server).
+    #[arg(long)]
+    ca_file: PathBuf,
+    #[arg(long, default_value = ".shoal-agent")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
 #[derive(Args)]
 pub struct UpArgs {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Manifests to apply once the API is up (default: the sample app).
     manifests: Vec<PathBuf>,
 }
@@ -76,19 +128,56 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
     Ok(server)
 }
 
-async fn run_until_signal(server: ApiServer, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+async fn run_until_signal(server: Option<ApiServer>, node: Option<shoal_node::NodeAgent>, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     termination_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
-    server.wait().await;
+    if let Some(node) = node {
+        node.wait().await;
+    }
+    if let Some(server) = server {
+        server.wait().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+async fn start_node(args: &NodeArgs, data_dir: PathBuf, server: String, ca_pem: Option<String>, token: String, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
+    let config = shoal_node::NodeConfig {
+        node_name: args.name(),
+        data_dir,
+        data_addr: args.data_addr.clone(),
+        server,
+        ca_pem,
+        token,
+        cache_bytes: args.artifact_cache_bytes,
+    };
+    shoal_node::start(config, shutdown.clone()).await.context("starting the node agent")
+}
+
+/// The local node of a server: it talks to its own API over loopback.
+async fn start_local_node(server: &ApiServer, args: &NodeArgs, data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
+    let url = format!("https://127.0.0.1:{}", server.local_addr.port());
+    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), shutdown).await
+}
+
+pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let server = start(&args, &shutdown).await?;
+    let server = start(&args.server, &shutdown).await?;
     eprintln!("shoal server: API at {} (kubeconfig {})", server.url, server.credentials.kubeconfig_path.display());
-    run_until_signal(server, shutdown).await
+    let node = if args.disable_node { None } else { Some(start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?) };
+    if let Some(node) = &node {
+        eprintln!("shoal server: node {} with its data plane at http://{}", args.node.name(), node.data_addr);
+    }
+    run_until_signal(Some(server), node, shutdown).await
+}
+
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let ca_pem = std::fs::read_to_string(&args.ca_file).with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
+    eprintln!("shoal agent: node {} joined {}; data plane at http://{}", args.node.name(), args.server, node.data_addr);
+    run_until_signal(None, Some(node), shutdown).await
 }
 
 /// Builds the sample guests with `samples/build.sh` when the sample app is missing, so that a
@@ -111,6 +200,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     let server = start(&args.server, &shutdown).await?;
+    let node = start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?;
     let kubeconfig = server.credentials.kubeconfig_path.clone();
     let client = shoal_client::Client::from_kubeconfig(&kubeconfig, None)?;
     for manifest in &manifests {
@@ -122,6 +212,6 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("shoal is up: API {}", server.url);
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try: cargo run --release -- get all   (or kubectl --kubeconfig {} get deployments)", kubeconfig.display());
-    println!("note: this build runs the control plane only; pods stay Pending until a node agent runs them.");
-    run_until_signal(server, shutdown).await
+    println!("node {}: data plane at http://{} (pods bound to it by spec.nodeName run; the scheduler comes next)", args.node.name(), node.data_addr);
+    run_until_signal(Some(server), Some(node), shutdown).await
 }

@@ -1,0 +1,212 @@
+//! The node's data-plane listener (`--data-addr`, plain HTTP/1.1 and h2c).
+//!
+//! - `/_pods/NAMESPACE/NAME/PATH…` reaches the pod's HTTP component (the first one, or the one
+//!   declaring port P with `/_pods/NAMESPACE/NAME:P/PATH…`), with `/PATH…` as the request path.
+//!   This is how the Service proxy will reach pods on other nodes.
+//! - `/_logs/NAMESPACE/NAME?container=&follow=&tailLines=&timestamps=&sinceSeconds=&limitBytes=`
+//!   serves a container's captured output. Logs may hold secrets, so this one needs the node
+//!   token (the API server's `pods/log` proxies here with it).
+//! - `/healthz`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use shoal_runtime_wasm::{LogLine, ResponseBody};
+
+use crate::Shared;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from(body.into())).map_err(|never| match never {}).boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "data plane accept");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let connection_shared = Arc::clone(&shared);
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = Arc::clone(&connection_shared);
+                async move { Ok::<_, std::convert::Infallible>(route(&shared, request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shared.shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+}
+
+async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let path = request.uri().path().to_owned();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    if let Some(rest) = path.strip_prefix("/_logs/") {
+        return logs(shared, rest, request).await;
+    }
+    if let Some(rest) = path.strip_prefix("/_pods/") {
+        return to_pod(shared, rest, request).await;
+    }
+    text(StatusCode::NOT_FOUND, "unknown data-plane path; use /_pods/NAMESPACE/NAME/… or /_logs/NAMESPACE/NAME\n")
+}
+
+async fn to_pod(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+    let mut parts = rest.splitn(3, '/');
+    let (Some(namespace), Some(target)) = (parts.next(), parts.next()) else {
+        return text(StatusCode::NOT_FOUND, "use /_pods/NAMESPACE/NAME/PATH\n");
+    };
+    let tail = parts.next().unwrap_or_default();
+    let (name, port) = match target.split_once(':') {
+        Some((name, port)) => (name, port.parse::<u16>().ok()),
+        None => (target, None),
+    };
+    let route = {
+        let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.get(&(namespace.to_owned(), name.to_owned())).and_then(|routes| match port {
+            Some(port) => routes.iter().find(|r| r.ports.contains(&port)).cloned(),
+            None => routes.first().cloned(),
+        })
+    };
+    let Some(route) = route else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("pod {namespace}/{name} has no ready HTTP component on this node\n"));
+    };
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let (mut parts, body) = request.into_parts();
+    parts.uri = match format!("/{tail}{query}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid path\n"),
+    };
+    let (response, _) = route.handler.handle(Request::from_parts(parts, body)).await;
+    response
+}
+
+fn format_line(line: &LogLine, timestamps: bool) -> String {
+    if timestamps {
+        format!("{} {}\n", line.timestamp.strftime("%Y-%m-%dT%H:%M:%S%.9fZ"), line.text)
+    } else {
+        format!("{}\n", line.text)
+    }
+}
+
+async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+    let token = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+    if token.len() != shared.token.len() || token.bytes().zip(shared.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        return text(StatusCode::UNAUTHORIZED, "logs need the node token\n");
+    }
+    let Some((namespace, name)) = rest.split_once('/') else { return text(StatusCode::NOT_FOUND, "use /_logs/NAMESPACE/NAME\n") };
+    let query: HashMap<String, String> = form_urlencoded(request.uri().query().unwrap_or_default());
+    let sinks: Vec<(String, shoal_runtime_wasm::LogSink)> = shared
+        .logs
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|((ns, pod, _), _)| ns == namespace && pod == name)
+        .map(|((_, _, container), sink)| (container.clone(), sink.clone()))
+        .collect();
+    let sink = match query.get("container") {
+        Some(container) => sinks.iter().find(|(c, _)| c == container).map(|(_, s)| s.clone()),
+        None if sinks.len() == 1 => Some(sinks[0].1.clone()),
+        None if sinks.is_empty() => None,
+        None => {
+            let names: Vec<&str> = sinks.iter().map(|(c, _)| c.as_str()).collect();
+            return text(StatusCode::BAD_REQUEST, format!("a container name must be specified for pod {name}, choose one of: {names:?}\n"));
+        }
+    };
+    let Some(sink) = sink else {
+        return text(StatusCode::NOT_FOUND, format!("no logs for pod {namespace}/{name} (container {:?}) on this node yet\n", query.get("container")));
+    };
+    if query.get("previous").is_some_and(|p| p == "true") {
+        return text(StatusCode::BAD_REQUEST, "previous container logs are not kept by this node\n");
+    }
+    let timestamps = query.get("timestamps").is_some_and(|t| t == "true");
+    let since = query.get("sinceSeconds").and_then(|s| s.parse::<i64>().ok()).map(|s| jiff::Timestamp::now().as_second() - s);
+    let mut lines: Vec<LogLine> = sink.lines().into_iter().filter(|l| since.is_none_or(|s| l.timestamp.as_second() >= s)).collect();
+    if let Some(tail) = query.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+        let skip = lines.len().saturating_sub(tail);
+        lines.drain(..skip);
+    }
+    let mut limit = query.get("limitBytes").and_then(|l| l.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    let mut initial = String::new();
+    for line in &lines {
+        let formatted = format_line(line, timestamps);
+        if formatted.len() > limit {
+            initial.push_str(&formatted[..limit]);
+            limit = 0;
+            break;
+        }
+        limit -= formatted.len();
+        initial.push_str(&formatted);
+    }
+    let follow = query.get("follow").is_some_and(|f| f == "true") && limit > 0;
+    if !follow {
+        return text(StatusCode::OK, initial);
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, shoal_runtime_wasm::BodyError>>(64);
+    let shutdown = shared.shutdown.clone();
+    shared.tasks.spawn(async move {
+        if sender.send(Ok(Frame::data(Bytes::from(initial)))).await.is_err() {
+            return;
+        }
+        let mut seen = sink.written();
+        let mut updates = sink.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sender.closed() => return,
+                changed = updates.changed() => if changed.is_err() { return },
+            }
+            let written = sink.written();
+            let all = sink.lines();
+            let fresh = (written - seen) as usize;
+            seen = written;
+            let start = all.len().saturating_sub(fresh);
+            let chunk: String = all[start..].iter().map(|l| format_line(l, timestamps)).collect();
+            if sender.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn form_urlencoded(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key.to_owned(), value.replace("%2F", "/").replace("%3D", "="))
+        })
+        .collect()
+}
+

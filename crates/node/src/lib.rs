@@ -1,0 +1,306 @@
+//! shoal-node: the node agent. It registers its Node, renews its Lease, watches the pods bound to
+//! it and runs them with the in-process Wasm runtime, reporting their status as Kubernetes does.
+//! Its data-plane listener serves pods' HTTP components and their logs ([`dataplane`]).
+//!
+//! The agent talks to the control plane only through `shoal-client`, as a node on another
+//! machine would.
+
+pub mod dataplane;
+mod pods;
+pub mod spec;
+pub mod status;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shoal_api::resources;
+use shoal_client::{Client, ListOptions};
+use shoal_oci::cache::ArtifactCache;
+use shoal_runtime_wasm::{HttpHandler, LogSink, Runtime, RuntimeConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const DATA_ADDR_ANNOTATION: &str = "shoal.dev/data-addr";
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+const NODE_STATUS_EVERY: Duration = Duration::from_secs(10);
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the node's runtime: {0}")]
+    Runtime(#[from] shoal_runtime_wasm::Error),
+    #[error("the node's artifact cache: {0}")]
+    Cache(#[from] shoal_oci::Error),
+    #[error("the control plane: {0}")]
+    Client(#[from] shoal_client::Error),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// `HOST:PORT` of the data-plane listener (port 0 picks one).
+    pub data_addr: String,
+    /// The API server's URL.
+    pub server: String,
+    /// The cluster CA (None: the system roots).
+    pub ca_pem: Option<String>,
+    /// The node token.
+    pub token: String,
+    /// The artifact cache's budget in bytes.
+    pub cache_bytes: u64,
+}
+
+/// A pod's HTTP component, as the data plane finds it.
+#[derive(Clone)]
+pub struct HttpRoute {
+    pub handler: Arc<HttpHandler>,
+    pub ports: Vec<u16>,
+}
+
+/// State shared by the agent's tasks.
+pub struct Shared {
+    pub(crate) client: Client,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) cache: Arc<ArtifactCache>,
+    pub(crate) config: NodeConfig,
+    pub(crate) host_ip: String,
+    pub(crate) token: String,
+    /// Running pod workers by uid.
+    pub(crate) pods: Mutex<HashMap<String, pods::PodHandle>>,
+    /// HTTP routes by (namespace, pod name): one per HTTP container.
+    pub(crate) routes: RwLock<HashMap<(String, String), Vec<HttpRoute>>>,
+    /// Log sinks by (namespace, pod name, container).
+    pub(crate) logs: RwLock<HashMap<(String, String, String), LogSink>>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// A running node agent.
+pub struct NodeAgent {
+    pub data_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl NodeAgent {
+    /// Waits for every task after shutdown was requested.
+    pub async fn wait(self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+fn machine_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+/// Starts the agent: the data plane, Node registration, the Lease and the pod loop.
+pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<NodeAgent> {
+    let listener = tokio::net::TcpListener::bind(&config.data_addr).await.map_err(|source| Error::Bind { addr: config.data_addr.clone(), source })?;
+    let data_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.data_addr.clone(), source })?;
+    let host_ip = match data_addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        ip => ip.to_string(),
+    };
+    let client = Client::new(&config.server, config.ca_pem.as_deref(), Some(config.token.clone()))?;
+    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("compiled")))?;
+    let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
+    let shared = Arc::new(Shared {
+        client,
+        runtime,
+        cache,
+        token: config.token.clone(),
+        config,
+        host_ip,
+        pods: Mutex::new(HashMap::new()),
+        routes: RwLock::new(HashMap::new()),
+        logs: RwLock::new(HashMap::new()),
+        tasks: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+    });
+    shared.tasks.spawn(dataplane::serve(Arc::clone(&shared), listener));
+    register(&shared, data_addr).await?;
+    shared.tasks.spawn(heartbeats(Arc::clone(&shared), data_addr));
+    shared.tasks.spawn(pod_loop(Arc::clone(&shared)));
+    tracing::info!(node = %shared.config.node_name, %data_addr, "node agent running");
+    Ok(NodeAgent { data_addr, shared })
+}
+
+fn node_object(shared: &Shared, data_addr: SocketAddr) -> Value {
+    let name = &shared.config.node_name;
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+                "shoal.dev/wasm": "true",
+            },
+            "annotations": {DATA_ADDR_ANNOTATION: data_addr.to_string()},
+        },
+        "spec": {},
+    })
+}
+
+fn node_status(shared: &Shared, data_addr: SocketAddr, now: &str) -> Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory = format!("{}Ki", machine_memory_kib());
+    let resources = json!({"cpu": cpus.to_string(), "memory": memory, "pods": "1000"});
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned())))
+        .unwrap_or_else(|| "Linux".into());
+    let (major, minor, patch) = shoal_api::KUBERNETES_VERSION;
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the shoal node agent is posting ready status",
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }],
+        "addresses": [{"type": "InternalIP", "address": shared.host_ip}, {"type": "Hostname", "address": shared.config.node_name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": data_addr.port()}},
+        "nodeInfo": {
+            "machineID": "", "systemUUID": "", "bootID": "",
+            "kernelVersion": kernel, "osImage": os_image,
+            "containerRuntimeVersion": "wasmtime://48",
+            "kubeletVersion": format!("v{major}.{minor}.{patch}-shoal.{}", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+        },
+    })
+}
+
+/// Creates or updates this node's Node object and its status.
+async fn register(shared: &Shared, data_addr: SocketAddr) -> Result<()> {
+    let nodes = resources::by_name("nodes").expect("nodes are served");
+    let name = &shared.config.node_name;
+    let desired = node_object(shared, data_addr);
+    let mut current = match shared.client.get(nodes, None, name).await {
+        Ok(mut current) => {
+            current["metadata"]["labels"] = desired["metadata"]["labels"].clone();
+            current["metadata"]["annotations"][DATA_ADDR_ANNOTATION] = json!(data_addr.to_string());
+            shared.client.replace(nodes, None, name, &current).await?
+        }
+        Err(shoal_client::Error::Api(status)) if status.code == 404 => shared.client.create(nodes, None, &desired, "shoal-node").await?,
+        Err(other) => return Err(other.into()),
+    };
+    current["status"] = node_status(shared, data_addr, &shoal_api::meta::format_time(jiff::Timestamp::now()));
+    shared.client.replace_status(nodes, None, name, &current).await?;
+    Ok(())
+}
+
+fn micro_time(timestamp: jiff::Timestamp) -> String {
+    timestamp.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Renews the node's Lease every 2 s and its Ready condition every 10 s.
+async fn heartbeats(shared: Arc<Shared>, data_addr: SocketAddr) {
+    let leases = resources::by_name("leases").expect("leases are served");
+    let nodes = resources::by_name("nodes").expect("nodes are served");
+    let name = shared.config.node_name.clone();
+    let mut lease_timer = tokio::time::interval(LEASE_RENEW);
+    let mut status_timer = tokio::time::interval(NODE_STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = lease_timer.tick() => {
+                let now = micro_time(jiff::Timestamp::now());
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+                let outcome = match shared.client.get(leases, Some("kube-node-lease"), &name).await {
+                    Ok(mut current) => {
+                        current["spec"] = lease["spec"].clone();
+                        shared.client.replace(leases, Some("kube-node-lease"), &name, &current).await.map(|_| ())
+                    }
+                    Err(shoal_client::Error::Api(status)) if status.code == 404 => shared.client.create(leases, Some("kube-node-lease"), &lease, "shoal-node").await.map(|_| ()),
+                    Err(other) => Err(other),
+                };
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "renewing the node lease");
+                }
+            }
+            _ = status_timer.tick() => {
+                if let Ok(mut current) = shared.client.get(nodes, None, &name).await {
+                    current["status"] = node_status(&shared, data_addr, &shoal_api::meta::format_time(jiff::Timestamp::now()));
+                    if let Err(error) = shared.client.replace_status(nodes, None, &name, &current).await {
+                        tracing::warn!(%error, "updating the node's status");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lists and watches the pods bound to this node, reconciling each change, and resyncs
+/// periodically so a missed event heals.
+async fn pod_loop(shared: Arc<Shared>) {
+    let pods = resources::by_name("pods").expect("pods are served");
+    let selector = format!("spec.nodeName={}", shared.config.node_name);
+    loop {
+        let options = ListOptions { field_selector: Some(selector.clone()), ..Default::default() };
+        let (items, revision) = match shared.client.list_all(pods, None, &options).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(%error, "listing this node's pods");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let live: Vec<String> = items.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_owned)).collect();
+        pods::forget_missing(&shared, &live);
+        for pod in items {
+            pods::reconcile(&shared, pod);
+        }
+        let watch_options = ListOptions { field_selector: Some(selector.clone()), resource_version: Some(revision), timeout_seconds: Some(RESYNC_EVERY.as_secs()), ..Default::default() };
+        let stream = match shared.client.watch(pods, None, &watch_options).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "watching this node's pods");
+                continue;
+            }
+        };
+        let mut stream = Box::pin(stream);
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {
+                    pods::stop_all(&shared).await;
+                    return;
+                }
+                event = stream.next() => match event {
+                    Some(Ok(event)) if event.event_type == "DELETED" => pods::stop(&shared, event.object["metadata"]["uid"].as_str().unwrap_or_default()),
+                    Some(Ok(event)) if event.event_type == "ADDED" || event.event_type == "MODIFIED" => pods::reconcile(&shared, event.object),
+                    // Bookmarks, errors (410: re-list) and the end of the stream: re-list.
+                    Some(Ok(event)) if event.event_type == "BOOKMARK" => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}

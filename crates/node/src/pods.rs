@@ -1,0 +1,423 @@
+//! Pod workers: one task per pod bound to this node. It pulls and loads each container's
+//! artifact, runs init containers in order, then serves HTTP components and runs commands with
+//! the pod's restart policy and back-off, and writes the pod's status as things change. On
+//! deletion it stops taking requests, lets in-flight ones finish within the grace period, and
+//! then completes the deletion.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shoal_api::resources;
+use shoal_oci::Reference;
+use shoal_oci::client::{Auth, RegistryClient};
+use shoal_runtime_wasm::{HttpHandler, LogSink, Workload, run_command};
+use tokio_util::sync::CancellationToken;
+
+use crate::status::{ContainerRecord, ContainerState, pod_status};
+use crate::{HttpRoute, Shared, spec};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const LOG_LINES_KEPT: usize = 10_000;
+const DEFAULT_CONCURRENCY: usize = 100;
+
+pub(crate) struct PodHandle {
+    stop: CancellationToken,
+    /// Set when the worker has finished (so a terminal pod is not restarted).
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn now() -> String {
+    shoal_api::meta::format_time(jiff::Timestamp::now())
+}
+
+fn key(pod: &Value) -> (String, String) {
+    (pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(), pod["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Brings this node in line with one pod object.
+pub(crate) fn reconcile(shared: &Arc<Shared>, pod: Value) {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    if uid.is_empty() {
+        return;
+    }
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        let handle = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        let shared = Arc::clone(shared);
+        shared.clone().tasks.spawn(async move { terminate(&shared, pod, handle).await });
+        return;
+    }
+    let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+    let mut pods = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+    if pods.contains_key(&uid) || phase == "Succeeded" || phase == "Failed" {
+        return;
+    }
+    let handle = PodHandle { stop: shared.shutdown.child_token(), done: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
+    let stop = handle.stop.clone();
+    let done = Arc::clone(&handle.done);
+    pods.insert(uid, handle);
+    drop(pods);
+    let worker_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        run_pod(&worker_shared, pod, stop).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+/// Stops the worker of a pod that is gone from the API.
+pub(crate) fn stop(shared: &Arc<Shared>, uid: &str) {
+    if let Some(handle) = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(uid) {
+        handle.stop.cancel();
+    }
+}
+
+/// Stops workers whose pods no longer exist (after a re-list).
+pub(crate) fn forget_missing(shared: &Arc<Shared>, live: &[String]) {
+    let gone: Vec<String> = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).keys().filter(|uid| !live.contains(uid)).cloned().collect();
+    for uid in gone {
+        stop(shared, &uid);
+    }
+}
+
+pub(crate) async fn stop_all(shared: &Arc<Shared>) {
+    let handles: Vec<PodHandle> = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
+    for handle in handles {
+        handle.stop.cancel();
+    }
+}
+
+/// Graceful deletion: no new requests, in-flight ones finish within the grace period, then the
+/// node completes the deletion in the API.
+async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) {
+    let (namespace, name) = key(&pod);
+    let grace = Duration::from_secs(pod["metadata"]["deletionGracePeriodSeconds"].as_u64().unwrap_or(30));
+    let routes = shared.routes.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.clone(), name.clone()));
+    if let Some(routes) = routes {
+        let deadline = tokio::time::Instant::now() + grace;
+        for route in routes {
+            while route.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    if let Some(handle) = handle {
+        handle.stop.cancel();
+    }
+    let pods = resources::by_name("pods").expect("pods are served");
+    let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
+    match shared.client.delete(pods, Some(&namespace), &name, &options).await {
+        Ok(_) => {}
+        Err(shoal_client::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+        Err(error) => tracing::warn!(%error, pod = %name, "completing the pod's deletion"),
+    }
+    shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
+}
+
+/// Writes the pod's status and events.
+struct Reporter {
+    shared: Arc<Shared>,
+    namespace: String,
+    name: String,
+    uid: String,
+    restart_policy: String,
+    start_time: String,
+    records: Mutex<Vec<ContainerRecord>>,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl Reporter {
+    fn update(&self, container: &str, change: impl FnOnce(&mut ContainerRecord)) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = records.iter_mut().find(|r| r.name == container) {
+            change(record);
+        }
+    }
+
+    async fn publish(&self) {
+        let _serialised = self.write_lock.lock().await;
+        let status = {
+            let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            pod_status(&records, &self.restart_policy, &self.shared.host_ip, &self.start_time, &now())
+        };
+        let pods = resources::by_name("pods").expect("pods are served");
+        let path = format!("{}/status", pods.object_path(Some(&self.namespace), &self.name));
+        let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
+        let outcome = self.shared.client.request(reqwest::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body))).await;
+        if let Err(error) = outcome {
+            tracing::debug!(%error, pod = %self.name, "writing pod status");
+        }
+    }
+
+    async fn event(&self, kind: &str, reason: &str, message: &str) {
+        let events = resources::by_name("events").expect("events are served");
+        let timestamp = now();
+        let suffix: String = (0..8).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{}.{suffix}", self.name), "namespace": self.namespace},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": self.namespace, "name": self.name, "uid": self.uid},
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": "shoal-node", "host": self.shared.config.node_name},
+            "firstTimestamp": timestamp, "lastTimestamp": timestamp, "count": 1,
+            "reportingComponent": "shoal-node", "reportingInstance": self.shared.config.node_name,
+        });
+        if let Err(error) = self.shared.client.create(events, Some(&self.namespace), &event, "shoal-node").await {
+            tracing::debug!(%error, "recording an event");
+        }
+    }
+}
+
+/// A registry client for `reference`: the built-in registry with the node token, or an
+/// external one with the pod's pull secrets.
+async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Result<RegistryClient, String> {
+    if reference.is_built_in() {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca) = &shared.config.ca_pem {
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| e.to_string())?);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        return Ok(RegistryClient::new(http, shared.config.server.clone(), shoal_oci::BUILT_IN_REGISTRY, Auth::Bearer(shared.token.clone())));
+    }
+    let mut auth = Auth::Anonymous;
+    let secrets = resources::by_name("secrets").expect("secrets are served");
+    for secret in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        if let Ok(object) = shared.client.get(secrets, Some(namespace), secret["name"].as_str().unwrap_or_default()).await {
+            use base64::Engine;
+            let config = base64::engine::general_purpose::STANDARD.decode(object["data"][".dockerconfigjson"].as_str().unwrap_or_default()).unwrap_or_default();
+            if let Some(found) = shoal_oci::client::auth_from_docker_config(&config, &reference.registry) {
+                auth = found;
+                break;
+            }
+        }
+    }
+    RegistryClient::external(&reference.registry, &[], auth).map_err(|e| e.to_string())
+}
+
+/// Pulls and loads one container's artifact: (workload, image ID) or (waiting reason, message).
+async fn load(shared: &Shared, pod: &Value, container: &Value) -> Result<(Workload, String), (&'static str, String)> {
+    let image = container["image"].as_str().unwrap_or_default();
+    let reference = Reference::parse(image).map_err(|e| ("InvalidImageName", e.to_string()))?;
+    let client = registry_for(shared, pod, &reference).await.map_err(|e| ("ErrImagePull", e))?;
+    let pulled = shared.cache.pull(&client, &reference).await.map_err(|e| match e {
+        shoal_oci::Error::UnsupportedManifest(detail) => ("InvalidImage", detail),
+        other => ("ErrImagePull", other.to_string()),
+    })?;
+    if matches!(pulled.kind, shoal_oci::media::ArtifactKind::Container) {
+        return Err(("InvalidImage", format!("{image} is an OCI container image; this node runs Wasm artifacts only (no container runtime)")));
+    }
+    let blob = pulled.blobs.first().ok_or(("InvalidImage", "the artifact has no Wasm layer".to_owned()))?;
+    let workload = shared.runtime.load(blob.digest.as_str(), &blob.path).await.map_err(|e| ("InvalidImage", e.to_string()))?;
+    Ok((workload, pulled.reference.to_string()))
+}
+
+fn backoff(attempt: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(5)).min(MAX_BACKOFF)
+}
+
+async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
+    let (namespace, name) = key(&pod);
+    let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_owned();
+    let init: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+    let main: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let waiting = |reason: &str| ContainerState::Waiting { reason: reason.into(), message: None };
+    let records = init
+        .iter()
+        .map(|c| (c, true))
+        .chain(main.iter().map(|c| (c, false)))
+        .map(|(c, is_init)| ContainerRecord {
+            name: c["name"].as_str().unwrap_or_default().to_owned(),
+            image: c["image"].as_str().unwrap_or_default().to_owned(),
+            image_id: String::new(),
+            state: waiting(if is_init { "PodInitializing" } else { "ContainerCreating" }),
+            last_state: None,
+            restart_count: 0,
+            ready: false,
+            init: is_init,
+        })
+        .collect();
+    let start_time = pod["status"]["startTime"].as_str().map(str::to_owned).unwrap_or_else(now);
+    let reporter = Arc::new(Reporter {
+        shared: Arc::clone(shared),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+        restart_policy: restart_policy.clone(),
+        start_time,
+        records: Mutex::new(records),
+        write_lock: tokio::sync::Mutex::new(()),
+    });
+    reporter.publish().await;
+    let volume_root = shared.config.data_dir.join("pods").join(pod["metadata"]["uid"].as_str().unwrap_or("unknown")).join("volumes");
+
+    // Pull and load every artifact first (with back-off), so failures show before anything runs.
+    let mut loaded: Vec<(Workload, String)> = Vec::new();
+    for container in init.iter().chain(main.iter()) {
+        let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+        let mut attempt = 0;
+        loop {
+            match load(shared, &pod, container).await {
+                Ok(done) => {
+                    loaded.push(done);
+                    break;
+                }
+                Err((reason, message)) => {
+                    reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: reason.into(), message: Some(message.clone()) });
+                    reporter.publish().await;
+                    reporter.event("Warning", "Failed", &format!("Failed to pull or load \"{}\": {message}", container["image"].as_str().unwrap_or_default())).await;
+                    let wait = backoff(attempt);
+                    attempt += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if reason == "ErrImagePull" {
+                        reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "ImagePullBackOff".into(), message: Some(message.clone()) });
+                    }
+                }
+            }
+        }
+        reporter.update(&container_name, |r| r.image_id = loaded.last().map(|(_, id)| id.clone()).unwrap_or_default());
+        reporter.event("Normal", "Pulled", &format!("Artifact \"{}\" is ready", container["image"].as_str().unwrap_or_default())).await;
+    }
+    let mut loaded = loaded.into_iter();
+
+    // Init containers run to completion, in order.
+    for container in &init {
+        let (workload, _) = loaded.next().expect("one workload per container");
+        let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+        let mut attempt = 0;
+        loop {
+            let outcome = run_once(shared, &reporter, &pod, container, &workload, &volume_root, &stop).await;
+            match outcome {
+                Some(0) => break,
+                Some(_) if restart_policy != "Never" => {
+                    let wait = backoff(attempt);
+                    attempt += 1;
+                    reporter.update(&container_name, |r| {
+                        r.restart_count += 1;
+                        r.last_state = Some(r.state.clone());
+                        r.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {wait:?} restarting failed container")) };
+                    });
+                    reporter.publish().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                // Failed with restartPolicy Never, or stopped.
+                _ => return,
+            }
+        }
+    }
+
+    let mut workers = Vec::new();
+    for container in main {
+        let (workload, _) = loaded.next().expect("one workload per container");
+        let shared = Arc::clone(shared);
+        let reporter = Arc::clone(&reporter);
+        let pod = pod.clone();
+        let stop = stop.clone();
+        let volume_root = volume_root.clone();
+        workers.push(tokio::spawn(async move { run_main(&shared, &reporter, &pod, &container, workload, &volume_root, &stop).await }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+/// Runs one command container once; returns its exit code (None when stopped).
+async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, workload: &Workload, volume_root: &std::path::Path, stop: &CancellationToken) -> Option<i32> {
+    let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+    let logs = log_sink(shared, reporter, &container_name);
+    let sandbox = match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
+        Ok(sandbox) => sandbox,
+        Err(message) => {
+            reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
+            reporter.publish().await;
+            reporter.event("Warning", "Failed", &message).await;
+            return None;
+        }
+    };
+    let started_at = now();
+    reporter.update(&container_name, |r| r.state = ContainerState::Running { started_at: started_at.clone() });
+    reporter.publish().await;
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => return None,
+        outcome = run_command(workload, &sandbox) => outcome,
+    };
+    let (exit_code, reason, message) = match outcome {
+        Ok(outcome) => (outcome.exit_code, outcome.reason, outcome.message),
+        Err(error) => (128, "StartError".to_owned(), Some(error.to_string())),
+    };
+    reporter.update(&container_name, |r| {
+        r.ready = false;
+        r.state = ContainerState::Terminated { exit_code, reason: reason.clone(), message: message.clone(), started_at, finished_at: now() };
+    });
+    reporter.publish().await;
+    Some(exit_code)
+}
+
+fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
+    let key = (reporter.namespace.clone(), reporter.name.clone(), container.to_owned());
+    shared.logs.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert_with(|| LogSink::new(LOG_LINES_KEPT)).clone()
+}
+
+async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, workload: Workload, volume_root: &std::path::Path, stop: &CancellationToken) {
+    let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+    if let Workload::Http(prepared) = &workload {
+        let logs = log_sink(shared, reporter, &container_name);
+        let sandbox = match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
+            Ok(sandbox) => sandbox,
+            Err(message) => {
+                reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
+                reporter.publish().await;
+                reporter.event("Warning", "Failed", &message).await;
+                return;
+            }
+        };
+        let concurrency = pod["metadata"]["annotations"][spec::CONCURRENCY_ANNOTATION].as_str().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
+        let handler = Arc::new(HttpHandler::new(Arc::clone(prepared), sandbox, concurrency));
+        let ports: Vec<u16> = container["ports"].as_array().into_iter().flatten().filter_map(|p| p["containerPort"].as_u64()).map(|p| p as u16).collect();
+        shared
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((reporter.namespace.clone(), reporter.name.clone()))
+            .or_default()
+            .push(HttpRoute { handler, ports });
+        reporter.update(&container_name, |r| {
+            r.state = ContainerState::Running { started_at: now() };
+            r.ready = true;
+        });
+        reporter.publish().await;
+        reporter.event("Normal", "Started", &format!("Started HTTP component {container_name}")).await;
+        stop.cancelled().await;
+        return;
+    }
+    let mut attempt = 0;
+    loop {
+        let Some(exit_code) = run_once(shared, reporter, pod, container, &workload, volume_root, stop).await else { return };
+        let restart = match reporter.restart_policy.as_str() {
+            "Always" => true,
+            "OnFailure" => exit_code != 0,
+            _ => false,
+        };
+        if !restart {
+            return;
+        }
+        let wait = backoff(attempt);
+        attempt += 1;
+        reporter.update(&container_name, |r| {
+            r.restart_count += 1;
+            r.last_state = Some(r.state.clone());
+            r.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {wait:?} restarting the container")) };
+        });
+        reporter.publish().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
