@@ -5,5 +5,6 @@ mod cli;
 mod durability;
 mod harness;
 mod layering;
+mod node;
 mod registry;
 mod samples;

@@ -177,6 +177,10 @@ async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> R
         let mut seen = sink.written();
         let mut updates = sink.subscribe();
         loop {
+            if sink.is_finished() && sink.written() == seen {
+                // The container has ended and every line is out: end the stream, as kubectl expects.
+                return;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = sender.closed() => return,

@@ -341,6 +341,7 @@ async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, contai
         }
     };
     let started_at = now();
+    sandbox.logs.set_finished(false);
     reporter.update(&container_name, |r| r.state = ContainerState::Running { started_at: started_at.clone() });
     reporter.publish().await;
     let outcome = tokio::select! {
@@ -351,6 +352,7 @@ async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, contai
         Ok(outcome) => (outcome.exit_code, outcome.reason, outcome.message),
         Err(error) => (128, "StartError".to_owned(), Some(error.to_string())),
     };
+    sandbox.logs.set_finished(true);
     reporter.update(&container_name, |r| {
         r.ready = false;
         r.state = ContainerState::Terminated { exit_code, reason: reason.clone(), message: message.clone(), started_at, finished_at: now() };

@@ -50,6 +50,8 @@ struct SinkInner {
     partial: [Vec<u8>; 2],
     notify: Option<tokio::sync::watch::Sender<u64>>,
     written: u64,
+    /// Set when the container has ended and will write no more (until it restarts).
+    finished: bool,
 }
 
 /// The longest line kept whole; longer output is split.
@@ -65,6 +67,7 @@ impl LogSink {
                 partial: [Vec::new(), Vec::new()],
                 notify: Some(notify),
                 written: 0,
+                finished: false,
             })),
         }
     }
@@ -99,6 +102,21 @@ impl LogSink {
                 inner.push(LogLine { timestamp: jiff::Timestamp::now(), stream, text });
             }
         }
+    }
+
+    /// Marks the container as ended (followers stop once they have every line) or, with
+    /// `false`, as running again.
+    pub fn set_finished(&self, finished: bool) {
+        let mut inner = self.lock();
+        inner.finished = finished;
+        let written = inner.written;
+        if let Some(notify) = &inner.notify {
+            notify.send_replace(written);
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
     }
 
     /// The lines captured so far (oldest first).

@@ -1,0 +1,193 @@
+//! The node agent, end to end: a real `shoal server` with its local node (named `node-1`), pods
+//! bound by `spec.nodeName` (the scheduler comes with the controllers), artifacts from the
+//! built-in registry, requests through the node's data plane.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, repository};
+
+fn push(server: &Server, file: &str, reference: &str) {
+    let path = repository().join("samples").join(file);
+    let (code, _, stderr) = server.cli(&["push", path.to_str().expect("utf-8"), reference]);
+    assert_eq!(code, 0, "push {file}: {stderr}");
+}
+
+fn pod(name: &str, image: &str, restart_policy: &str, env: &[(&str, &str)]) -> Value {
+    let env: Vec<Value> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": "node-1", "restartPolicy": restart_policy,
+            "containers": [{"name": "main", "image": image, "env": env, "ports": [{"containerPort": 8080}]}]}})
+}
+
+async fn create(server: &Server, object: &Value) {
+    let (code, body) = server.post("/api/v1/namespaces/default/pods", object).await;
+    assert_eq!(code, 201, "{body}");
+}
+
+/// Polls the pod until `check` holds (or fails after 60 s with the last state).
+async fn wait_for(server: &Server, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, pod) = server.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
+        if check(&pod) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "pod {name} never became {what}: {}", pod["status"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn data_plane(server: &Server) -> String {
+    let (_, node) = server.get("/api/v1/nodes/node-1").await;
+    let address = node["metadata"]["annotations"]["shoal.dev/data-addr"].as_str().expect("the node publishes its data-plane address");
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn bare_worker_pods_run_to_completion_with_exit_codes_and_logs() {
+    let server = Server::start().await;
+    push(&server, "worker/worker.wasm", "shoal.local/samples/worker:latest");
+    push(&server, "worker/worker-p1.wasm", "shoal.local/samples/worker-p1:latest");
+    for (name, image) in [("w-component", "shoal.local/samples/worker:latest"), ("w-module", "shoal.local/samples/worker-p1:latest")] {
+        create(&server, &pod(name, image, "Never", &[("STEPS", "2")])).await;
+        create(&server, &pod(&format!("{name}-fails"), image, "Never", &[("EXIT_CODE", "3"), ("STEPS", "1")])).await;
+    }
+    for name in ["w-component", "w-module"] {
+        let done = wait_for(&server, name, "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
+        let container = &done["status"]["containerStatuses"][0];
+        assert_eq!(container["state"]["terminated"]["exitCode"], 0);
+        assert_eq!(container["state"]["terminated"]["reason"], "Completed");
+        assert!(container["imageID"].as_str().unwrap_or_default().contains("@sha256:"), "{container}");
+        assert_eq!(done["status"]["conditions"][0]["type"], "PodScheduled");
+        let (code, logs, stderr) = server.cli(&["logs", name]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(logs, "worker: step 1\nworker: step 2\nworker: done\n", "{name}");
+        let (_, tail, _) = server.cli(&["logs", name, "--tail", "1"]);
+        assert_eq!(tail, "worker: done\n");
+        let (code, followed, _) = server.cli(&["logs", name, "-f"]);
+        assert_eq!((code, followed.as_str()), (0, logs.as_str()), "follow ends once a finished container's lines are out");
+
+        let failed = wait_for(&server, &format!("{name}-fails"), "Failed", |p| p["status"]["phase"] == "Failed").await;
+        assert_eq!(failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3, "{name}");
+        assert_eq!(failed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Error");
+    }
+}
+
+#[tokio::test]
+async fn hello_pods_become_ready_and_answer_through_the_data_plane() {
+    let server = Server::start().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    create(&server, &pod("hello-a", "shoal.local/samples/hello:latest", "Always", &[])).await;
+    create(&server, &pod("hello-b", "shoal.local/samples/hello:latest", "Always", &[("GREETING", "hi from b")])).await;
+    for name in ["hello-a", "hello-b"] {
+        let ready = wait_for(&server, name, "Ready", |p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))).await;
+        assert_eq!(ready["status"]["phase"], "Running");
+        assert_eq!(ready["status"]["containerStatuses"][0]["ready"], true);
+    }
+    let base = data_plane(&server).await;
+    let http = reqwest::Client::new();
+    let response = http.get(format!("{base}/_pods/default/hello-a/")).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["x-shoal-pod"], "hello-a");
+    assert_eq!(response.text().await.expect("body"), "hello from shoal\n");
+    let response = http.get(format!("{base}/_pods/default/hello-b:8080/any/path")).send().await.expect("request");
+    assert_eq!(response.text().await.expect("body"), "hi from b\n");
+    let missing = http.get(format!("{base}/_pods/default/nope/")).send().await.expect("request");
+    assert_eq!(missing.status().as_u16(), 503);
+    let logs = http.get(format!("{base}/_logs/default/hello-a")).send().await.expect("request");
+    assert_eq!(logs.status().as_u16(), 401, "logs on the data plane need the node token");
+
+    let (code, _) = server.request(reqwest::Method::DELETE, "/api/v1/namespaces/default/pods/hello-a", None).await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _) = server.get("/api/v1/namespaces/default/pods/hello-a").await;
+        if code == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never completed the deletion");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = http.get(format!("{base}/_pods/default/hello-a/")).send().await.expect("request");
+    assert_eq!(gone.status().as_u16(), 503, "a deleted pod leaves routing");
+}
+
+#[tokio::test]
+async fn hostile_guests_are_contained_while_hello_keeps_serving() {
+    let server = Server::start().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    push(&server, "misbehave/misbehave.wasm", "shoal.local/samples/misbehave:latest");
+    create(&server, &pod("hello", "shoal.local/samples/hello:latest", "Always", &[])).await;
+    let mut hostile = pod("misbehave", "shoal.local/samples/misbehave:latest", "Always", &[]);
+    hostile["metadata"]["annotations"] = json!({"shoal.dev/time-budget-seconds": "1"});
+    hostile["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "32Mi"}});
+    create(&server, &hostile).await;
+    for name in ["hello", "misbehave"] {
+        wait_for(&server, name, "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
+    }
+    let base = data_plane(&server).await;
+    let http = reqwest::Client::new();
+    let spin = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move { http.get(format!("{base}/_pods/default/misbehave/loop")).send().await.expect("request").status().as_u16() })
+    };
+    let recurse = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move { http.get(format!("{base}/_pods/default/misbehave/recurse")).send().await.expect("request").status().as_u16() })
+    };
+    for _ in 0..100 {
+        let response = http.get(format!("{base}/_pods/default/hello/")).send().await.expect("request");
+        assert_eq!(response.status().as_u16(), 200, "hello keeps answering every request");
+    }
+    assert_eq!(spin.await.expect("join"), 500, "the loop is stopped at its budget");
+    assert_eq!(recurse.await.expect("join"), 500, "deep recursion traps");
+    let bomb = http.get(format!("{base}/_pods/default/misbehave/alloc?mb=512")).send().await.expect("request").status().as_u16();
+    assert!(bomb == 507 || bomb == 500, "a memory bomb past 32 Mi fails, got {bomb}");
+    let ok = http.get(format!("{base}/_pods/default/misbehave/ok")).send().await.expect("request");
+    assert_eq!(ok.text().await.expect("body"), "ok\n", "the hostile pod itself keeps serving too");
+    let (_, pod) = server.get("/api/v1/namespaces/default/pods/misbehave").await;
+    assert_eq!(pod["status"]["phase"], "Running");
+}
+
+#[tokio::test]
+async fn an_unpullable_artifact_gets_a_waiting_reason_and_an_event() {
+    let server = Server::start().await;
+    create(&server, &pod("ghost", "shoal.local/samples/missing:1", "Always", &[])).await;
+    let waiting = wait_for(&server, "ghost", "waiting on its image", |p| {
+        let reason = p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str().unwrap_or_default();
+        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    })
+    .await;
+    assert_eq!(waiting["status"]["phase"], "Pending");
+    let uid = waiting["metadata"]["uid"].as_str().expect("uid");
+    let (_, events) = server.get(&format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dghost%2CinvolvedObject.uid%3D{uid}")).await;
+    let messages: Vec<&str> = events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("missing") && m.contains("Failed to pull")), "{messages:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
+    let mut server = Server::start().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    create(&server, &pod("hello", "shoal.local/samples/hello:latest", "Always", &[])).await;
+    let before = wait_for(&server, "hello", "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
+    server.terminate();
+    server.restart().await;
+    let base = data_plane(&server).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = reqwest::get(format!("{base}/_pods/default/hello/")).await
+            && response.status().as_u16() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted node never served hello again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, list) = server.get("/api/v1/namespaces/default/pods").await;
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "no duplicate pods");
+    assert_eq!(items[0]["metadata"]["uid"], before["metadata"]["uid"]);
+}
