@@ -191,3 +191,20 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     assert_eq!(items.len(), 1, "no duplicate pods");
     assert_eq!(items[0]["metadata"]["uid"], before["metadata"]["uid"]);
 }
+
+#[tokio::test]
+async fn on_failure_pods_restart_with_crash_loop_back_off() {
+    let server = Server::start().await;
+    push(&server, "worker/worker.wasm", "shoal.local/samples/worker:latest");
+    create(&server, &pod("flaky", "shoal.local/samples/worker:latest", "OnFailure", &[("EXIT_CODE", "3"), ("STEPS", "0")])).await;
+    let backing_off = wait_for(&server, "flaky", "backing off", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    let container = &backing_off["status"]["containerStatuses"][0];
+    assert_eq!(container["restartCount"], 1);
+    assert_eq!(container["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(backing_off["status"]["phase"], "Running", "OnFailure keeps the pod running while it retries");
+    let restarted = wait_for(&server, "flaky", "restarted", |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2)).await;
+    assert_ne!(restarted["status"]["phase"], "Failed");
+}

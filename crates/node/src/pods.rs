@@ -293,17 +293,8 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
             match outcome {
                 Some(0) => break,
                 Some(_) if restart_policy != "Never" => {
-                    let wait = backoff(attempt);
-                    attempt += 1;
-                    reporter.update(&container_name, |r| {
-                        r.restart_count += 1;
-                        r.last_state = Some(r.state.clone());
-                        r.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {wait:?} restarting failed container")) };
-                    });
-                    reporter.publish().await;
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
+                    if !crash_loop_back_off(&reporter, &container_name, &mut attempt, &stop).await {
+                        return;
                     }
                 }
                 // Failed with restartPolicy Never, or stopped.
@@ -409,17 +400,24 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
         if !restart {
             return;
         }
-        let wait = backoff(attempt);
-        attempt += 1;
-        reporter.update(&container_name, |r| {
-            r.restart_count += 1;
-            r.last_state = Some(r.state.clone());
-            r.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {wait:?} restarting the container")) };
-        });
-        reporter.publish().await;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if !crash_loop_back_off(reporter, &container_name, &mut attempt, stop).await {
+            return;
         }
+    }
+}
+
+/// Records a restart and waits out the exponential back-off; false when the pod is stopping.
+async fn crash_loop_back_off(reporter: &Reporter, container: &str, attempt: &mut u32, stop: &CancellationToken) -> bool {
+    let wait = backoff(*attempt);
+    *attempt += 1;
+    reporter.update(container, |r| {
+        r.restart_count += 1;
+        r.last_state = Some(r.state.clone());
+        r.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {wait:?} restarting the failed container")) };
+    });
+    reporter.publish().await;
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }

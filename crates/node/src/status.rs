@@ -61,30 +61,45 @@ fn container_json(record: &ContainerRecord) -> Value {
     status
 }
 
-/// The pod phase from its containers and restart policy.
+/// The pod phase from its containers and restart policy, as kubelet computes it: a waiting
+/// container that has run before (it has a terminated last state) counts as stopped.
 pub fn phase(containers: &[ContainerRecord], restart_policy: &str) -> &'static str {
-    let main: Vec<&ContainerRecord> = containers.iter().filter(|c| !c.init).collect();
-    if main.is_empty() {
-        return "Pending";
-    }
-    let all_terminated = main.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
-    let any_failed = main.iter().any(|c| matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0));
     let init_failed = containers.iter().any(|c| c.init && matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0));
     if init_failed && restart_policy == "Never" {
         return "Failed";
     }
-    if all_terminated && restart_policy != "Always" {
-        if any_failed && restart_policy == "Never" {
-            return "Failed";
-        }
-        if !any_failed {
-            return "Succeeded";
+    let main: Vec<&ContainerRecord> = containers.iter().filter(|c| !c.init).collect();
+    let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for container in &main {
+        let effective = match (&container.state, &container.last_state) {
+            (ContainerState::Waiting { .. }, Some(last @ ContainerState::Terminated { .. })) => last,
+            (state, _) => state,
+        };
+        match effective {
+            ContainerState::Waiting { .. } => waiting += 1,
+            ContainerState::Running { .. } => running += 1,
+            ContainerState::Terminated { exit_code, .. } => {
+                stopped += 1;
+                if *exit_code == 0 {
+                    succeeded += 1;
+                }
+            }
         }
     }
-    if main.iter().any(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Terminated { .. })) {
+    if main.is_empty() || waiting > 0 {
+        "Pending"
+    } else if running > 0 {
         "Running"
     } else {
-        "Pending"
+        match restart_policy {
+            "Always" => "Running",
+            "OnFailure" => {
+                if succeeded == stopped { "Succeeded" } else { "Running" }
+            }
+            _ => {
+                if succeeded < stopped { "Failed" } else { "Succeeded" }
+            }
+        }
     }
 }
 
@@ -139,6 +154,9 @@ mod tests {
     fn phases_follow_kubernetes() {
         let running = ContainerState::Running { started_at: "t".into() };
         let waiting = ContainerState::Waiting { reason: "ContainerCreating".into(), message: None };
+        let mut crash_looping = record("a", ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: None }, false);
+        crash_looping.last_state = Some(terminated(3));
+        crash_looping.restart_count = 1;
         let cases = [
             (vec![record("a", waiting.clone(), false)], "Always", "Pending"),
             (vec![record("a", running.clone(), true)], "Always", "Running"),
@@ -147,6 +165,8 @@ mod tests {
             (vec![record("a", terminated(3), false)], "OnFailure", "Running"),
             (vec![record("a", terminated(0), false)], "Always", "Running"),
             (vec![record("a", terminated(0), false), record("b", running, true)], "Never", "Running"),
+            (vec![crash_looping.clone()], "OnFailure", "Running"),
+            (vec![crash_looping], "Always", "Running"),
         ];
         for (containers, policy, expected) in cases {
             assert_eq!(phase(&containers, policy), expected, "{containers:?} {policy}");
