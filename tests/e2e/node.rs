@@ -208,3 +208,27 @@ async fn on_failure_pods_restart_with_crash_loop_back_off() {
     let restarted = wait_for(&server, "flaky", "restarted", |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2)).await;
     assert_ne!(restarted["status"]["phase"], "Failed");
 }
+
+#[tokio::test]
+async fn port_forward_serves_a_pod_on_a_local_port() {
+    use std::io::BufRead;
+    let server = Server::start().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    create(&server, &pod("hello", "shoal.local/samples/hello:latest", "Always", &[])).await;
+    wait_for(&server, "hello", "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
+    let mut forward = std::process::Command::new(crate::harness::shoal_binary())
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["port-forward", "pod/hello", "0:8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("port-forward");
+    let mut first_line = String::new();
+    std::io::BufReader::new(forward.stdout.take().expect("stdout")).read_line(&mut first_line).expect("read");
+    let local = first_line.split_whitespace().nth(2).expect("Forwarding from ADDR -> PORT").to_owned();
+    let body = reqwest::get(format!("http://{local}/")).await.expect("request").text().await.expect("body");
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(body, "hello from shoal\n", "{first_line}");
+}

@@ -6,6 +6,7 @@ mod describe;
 mod get;
 mod logs;
 mod output;
+mod port_forward;
 mod server;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Apply(apply::ApplyArgs),
     /// List or show objects.
     Get(get::GetArgs),
+    /// Serve a pod's HTTP port on a local port, through its node.
+    PortForward(port_forward::PortForwardArgs),
     /// Print a pod's container logs.
     Logs(logs::LogsArgs),
     /// Show an object in detail, with its events.
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server::run_server(args).await,
         Command::Up(args) => server::run_up(args).await,
         Command::Agent(args) => server::run_agent(args).await,
+        Command::PortForward(args) => port_forward::port_forward(&client(cli.kubeconfig, server)?, args).await,
         Command::Logs(args) => logs::logs(&client(cli.kubeconfig, server)?, args).await,
         Command::Apply(args) => apply::apply(&client(cli.kubeconfig, server)?, args).await,
         Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
