@@ -232,3 +232,34 @@ async fn port_forward_serves_a_pod_on_a_local_port() {
     let _ = forward.wait();
     assert_eq!(body, "hello from shoal\n", "{first_line}");
 }
+
+#[tokio::test]
+async fn probes_drive_readiness_and_restarts_and_exec_is_refused() {
+    let server = Server::start().await;
+    push(&server, "misbehave/misbehave.wasm", "shoal.local/samples/misbehave:latest");
+    push(&server, "worker/worker.wasm", "shoal.local/samples/worker:latest");
+    let probed = |name: &str, kind: &str, path: &str| {
+        let mut object = pod(name, "shoal.local/samples/misbehave:latest", "Always", &[]);
+        object["spec"]["containers"][0][format!("{kind}Probe")] = json!({"httpGet": {"path": path, "port": 8080}, "periodSeconds": 1, "failureThreshold": 1});
+        object
+    };
+    create(&server, &probed("ready", "readiness", "/ok")).await;
+    create(&server, &probed("unready", "readiness", "/nope")).await;
+    create(&server, &probed("unlive", "liveness", "/nope")).await;
+    let mut exec = pod("exec", "shoal.local/samples/worker:latest", "Always", &[]);
+    exec["spec"]["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["true"]}});
+    create(&server, &exec).await;
+
+    wait_for(&server, "ready", "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
+    let unready = wait_for(&server, "unready", "running but not ready", |p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, unready_now) = server.get("/api/v1/namespaces/default/pods/unready").await;
+    assert_eq!(unready_now["status"]["containerStatuses"][0]["ready"], false, "{}", unready["status"]);
+    let ready_condition = unready_now["status"]["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").cloned().expect("Ready");
+    assert_eq!(ready_condition["status"], "False");
+    let restarted = wait_for(&server, "unlive", "restarted by its liveness probe", |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)).await;
+    assert_eq!(restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"], "liveness probe failed");
+    let refused = wait_for(&server, "exec", "refused", |p| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError").await;
+    let message = refused["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("exec probes are not supported for Wasm containers"), "{message}");
+}

@@ -7,6 +7,7 @@
 
 pub mod dataplane;
 mod pods;
+pub mod probes;
 pub mod spec;
 pub mod status;
 

@@ -359,6 +359,19 @@ fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
 
 async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, workload: Workload, volume_root: &std::path::Path, stop: &CancellationToken) {
     let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+    let is_http = matches!(workload, Workload::Http(_));
+    let mut probes = Vec::new();
+    for kind in ["startup", "liveness", "readiness"] {
+        match crate::probes::parse(&container[format!("{kind}Probe")], kind, is_http) {
+            Ok(probe) => probes.push(probe),
+            Err(message) => {
+                reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
+                reporter.publish().await;
+                reporter.event("Warning", "Failed", &message).await;
+                return;
+            }
+        }
+    }
     if let Workload::Http(prepared) = &workload {
         let logs = log_sink(shared, reporter, &container_name);
         let sandbox = match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
@@ -379,14 +392,19 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
             .unwrap_or_else(|p| p.into_inner())
             .entry((reporter.namespace.clone(), reporter.name.clone()))
             .or_default()
-            .push(HttpRoute { handler, ports });
+            .push(HttpRoute { handler: Arc::clone(&handler), ports: ports.clone() });
+        let [startup, liveness, readiness] = [probes[0].clone(), probes[1].clone(), probes[2].clone()];
         reporter.update(&container_name, |r| {
             r.state = ContainerState::Running { started_at: now() };
-            r.ready = true;
+            // Without a readiness probe a started component is ready at once.
+            r.ready = readiness.is_none() && startup.is_none();
         });
         reporter.publish().await;
         reporter.event("Normal", "Started", &format!("Started HTTP component {container_name}")).await;
-        stop.cancelled().await;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = probe_loop(reporter, &container_name, &handler, &ports, startup, liveness, readiness) => {}
+        }
         return;
     }
     let mut attempt = 0;
@@ -419,5 +437,91 @@ async fn crash_loop_back_off(reporter: &Reporter, container: &str, attempt: &mut
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Runs an HTTP container's probes until the pod stops: the startup probe first, then liveness
+/// (failures restart the container: a new generation of instances, the restart counted) and
+/// readiness (which sets the container's `ready`).
+async fn probe_loop(
+    reporter: &Reporter,
+    container: &str,
+    handler: &HttpHandler,
+    ports: &[u16],
+    startup: Option<crate::probes::Probe>,
+    liveness: Option<crate::probes::Probe>,
+    readiness: Option<crate::probes::Probe>,
+) {
+    use crate::probes::check;
+    if let Some(probe) = &startup {
+        tokio::time::sleep(probe.initial_delay).await;
+        let mut failures = 0;
+        while !check(probe, handler, ports).await {
+            failures += 1;
+            if failures >= probe.failure_threshold {
+                reporter.event("Warning", "Unhealthy", &format!("Startup probe failed {failures} times; restarting {container}")).await;
+                failures = 0;
+                reporter.update(container, |r| r.restart_count += 1);
+                reporter.publish().await;
+            }
+            tokio::time::sleep(probe.period).await;
+        }
+        if readiness.is_none() {
+            reporter.update(container, |r| r.ready = true);
+            reporter.publish().await;
+        }
+    }
+    if liveness.is_none() && readiness.is_none() {
+        return std::future::pending().await;
+    }
+    let (mut live_failures, mut ready_successes, mut ready_failures) = (0u32, 0u32, 0u32);
+    let mut ready = readiness.is_none();
+    let start = tokio::time::Instant::now();
+    let period = [liveness.as_ref(), readiness.as_ref()].into_iter().flatten().map(|p| p.period).min().unwrap_or(Duration::from_secs(10));
+    loop {
+        if let Some(probe) = &liveness
+            && start.elapsed() >= probe.initial_delay
+        {
+            if check(probe, handler, ports).await {
+                live_failures = 0;
+            } else {
+                live_failures += 1;
+                if live_failures >= probe.failure_threshold {
+                    live_failures = 0;
+                    reporter.event("Normal", "Killing", &format!("Container {container} failed its liveness probe, will be restarted")).await;
+                    reporter.update(container, |r| {
+                        r.restart_count += 1;
+                        r.last_state = Some(ContainerState::Terminated { exit_code: 137, reason: "Error".into(), message: Some("liveness probe failed".into()), started_at: now(), finished_at: now() });
+                        r.state = ContainerState::Running { started_at: now() };
+                    });
+                    reporter.publish().await;
+                }
+            }
+        }
+        if let Some(probe) = &readiness
+            && start.elapsed() >= probe.initial_delay
+        {
+            if check(probe, handler, ports).await {
+                ready_failures = 0;
+                ready_successes += 1;
+                if !ready && ready_successes >= probe.success_threshold {
+                    ready = true;
+                    reporter.update(container, |r| r.ready = true);
+                    reporter.publish().await;
+                }
+            } else {
+                ready_successes = 0;
+                ready_failures += 1;
+                if ready && ready_failures >= probe.failure_threshold {
+                    ready = false;
+                    reporter.update(container, |r| r.ready = false);
+                    reporter.publish().await;
+                    reporter.event("Warning", "Unhealthy", &format!("Readiness probe failed for {container}")).await;
+                } else if !ready && ready_failures == 1 {
+                    reporter.event("Warning", "Unhealthy", &format!("Readiness probe failed for {container}")).await;
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }
