@@ -112,6 +112,7 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
         Err(error) => tracing::warn!(%error, pod = %name, "completing the pod's deletion"),
     }
     shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
+    shared.runtime.release_unused();
 }
 
 /// Writes the pod's status and events.

@@ -89,7 +89,8 @@ impl RuntimeConfig {
     }
 }
 
-/// A loaded artifact, ready to run as its kind of workload.
+/// A loaded artifact, ready to run as its kind of workload. Cloning shares it.
+#[derive(Clone)]
 pub enum Workload {
     Http(Arc<http::Prepared>),
     Command(Arc<command::PreparedCommand>),
@@ -111,6 +112,9 @@ pub struct Runtime {
     engine: Engine,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// Loaded workloads by digest, shared by every pod of the same artifact (one compiled
+    /// component and one `InstancePre` however many pods run it).
+    loaded: std::sync::Mutex<std::collections::HashMap<String, Workload>>,
 }
 
 impl Drop for Runtime {
@@ -154,7 +158,7 @@ impl Runtime {
                 })
                 .map_err(|source| Error::Io { path: PathBuf::from("wasm-epoch thread"), source })?;
         }
-        Ok(Arc::new(Self { engine, config, ticker_stop }))
+        Ok(Arc::new(Self { engine, config, ticker_stop, loaded: Default::default() }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -164,6 +168,24 @@ impl Runtime {
     /// Loads the artifact `digest` from `wasm_path`: from the compile cache when possible, else
     /// compiled off the async workers within the budget. Detects the kind of workload.
     pub async fn load(self: &Arc<Self>, digest: &str, wasm_path: &Path) -> Result<Workload> {
+        if let Some(workload) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            return Ok(workload.clone());
+        }
+        let workload = self.load_uncached(digest, wasm_path).await?;
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_owned(), workload.clone());
+        Ok(workload)
+    }
+
+    /// Forgets loaded workloads no pod holds any more.
+    pub fn release_unused(&self) {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, workload| match workload {
+            Workload::Http(prepared) => Arc::strong_count(prepared) > 1,
+            Workload::Command(prepared) => Arc::strong_count(prepared) > 1,
+            Workload::Preview1(prepared) => Arc::strong_count(prepared) > 1,
+        });
+    }
+
+    async fn load_uncached(self: &Arc<Self>, digest: &str, wasm_path: &Path) -> Result<Workload> {
         let runtime = Arc::clone(self);
         let digest = digest.to_owned();
         let wasm_path = wasm_path.to_owned();
