@@ -115,6 +115,8 @@ pub struct Runtime {
     /// Loaded workloads by digest, shared by every pod of the same artifact (one compiled
     /// component and one `InstancePre` however many pods run it).
     loaded: std::sync::Mutex<std::collections::HashMap<String, Workload>>,
+    /// One load at a time per digest, so pods starting together share one compile and one copy.
+    loading: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Runtime {
@@ -158,7 +160,7 @@ impl Runtime {
                 })
                 .map_err(|source| Error::Io { path: PathBuf::from("wasm-epoch thread"), source })?;
         }
-        Ok(Arc::new(Self { engine, config, ticker_stop, loaded: Default::default() }))
+        Ok(Arc::new(Self { engine, config, ticker_stop, loaded: Default::default(), loading: Default::default() }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -171,7 +173,14 @@ impl Runtime {
         if let Some(workload) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
             return Ok(workload.clone());
         }
-        let workload = self.load_uncached(digest, wasm_path).await?;
+        let gate = Arc::clone(self.loading.lock().unwrap_or_else(|p| p.into_inner()).entry(digest.to_owned()).or_default());
+        let _guard = gate.lock().await;
+        if let Some(workload) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            return Ok(workload.clone());
+        }
+        let workload = self.load_uncached(digest, wasm_path).await;
+        self.loading.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        let workload = workload?;
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_owned(), workload.clone());
         Ok(workload)
     }
