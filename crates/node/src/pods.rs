@@ -385,7 +385,8 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
             }
         };
         let concurrency = pod["metadata"]["annotations"][spec::CONCURRENCY_ANNOTATION].as_str().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
-        let handler = Arc::new(HttpHandler::new(Arc::clone(prepared), sandbox, concurrency));
+        let reuse = pod["metadata"]["annotations"][spec::REUSE_ANNOTATION].as_str().and_then(|r| r.parse().ok()).unwrap_or(1);
+        let handler = Arc::new(HttpHandler::with_reuse(Arc::clone(prepared), sandbox, concurrency, reuse));
         let ports: Vec<u16> = container["ports"].as_array().into_iter().flatten().filter_map(|p| p["containerPort"].as_u64()).map(|p| p as u16).collect();
         shared
             .routes

@@ -13,6 +13,10 @@ use shoal_runtime_wasm::{LogSink, Preopen, SandboxSpec};
 
 /// The annotation that sets a pod's per-request (or per-run) time budget, in seconds.
 pub const TIME_BUDGET_ANNOTATION: &str = "shoal.dev/time-budget-seconds";
+/// The annotation by which a pod opts in to reusing an instance for up to N sequential requests
+/// (trading isolation between its own requests for throughput). Default 1: a fresh instance per
+/// request.
+pub const REUSE_ANNOTATION: &str = "shoal.dev/instance-reuse";
 /// The annotation that caps concurrent requests to a pod's HTTP components.
 pub const CONCURRENCY_ANNOTATION: &str = "shoal.dev/max-concurrency";
 const DEFAULT_TIME_BUDGET: Duration = Duration::from_secs(30);

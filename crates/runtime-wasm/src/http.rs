@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -53,6 +53,13 @@ pub enum HttpOutcome {
     Failed(String),
 }
 
+/// An instance kept for reuse, with how many requests it has served.
+struct Warm {
+    store: Store<ComponentState>,
+    proxy: Proxy,
+    uses: usize,
+}
+
 /// Serves one pod's HTTP component.
 pub struct HttpHandler {
     prepared: Arc<Prepared>,
@@ -60,6 +67,11 @@ pub struct HttpHandler {
     concurrency: Arc<tokio::sync::Semaphore>,
     max_concurrency: usize,
     failures: std::sync::atomic::AtomicU64,
+    /// Requests one instance may serve in sequence: 1 (the default) means a fresh instance per
+    /// request; more is the pod's opt-in trade of isolation between its own requests for speed.
+    reuse_limit: usize,
+    warm: Arc<std::sync::Mutex<Vec<Warm>>>,
+    instantiations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn text_response(status: u16, text: String) -> hyper::Response<ResponseBody> {
@@ -72,13 +84,27 @@ fn text_response(status: u16, text: String) -> hyper::Response<ResponseBody> {
 
 impl HttpHandler {
     pub fn new(prepared: Arc<Prepared>, spec: SandboxSpec, max_concurrency: usize) -> Self {
+        Self::with_reuse(prepared, spec, max_concurrency, 1)
+    }
+
+    /// Like [`HttpHandler::new`], reusing each instance for up to `reuse_limit` sequential
+    /// requests. An instance that traps or overruns its budget is never reused.
+    pub fn with_reuse(prepared: Arc<Prepared>, spec: SandboxSpec, max_concurrency: usize, reuse_limit: usize) -> Self {
         Self {
+            reuse_limit: reuse_limit.max(1),
+            warm: Arc::new(std::sync::Mutex::new(Vec::new())),
+            instantiations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             prepared,
             spec,
             concurrency: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
             max_concurrency: max_concurrency.max(1),
             failures: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Instances created so far (with reuse, fewer than requests).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests being handled now.
@@ -121,18 +147,36 @@ impl HttpHandler {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let state = ComponentState::new(&self.spec).map_err(|e| e.to_string())?;
-        let mut store = Store::new(self.prepared.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
+        let warm = if self.reuse_limit > 1 { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let (mut store, proxy, uses) = match warm {
+            Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
+            None => {
+                let state = ComponentState::new(&self.spec).map_err(|e| e.to_string())?;
+                let mut store = Store::new(self.prepared.pre.engine(), state);
+                store.limiter(|state| &mut state.limits);
+                (store, None, 0)
+            }
+        };
         apply_time_budget(&mut store, budget);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
         let pre = self.prepared.pre.clone();
+        let (pool, reuse_limit, instantiations) = (Arc::clone(&self.warm), self.reuse_limit, Arc::clone(&self.instantiations));
         // The guest runs in its own task so it can keep streaming the body after the headers.
         let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+            let proxy = match proxy {
+                Some(proxy) => proxy,
+                None => {
+                    instantiations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    pre.instantiate_async(&mut store).await?
+                }
+            };
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await?;
+            if uses + 1 < reuse_limit {
+                pool.lock().unwrap_or_else(|p| p.into_inner()).push(Warm { store, proxy, uses: uses + 1 });
+            }
+            Ok::<(), wasmtime::Error>(())
         });
         match tokio::time::timeout(budget, receiver).await {
             Ok(Ok(Ok(response))) => Ok(response),

@@ -67,6 +67,8 @@ async fn an_http_component_answers_with_its_environment_only() {
     spec.env = vec![("HOSTNAME".into(), "hello-abc".into()), ("GREETING".into(), "hi there".into())];
     let handler = HttpHandler::new(prepared, spec, 16);
     let (response, _) = handler.handle(request("/")).await;
+    let (_, _) = handler.handle(request("/")).await;
+    assert_eq!(handler.instantiations(), 2, "by default every request gets a fresh instance");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-shoal-pod"], "hello-abc");
     assert_eq!(body_text(response).await, "hi there\n");
@@ -144,4 +146,29 @@ async fn compiled_code_is_cached_and_bad_artifacts_are_refused() {
     std::fs::write(&text, "not wasm").expect("write");
     let error = restarted.load("sha256:2222222222222222222222222222222222222222222222222222222222222222", &text).await.err().expect("refused");
     assert!(error.to_string().contains("cannot be compiled"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_pod_reuses_instances_and_a_trap_discards_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(prepared) = load(&runtime, "misbehave/misbehave.wasm").await else { panic!("http") };
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    spec.time_budget = Duration::from_millis(300);
+    let handler = HttpHandler::with_reuse(prepared, spec, 4, 100);
+    for _ in 0..20 {
+        let (response, _) = handler.handle(request("/ok")).await;
+        assert_eq!(body_text(response).await, "ok\n");
+    }
+    assert_eq!(handler.instantiations(), 1, "twenty sequential requests share one instance");
+    // A trap poisons its instance: it is dropped, and the next request still works.
+    let (response, _) = handler.handle(request("/recurse")).await;
+    assert_eq!(response.status(), 500);
+    let (response, _) = handler.handle(request("/ok")).await;
+    assert_eq!(body_text(response).await, "ok\n");
+    // A budget overrun is per request, also on a reused instance.
+    let (response, _) = handler.handle(request("/loop")).await;
+    assert_eq!(response.status(), 500);
+    let (response, _) = handler.handle(request("/ok")).await;
+    assert_eq!(response.status(), 200);
 }
