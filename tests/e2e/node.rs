@@ -171,10 +171,15 @@ async fn an_unpullable_artifact_gets_a_waiting_reason_and_an_event() {
 async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     let mut server = Server::start().await;
     push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    push(&server, "worker/worker.wasm", "shoal.local/samples/worker:latest");
     create(&server, &pod("hello", "shoal.local/samples/hello:latest", "Always", &[])).await;
+    create(&server, &pod("job", "shoal.local/samples/worker:latest", "Never", &[("STEPS", "1")])).await;
     let before = wait_for(&server, "hello", "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
+    wait_for(&server, "job", "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
     server.terminate();
     server.restart().await;
+    let (code, logs, stderr) = server.cli(&["logs", "job"]);
+    assert_eq!((code, logs.as_str()), (0, "worker: step 1\nworker: done\n"), "a finished pod's logs outlive a node restart: {stderr}");
     let base = data_plane(&server).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -187,7 +192,7 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, list) = server.get("/api/v1/namespaces/default/pods").await;
-    let items = list["items"].as_array().expect("items");
+    let items: Vec<&Value> = list["items"].as_array().expect("items").iter().filter(|p| p["metadata"]["name"] == "hello").collect();
     assert_eq!(items.len(), 1, "no duplicate pods");
     assert_eq!(items[0]["metadata"]["uid"], before["metadata"]["uid"]);
 }
@@ -207,6 +212,8 @@ async fn on_failure_pods_restart_with_crash_loop_back_off() {
     assert_eq!(backing_off["status"]["phase"], "Running", "OnFailure keeps the pod running while it retries");
     let restarted = wait_for(&server, "flaky", "restarted", |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2)).await;
     assert_ne!(restarted["status"]["phase"], "Failed");
+    let (code, previous, stderr) = server.cli(&["logs", "flaky", "--previous"]);
+    assert_eq!((code, previous.as_str()), (0, "worker: done\n"), "{stderr}");
 }
 
 #[tokio::test]

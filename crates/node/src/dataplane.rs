@@ -130,6 +130,8 @@ async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> R
         .filter(|((ns, pod, _), _)| ns == namespace && pod == name)
         .map(|((_, _, container), sink)| (container.clone(), sink.clone()))
         .collect();
+    // A pod this node no longer runs (finished before a restart) still has its files.
+    let sinks = if sinks.is_empty() { sinks_on_disk(shared, namespace, name) } else { sinks };
     let sink = match query.get("container") {
         Some(container) => sinks.iter().find(|(c, _)| c == container).map(|(_, s)| s.clone()),
         None if sinks.len() == 1 => Some(sinks[0].1.clone()),
@@ -142,12 +144,14 @@ async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> R
     let Some(sink) = sink else {
         return text(StatusCode::NOT_FOUND, format!("no logs for pod {namespace}/{name} (container {:?}) on this node yet\n", query.get("container")));
     };
-    if query.get("previous").is_some_and(|p| p == "true") {
-        return text(StatusCode::BAD_REQUEST, "previous container logs are not kept by this node\n");
-    }
+    let previous = query.get("previous").is_some_and(|p| p == "true");
     let timestamps = query.get("timestamps").is_some_and(|t| t == "true");
     let since = query.get("sinceSeconds").and_then(|s| s.parse::<i64>().ok()).map(|s| jiff::Timestamp::now().as_second() - s);
-    let mut lines: Vec<LogLine> = sink.lines().into_iter().filter(|l| since.is_none_or(|s| l.timestamp.as_second() >= s)).collect();
+    let source = if previous { sink.previous_lines() } else { sink.lines() };
+    if previous && source.is_empty() {
+        return text(StatusCode::BAD_REQUEST, format!("previous terminated container in pod \"{name}\" not found\n"));
+    }
+    let mut lines: Vec<LogLine> = source.into_iter().filter(|l| since.is_none_or(|s| l.timestamp.as_second() >= s)).collect();
     if let Some(tail) = query.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
         let skip = lines.len().saturating_sub(tail);
         lines.drain(..skip);
@@ -164,7 +168,7 @@ async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> R
         limit -= formatted.len();
         initial.push_str(&formatted);
     }
-    let follow = query.get("follow").is_some_and(|f| f == "true") && limit > 0;
+    let follow = query.get("follow").is_some_and(|f| f == "true") && limit > 0 && !previous;
     if !follow {
         return text(StatusCode::OK, initial);
     }
@@ -201,6 +205,25 @@ async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> R
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// Log sinks read back from a pod's log files (`logs/NS_NAME_UID/CONTAINER.log`).
+fn sinks_on_disk(shared: &Shared, namespace: &str, name: &str) -> Vec<(String, shoal_runtime_wasm::LogSink)> {
+    let prefix = format!("{namespace}_{name}_");
+    let Ok(entries) = std::fs::read_dir(shared.config.data_dir.join("logs")) else { return Vec::new() };
+    let mut sinks = Vec::new();
+    for directory in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+        for file in std::fs::read_dir(directory.path()).into_iter().flatten().flatten() {
+            let file_name = file.file_name().to_string_lossy().into_owned();
+            if let Some(container) = file_name.strip_suffix(".log")
+                && let Ok(sink) = shoal_runtime_wasm::LogSink::with_file(10_000, &file.path(), u64::MAX)
+            {
+                sink.set_finished(true);
+                sinks.push((container.to_owned(), sink));
+            }
+        }
+    }
+    sinks
 }
 
 fn form_urlencoded(query: &str) -> HashMap<String, String> {

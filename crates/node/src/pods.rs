@@ -112,6 +112,8 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
         Err(error) => tracing::warn!(%error, pod = %name, "completing the pod's deletion"),
     }
     shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
+    let log_dir = shared.config.data_dir.join("logs").join(format!("{namespace}_{name}_{}", pod["metadata"]["uid"].as_str().unwrap_or_default()));
+    let _ = std::fs::remove_dir_all(log_dir);
     shared.runtime.release_unused();
 }
 
@@ -333,6 +335,10 @@ async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, contai
         }
     };
     let started_at = now();
+    let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == container_name && r.restart_count > 0);
+    if restarted {
+        sandbox.logs.start_new_run();
+    }
     sandbox.logs.set_finished(false);
     reporter.update(&container_name, |r| r.state = ContainerState::Running { started_at: started_at.clone() });
     reporter.publish().await;
@@ -353,9 +359,24 @@ async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, contai
     Some(exit_code)
 }
 
+/// The bytes of log kept per container file before it rotates (one rotated file is kept).
+const LOG_FILE_BYTES: u64 = 10 * 1024 * 1024;
+
 fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
     let key = (reporter.namespace.clone(), reporter.name.clone(), container.to_owned());
-    shared.logs.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert_with(|| LogSink::new(LOG_LINES_KEPT)).clone()
+    let path = shared.config.data_dir.join("logs").join(format!("{}_{}_{}", reporter.namespace, reporter.name, reporter.uid)).join(format!("{container}.log"));
+    shared
+        .logs
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| {
+            LogSink::with_file(LOG_LINES_KEPT, &path, LOG_FILE_BYTES).unwrap_or_else(|error| {
+                tracing::warn!(path = %path.display(), %error, "keeping this container's logs in memory only");
+                LogSink::new(LOG_LINES_KEPT)
+            })
+        })
+        .clone()
 }
 
 async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, workload: Workload, volume_root: &std::path::Path, stop: &CancellationToken) {

@@ -44,8 +44,56 @@ pub struct LogSink {
     inner: Arc<Mutex<SinkInner>>,
 }
 
+/// Where a sink also writes its lines: a file rotated to `FILE.1` beyond `max_bytes`.
+struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: u64,
+}
+
+impl LogFile {
+    fn append(&mut self, line: &LogLine) {
+        use std::io::Write;
+        let stream = match line.stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        let record = format!("{} {stream} {}\n", line.timestamp, line.text);
+        if self.written + record.len() as u64 > self.max_bytes {
+            let rotated = self.path.with_extension("log.1");
+            let _ = std::fs::rename(&self.path, rotated);
+            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(file) => {
+                    self.file = file;
+                    self.written = 0;
+                }
+                Err(error) => tracing::warn!(path = %self.path.display(), %error, "rotating a log file"),
+            }
+        }
+        if self.file.write_all(record.as_bytes()).is_ok() {
+            self.written += record.len() as u64;
+        }
+    }
+}
+
+/// Parses a line written by [`LogFile::append`].
+fn parse_record(record: &str) -> Option<LogLine> {
+    let mut parts = record.splitn(3, ' ');
+    let timestamp = parts.next()?.parse().ok()?;
+    let stream = match parts.next()? {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    Some(LogLine { timestamp, stream, text: parts.next().unwrap_or_default().to_owned() })
+}
+
 struct SinkInner {
     lines: std::collections::VecDeque<LogLine>,
+    /// The lines of the container's previous run (after a restart).
+    previous: Vec<LogLine>,
+    file: Option<LogFile>,
     max_lines: usize,
     partial: [Vec<u8>; 2],
     notify: Option<tokio::sync::watch::Sender<u64>>,
@@ -63,6 +111,8 @@ impl LogSink {
         Self {
             inner: Arc::new(Mutex::new(SinkInner {
                 lines: Default::default(),
+                previous: Vec::new(),
+                file: None,
                 max_lines,
                 partial: [Vec::new(), Vec::new()],
                 notify: Some(notify),
@@ -70,6 +120,40 @@ impl LogSink {
                 finished: false,
             })),
         }
+    }
+
+    /// A sink that also keeps its lines in `path` (rotated beyond `max_bytes`), and starts
+    /// with the last lines already there (so a restarted node still shows them).
+    pub fn with_file(max_lines: usize, path: &std::path::Path, max_bytes: u64) -> std::io::Result<Self> {
+        let sink = Self::new(max_lines);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let existing = std::fs::read_to_string(path).unwrap_or_default();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut inner = sink.lock();
+        for line in existing.lines().filter_map(parse_record) {
+            inner.lines.push_back(line);
+            if inner.lines.len() > max_lines {
+                inner.lines.pop_front();
+            }
+        }
+        inner.written = inner.lines.len() as u64;
+        inner.file = Some(LogFile { path: path.to_owned(), file, written: existing.len() as u64, max_bytes });
+        drop(inner);
+        Ok(sink)
+    }
+
+    /// Starts a new run of the container: the current lines become the previous run's.
+    pub fn start_new_run(&self) {
+        let mut inner = self.lock();
+        inner.previous = inner.lines.drain(..).collect();
+        inner.finished = false;
+    }
+
+    /// The lines of the previous run, if the container has restarted.
+    pub fn previous_lines(&self) -> Vec<LogLine> {
+        self.lock().previous.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkInner> {
@@ -144,6 +228,9 @@ impl LogSink {
 
 impl SinkInner {
     fn push(&mut self, line: LogLine) {
+        if let Some(file) = &mut self.file {
+            file.append(&line);
+        }
         self.lines.push_back(line);
         while self.lines.len() > self.max_lines {
             self.lines.pop_front();
@@ -277,6 +364,25 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_backed_sinks_rotate_and_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.log");
+        let sink = LogSink::with_file(100, &path, 200).expect("sink");
+        for index in 0..20 {
+            sink.write(Stream::Stdout, format!("line {index}\n").as_bytes());
+        }
+        assert!(path.with_extension("log.1").exists(), "the file rotated past 200 bytes");
+        assert!(std::fs::metadata(&path).expect("current").len() <= 200);
+        drop(sink);
+        let reloaded = LogSink::with_file(100, &path, 200).expect("reopen");
+        let last = reloaded.lines().last().map(|l| l.text.clone());
+        assert_eq!(last.as_deref(), Some("line 19"), "a new sink starts with the file's lines");
+        reloaded.start_new_run();
+        assert!(reloaded.lines().is_empty());
+        assert_eq!(reloaded.previous_lines().last().map(|l| l.text.as_str()), Some("line 19"));
+    }
 
     #[test]
     fn output_is_split_into_bounded_lines() {

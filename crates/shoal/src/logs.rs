@@ -27,6 +27,9 @@ pub struct LogsArgs {
     /// Only lines newer than this many seconds.
     #[arg(long)]
     since_seconds: Option<u64>,
+    /// The logs of the container's previous run (after a restart).
+    #[arg(short, long)]
+    previous: bool,
 }
 
 pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +47,9 @@ pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     if args.timestamps {
         query.push(("timestamps", "true".into()));
+    }
+    if args.previous {
+        query.push(("previous", "true".into()));
     }
     if let Some(since) = args.since_seconds {
         query.push(("sinceSeconds", since.to_string()));
