@@ -180,9 +180,11 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     server.restart().await;
     let (code, logs, stderr) = server.cli(&["logs", "job"]);
     assert_eq!((code, logs.as_str()), (0, "worker: step 1\nworker: done\n"), "a finished pod's logs outlive a node restart: {stderr}");
-    let base = data_plane(&server).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // Re-read the address each time: until the restarted node re-registers, the Node still
+        // names the previous run's port.
+        let base = data_plane(&server).await;
         if let Ok(response) = reqwest::get(format!("{base}/_pods/default/hello/")).await
             && response.status().as_u16() == 200
         {
