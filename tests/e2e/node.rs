@@ -178,8 +178,6 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     wait_for(&server, "job", "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
     server.terminate();
     server.restart().await;
-    let (code, logs, stderr) = server.cli(&["logs", "job"]);
-    assert_eq!((code, logs.as_str()), (0, "worker: step 1\nworker: done\n"), "a finished pod's logs outlive a node restart: {stderr}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         // Re-read the address each time: until the restarted node re-registers, the Node still
@@ -193,6 +191,9 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
         assert!(Instant::now() < deadline, "the restarted node never served hello again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The node has re-registered (it serves hello), so logs are proxied to its new address.
+    let (code, logs, stderr) = server.cli(&["logs", "job"]);
+    assert_eq!((code, logs.as_str()), (0, "worker: step 1\nworker: done\n"), "a finished pod's logs outlive a node restart: {stderr}");
     let (_, list) = server.get("/api/v1/namespaces/default/pods").await;
     let items: Vec<&Value> = list["items"].as_array().expect("items").iter().filter(|p| p["metadata"]["name"] == "hello").collect();
     assert_eq!(items.len(), 1, "no duplicate pods");
