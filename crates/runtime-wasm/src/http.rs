@@ -102,6 +102,11 @@ impl HttpHandler {
         }
     }
 
+    /// Instances idle in the reuse pool now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Instances created so far (with reuse, fewer than requests).
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(std::sync::atomic::Ordering::Relaxed)

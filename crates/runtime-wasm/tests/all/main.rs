@@ -159,6 +159,13 @@ async fn an_opted_in_pod_reuses_instances_and_a_trap_discards_one() {
     for _ in 0..20 {
         let (response, _) = handler.handle(request("/ok")).await;
         assert_eq!(body_text(response).await, "ok\n");
+        // The guest's task hands its instance back just after the response: wait for it, so the
+        // next request is truly sequential.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handler.warm_instances() == 0 {
+            assert!(Instant::now() < deadline, "the instance never returned to the pool");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     assert_eq!(handler.instantiations(), 1, "twenty sequential requests share one instance");
     // A trap poisons its instance: it is dropped, and the next request still works.
