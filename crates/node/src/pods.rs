@@ -152,6 +152,13 @@ impl Reporter {
         }
     }
 
+    /// The container cannot be set up as specified: say why, in its status and an event.
+    async fn config_error(&self, container: &str, message: &str) {
+        self.update(container, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.to_owned()) });
+        self.publish().await;
+        self.event("Warning", "Failed", message).await;
+    }
+
     async fn event(&self, kind: &str, reason: &str, message: &str) {
         let events = resources::by_name("events").expect("events are served");
         let timestamp = now();
@@ -322,18 +329,22 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
 }
 
 /// Runs one command container once; returns its exit code (None when stopped).
+/// The container's sandbox, or None after reporting why it cannot be built.
+async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, volume_root: &std::path::Path) -> Option<shoal_runtime_wasm::SandboxSpec> {
+    let container_name = container["name"].as_str().unwrap_or_default();
+    let logs = log_sink(shared, reporter, container_name);
+    match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
+        Ok(sandbox) => Some(sandbox),
+        Err(message) => {
+            reporter.config_error(container_name, &message).await;
+            None
+        }
+    }
+}
+
 async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, workload: &Workload, volume_root: &std::path::Path, stop: &CancellationToken) -> Option<i32> {
     let container_name = container["name"].as_str().unwrap_or_default().to_owned();
-    let logs = log_sink(shared, reporter, &container_name);
-    let sandbox = match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
-        Ok(sandbox) => sandbox,
-        Err(message) => {
-            reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
-            reporter.publish().await;
-            reporter.event("Warning", "Failed", &message).await;
-            return None;
-        }
-    };
+    let sandbox = prepare_sandbox(shared, reporter, pod, container, volume_root).await?;
     let started_at = now();
     let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == container_name && r.restart_count > 0);
     if restarted {
@@ -387,24 +398,13 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
         match crate::probes::parse(&container[format!("{kind}Probe")], kind, is_http) {
             Ok(probe) => probes.push(probe),
             Err(message) => {
-                reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
-                reporter.publish().await;
-                reporter.event("Warning", "Failed", &message).await;
+                reporter.config_error(&container_name, &message).await;
                 return;
             }
         }
     }
     if let Workload::Http(prepared) = &workload {
-        let logs = log_sink(shared, reporter, &container_name);
-        let sandbox = match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
-            Ok(sandbox) => sandbox,
-            Err(message) => {
-                reporter.update(&container_name, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.clone()) });
-                reporter.publish().await;
-                reporter.event("Warning", "Failed", &message).await;
-                return;
-            }
-        };
+        let Some(sandbox) = prepare_sandbox(shared, reporter, pod, container, volume_root).await else { return };
         let concurrency = pod["metadata"]["annotations"][spec::CONCURRENCY_ANNOTATION].as_str().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
         let reuse = pod["metadata"]["annotations"][spec::REUSE_ANNOTATION].as_str().and_then(|r| r.parse().ok()).unwrap_or(1);
         let handler = Arc::new(HttpHandler::with_reuse(Arc::clone(prepared), sandbox, concurrency, reuse));
