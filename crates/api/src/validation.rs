@@ -158,7 +158,7 @@ fn labels(labels: &Value, path: &str, errors: &mut Errors) {
         }
         match value.as_str() {
             Some(text) if is_label_value(text) => {}
-            Some(text) => errors.push(FieldError::invalid(format!("{path}"), quoted(text), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")),
+            Some(text) => errors.push(FieldError::invalid(path, quoted(text), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")),
             None => errors.push(FieldError::invalid(path, value, "label values must be strings")),
         }
     }
@@ -420,7 +420,7 @@ fn config_data(object: &Value, fields: &[&str], errors: &mut Errors) {
     for field in fields {
         for (key, value) in object[*field].as_object().into_iter().flatten() {
             if !is_config_key(key) {
-                errors.push(FieldError::invalid(format!("{field}"), quoted(key), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+                errors.push(FieldError::invalid(*field, quoted(key), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
             }
             if !seen.insert(key.clone()) && *field != "stringData" {
                 errors.push(FieldError::duplicate(format!("{field}[{key}]"), "duplicate of key present in another data field"));

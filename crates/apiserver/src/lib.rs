@@ -100,7 +100,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     let listener = TcpListener::bind(&config.api_addr).await.map_err(|source| Error::Bind { addr: config.api_addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.api_addr.clone(), source })?;
     let host = config.api_addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
-    let credentials = pki::ensure(&config.data_dir, &[host.clone()])?;
+    let credentials = pki::ensure(&config.data_dir, std::slice::from_ref(&host))?;
     let url_host = match host.as_str() {
         "" | "0.0.0.0" => "127.0.0.1".to_owned(),
         "::" => "[::1]".to_owned(),

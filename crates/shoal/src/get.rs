@@ -117,7 +117,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<ExitCode> {
                         row[name_column] = format!("{}/{}", kind_name(info), row[name_column]);
                     }
                     headers[name_column] = "NAME".into();
-                    if printed_any && everything.len() > 0 {
+                    if printed_any && !everything.is_empty() {
                         println!();
                     }
                 }
