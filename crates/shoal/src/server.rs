@@ -90,25 +90,21 @@ pub struct UpArgs {
     manifests: Vec<PathBuf>,
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn termination_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+/// Registers SIGINT and SIGTERM handlers now (before anything starts, so a signal during start-up
+/// also shuts down cleanly) and cancels `shutdown` when one arrives.
+fn cancel_on_termination(shutdown: &CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+        shutdown.cancel();
+    });
+    Ok(())
 }
 
 async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Result<ApiServer> {
@@ -129,9 +125,8 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
 }
 
 async fn run_until_signal(server: Option<ApiServer>, node: Option<shoal_node::NodeAgent>, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    termination_signal().await;
+    shutdown.cancelled().await;
     tracing::info!("shutting down");
-    shutdown.cancel();
     if let Some(node) = node {
         node.wait().await;
     }
@@ -162,6 +157,7 @@ async fn start_local_node(server: &ApiServer, args: &NodeArgs, data_dir: &std::p
 
 pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
+    cancel_on_termination(&shutdown)?;
     let server = start(&args.server, &shutdown).await?;
     eprintln!("shoal server: API at {} (kubeconfig {})", server.url, server.credentials.kubeconfig_path.display());
     let node = if args.disable_node { None } else { Some(start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?) };
@@ -173,6 +169,7 @@ pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
+    cancel_on_termination(&shutdown)?;
     let ca_pem = std::fs::read_to_string(&args.ca_file).with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
@@ -199,6 +196,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
         ensure_samples(Path::new("."))?;
     }
     let shutdown = CancellationToken::new();
+    cancel_on_termination(&shutdown)?;
     let server = start(&args.server, &shutdown).await?;
     let node = start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?;
     let kubeconfig = server.credentials.kubeconfig_path.clone();
