@@ -81,6 +81,8 @@ pub struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) host_ip: String,
     pub(crate) token: String,
+    /// The built-in registry, reached with the node token (one client, shared by every pull).
+    pub(crate) builtin_registry: Arc<shoal_oci::client::RegistryClient>,
     /// Running pod workers by uid.
     pub(crate) pods: Mutex<HashMap<String, pods::PodHandle>>,
     /// HTTP routes by (namespace, pod name): one per HTTP container.
@@ -124,7 +126,9 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     let client = Client::new(&config.server, config.ca_pem.as_deref(), Some(config.token.clone()))?;
     let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("compiled")))?;
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
+    let builtin_registry = Arc::new(builtin_registry(&config)?);
     let shared = Arc::new(Shared {
+        builtin_registry,
         client,
         runtime,
         cache,
@@ -143,6 +147,19 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     shared.tasks.spawn(pod_loop(Arc::clone(&shared)));
     tracing::info!(node = %shared.config.node_name, %data_addr, "node agent running");
     Ok(NodeAgent { data_addr, shared })
+}
+
+/// A client for the cluster's built-in registry: the API server's URL, the cluster CA, the node
+/// token.
+fn builtin_registry(config: &NodeConfig) -> Result<shoal_oci::client::RegistryClient> {
+    let transport = |detail: String| shoal_oci::Error::Transport { registry: shoal_oci::BUILT_IN_REGISTRY.into(), detail };
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(ca) = &config.ca_pem {
+        let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| transport(e.to_string()))?;
+        builder = builder.tls_built_in_root_certs(false).add_root_certificate(certificate);
+    }
+    let http = builder.build().map_err(|e| transport(e.to_string()))?;
+    Ok(shoal_oci::client::RegistryClient::new(http, config.server.clone(), shoal_oci::BUILT_IN_REGISTRY, shoal_oci::client::Auth::Bearer(config.token.clone())))
 }
 
 fn node_object(shared: &Shared, data_addr: SocketAddr) -> Value {

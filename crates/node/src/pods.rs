@@ -178,16 +178,11 @@ impl Reporter {
     }
 }
 
-/// A registry client for `reference`: the built-in registry with the node token, or an
-/// external one with the pod's pull secrets.
-async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Result<RegistryClient, String> {
+/// A registry client for `reference`: the node's shared client for the built-in registry, or
+/// one for an external registry with the pod's pull secrets.
+async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Result<Arc<RegistryClient>, String> {
     if reference.is_built_in() {
-        let mut builder = reqwest::Client::builder().use_rustls_tls();
-        if let Some(ca) = &shared.config.ca_pem {
-            builder = builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| e.to_string())?);
-        }
-        let http = builder.build().map_err(|e| e.to_string())?;
-        return Ok(RegistryClient::new(http, shared.config.server.clone(), shoal_oci::BUILT_IN_REGISTRY, Auth::Bearer(shared.token.clone())));
+        return Ok(Arc::clone(&shared.builtin_registry));
     }
     let mut auth = Auth::Anonymous;
     let secrets = resources::by_name("secrets").expect("secrets are served");
@@ -202,7 +197,7 @@ async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Re
             }
         }
     }
-    RegistryClient::external(&reference.registry, &[], auth).map_err(|e| e.to_string())
+    RegistryClient::external(&reference.registry, &[], auth).map(Arc::new).map_err(|e| e.to_string())
 }
 
 /// Pulls and loads one container's artifact: (workload, image ID) or (waiting reason, message).
