@@ -38,9 +38,18 @@ async fn apply_creates_then_is_unchanged_then_configures() {
     let (code, stdout, _) = server.cli(&["get", "svc", "hello", "-o", "yaml"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("targetPort: 8080"), "{stdout}");
-    let (code, stdout, _) = server.cli(&["describe", "deployment", "hello"]);
-    assert_eq!(code, 0);
-    assert!(stdout.contains("Name:        hello") && stdout.contains("Events:      <none>"), "{stdout}");
+    // The Deployment controller's events show in describe.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, stdout, _) = server.cli(&["describe", "deployment", "hello"]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("Name:        hello"), "{stdout}");
+        if stdout.contains("ScalingReplicaSet") && stdout.contains("Scaled up replica set hello-") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ScalingReplicaSet event in describe: {stdout}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

@@ -151,6 +151,58 @@ impl Server {
     }
 }
 
+/// A `shoal agent` joining a server as another node.
+pub struct Agent {
+    child: Option<Child>,
+    _temp: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(server: &Server, name: &str) -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let token = std::fs::read_to_string(server.data_dir.join("node-token")).expect("node token");
+        let log = std::fs::File::create(temp.path().join("agent.log")).expect("log file");
+        let child = Command::new(shoal_binary())
+            .args(["agent", "--server", &server.url, "--token", token.trim(), "--ca-file"])
+            .arg(server.data_dir.join("pki/ca.crt"))
+            .arg("--data-dir")
+            .arg(temp.path().join("data"))
+            .args(["--node-name", name, "--data-addr", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start shoal agent");
+        Self { child: Some(child), _temp: temp }
+    }
+
+    /// Stops the agent with SIGKILL, as a machine failure would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `path` until `check` holds, failing after `seconds` with the last answer.
+pub async fn wait_until(server: &Server, path: &str, seconds: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let (_, body) = server.get(path).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {seconds} s; last: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();

@@ -1,6 +1,7 @@
 //! The workspace's dependency rules (ARCHITECTURE.md, "Invariants"), checked from the crates'
 //! manifests: `api`, `store`, `oci` and `runtime-wasm` are leaves (runtimes know nothing of the API); the client knows only `api`; the API server
-//! uses `api`, `store` and `oci` only; the node talks to the control plane only through `client`.
+//! uses `api`, `store` and `oci` only; the node and the controllers talk to the control plane
+//! only through `client`.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +48,7 @@ fn crates_depend_only_in_the_documented_direction() {
         ("shoal-client", &["shoal-api"]),
         ("shoal-apiserver", &["shoal-api", "shoal-store", "shoal-oci"]),
         ("shoal-node", &["shoal-api", "shoal-client", "shoal-oci", "shoal-runtime-wasm"]),
+        ("shoal-controllers", &["shoal-api", "shoal-client"]),
     ];
     for (krate, permitted) in allowed {
         let actual = graph.get(*krate).unwrap_or_else(|| panic!("{krate} is missing from crates/"));

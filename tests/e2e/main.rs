@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod controllers;
 mod durability;
 mod harness;
 mod layering;

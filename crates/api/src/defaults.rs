@@ -14,6 +14,7 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = object.get_mut("spec") {
                 pod_spec(spec);
+                default_tolerations(spec);
             }
         }
         ("", "Service") => service(object),
@@ -97,6 +98,30 @@ pub fn pod_spec(spec: &mut Value) {
             for container in containers.iter_mut().filter_map(Value::as_object_mut) {
                 container_defaults(container);
             }
+        }
+    }
+}
+
+/// How long a pod stays on a node that is not ready or unreachable before it is evicted, unless
+/// it says otherwise (Kubernetes' DefaultTolerationSeconds admission uses 300 s; Shoal moves
+/// pods off a dead node in seconds).
+pub const DEFAULT_NODE_FAILURE_TOLERATION_SECONDS: i64 = 5;
+
+/// Adds the not-ready and unreachable NoExecute tolerations a pod lacks, as the
+/// DefaultTolerationSeconds admission plugin does.
+fn default_tolerations(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = list.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or_default();
+            let effect_ok = effect.is_empty() || effect == "NoExecute";
+            let key_ok = t["key"].as_str().is_none_or(|k| k.is_empty() && t["operator"] == "Exists") || t["key"] == key;
+            effect_ok && key_ok
+        });
+        if !covered {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_NODE_FAILURE_TOLERATION_SECONDS}));
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod defaults;
 pub mod error;
 pub mod meta;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -47,6 +47,11 @@ pub fn format_time(timestamp: jiff::Timestamp) -> String {
     timestamp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Kubernetes' MicroTime format (RFC 3339 with microseconds, UTC), as Leases and Events use.
+pub fn format_micro_time(timestamp: jiff::Timestamp) -> String {
+    timestamp.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
 pub fn parse_time(text: &str) -> Option<jiff::Timestamp> {
     text.parse().ok()
 }

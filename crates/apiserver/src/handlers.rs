@@ -18,7 +18,7 @@ use shoal_api::{ApiError, meta, table};
 use shoal_store::WatchError;
 
 use crate::AppState;
-use crate::objects::{self, DeleteOptions, PatchType, UpdateScope, with_type};
+use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, with_type};
 use crate::request::{self, MAX_BODY_BYTES, Query, Route, Target};
 
 pub fn error_response(error: &ApiError) -> Response {
@@ -132,6 +132,36 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         return match (method.clone(), target.name.as_deref()) {
             (Method::GET, Some(name)) => pod_log(state, namespace.unwrap_or("default"), name, query).await,
             (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+        };
+    }
+    if target.subresource.as_deref() == Some("binding") {
+        return match (method.clone(), target.name.as_deref()) {
+            (Method::POST, Some(name)) => {
+                let binding = request::decode_body(headers, body)?;
+                let bound = objects::bind(state, namespace.unwrap_or("default"), name, &binding, dry_run).await?;
+                Ok(json_response(StatusCode::CREATED, &bound))
+            }
+            (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+        };
+    }
+    if target.subresource.as_deref() == Some("scale") {
+        let Some(name) = target.name.as_deref() else { return Err(ApiError::path_not_found()) };
+        return match method.clone() {
+            Method::GET => Ok(json_response(StatusCode::OK, &objects::scale_of(&objects::get(state, info, namespace, name)?))),
+            Method::PUT => {
+                let scale = request::decode_body(headers, body)?;
+                Ok(json_response(StatusCode::OK, &objects::update_scale(state, info, namespace, name, ScaleChange::Replace(&scale), dry_run).await?))
+            }
+            Method::PATCH => {
+                let patch_type = match request::content_type(headers).as_str() {
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => PatchType::Merge,
+                    "application/json-patch+json" => PatchType::Json,
+                    other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported on the scale subresource"))),
+                };
+                let patch = request::decode_body(headers, body)?;
+                Ok(json_response(StatusCode::OK, &objects::update_scale(state, info, namespace, name, ScaleChange::Patch(patch_type, &patch), dry_run).await?))
+            }
+            other => Err(ApiError::method_not_allowed(other.as_str())),
         };
     }
     match (method.clone(), target.name.as_deref()) {
@@ -454,6 +484,13 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
                 }));
                 if info.has_status {
                     listed.push(json!({"name": format!("{}/status", info.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}));
+                }
+                if info.has_scale {
+                    listed.push(json!({"name": format!("{}/scale", info.plural), "singularName": "", "namespaced": info.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+                }
+                if info.kind == "Pod" {
+                    listed.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+                    listed.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
                 }
             }
             let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };

@@ -381,6 +381,114 @@ pub async fn patch(
     Err(ApiError::conflict(info, name, "the object kept changing while the patch was applied; try again"))
 }
 
+/// `pods/{name}/binding`: assigns a pending pod to a node, once. The scheduler's only write.
+pub async fn bind(state: &AppState, namespace: &str, name: &str, binding: &Value, dry_run: bool) -> Result<Value, ApiError> {
+    let pods = resources::by_name("pods").expect("pods are served");
+    let target = binding["target"]["name"].as_str().filter(|n| !n.is_empty());
+    let Some(node_name) = target else {
+        return Err(ApiError::invalid(pods, name, &[shoal_api::FieldError::required("target.name")]));
+    };
+    if let Some(kind) = binding["target"]["kind"].as_str().filter(|k| !k.is_empty() && *k != "Node") {
+        return Err(ApiError::invalid(pods, name, &[shoal_api::FieldError::not_supported("target.kind", kind, &["Node"])]));
+    }
+    let current = get(state, pods, Some(namespace), name)?;
+    if let Some(expected) = binding["metadata"]["uid"].as_str().filter(|u| !u.is_empty())
+        && expected != meta::uid(&current)
+    {
+        return Err(ApiError::conflict(pods, name, format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {}", meta::uid(&current))));
+    }
+    if let Some(assigned) = current["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        return Err(ApiError::conflict(pods, name, format!("pod {name} is already assigned to node \"{assigned}\"")));
+    }
+    if !current["metadata"]["deletionTimestamp"].is_null() {
+        return Err(ApiError::conflict(pods, name, format!("pod {name} is being deleted, cannot be assigned to a host")));
+    }
+    let mut bound = current.clone();
+    bound["spec"]["nodeName"] = json!(node_name);
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
+    let conditions = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+    conditions.insert(0, scheduled);
+    bound["status"]["conditions"] = Value::Array(conditions);
+    if dry_run {
+        return Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}));
+    }
+    let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
+    state
+        .store
+        .write(Command::Update { key: key(pods, Some(namespace), name), object: bound, precondition })
+        .await
+        .map_err(store_error)?
+        .map_err(|e| write_error(pods, name, e))?;
+    Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+pub fn scale_of(object: &Value) -> Value {
+    let selector = shoal_api::selector::LabelSelector::from_object(&object["spec"]["selector"]).map(|s| s.to_string()).unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+            "creationTimestamp": object["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+/// How a client changes a Scale.
+pub enum ScaleChange<'a> {
+    Replace(&'a Value),
+    Patch(PatchType, &'a Value),
+}
+
+/// PUT or PATCH of `…/scale`: changes only `spec.replicas` of the scaled object.
+pub async fn update_scale(
+    state: &AppState,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    change: ScaleChange<'_>,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    for _ in 0..PATCH_RETRIES {
+        let current = get(state, info, namespace, name)?;
+        let mut scale = scale_of(&current);
+        let client_version = match &change {
+            ScaleChange::Replace(body) => {
+                scale = (*body).clone();
+                meta::resource_version(body)
+            }
+            ScaleChange::Patch(PatchType::Merge, patch) => {
+                shoal_api::patch::merge_patch(&mut scale, patch);
+                meta::resource_version(patch)
+            }
+            ScaleChange::Patch(PatchType::Json, patch) => {
+                shoal_api::patch::json_patch(&mut scale, patch)?;
+                meta::resource_version(&scale).filter(|rv| Some(*rv) != meta::resource_version(&current))
+            }
+        };
+        let replicas = &scale["spec"]["replicas"];
+        let Some(replicas) = replicas.as_i64().filter(|r| *r >= 0) else {
+            return Err(ApiError::invalid(info, name, &[shoal_api::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+        };
+        let mut desired = current.clone();
+        desired["spec"]["replicas"] = json!(replicas);
+        let precondition = Precondition { resource_version: client_version.or(meta::resource_version(&current)), uid: None };
+        match update(state, info, namespace, name, &current, desired, UpdateScope::Main, precondition, FieldValidation::Ignore, dry_run).await {
+            Err(error) if error.code == 409 && error.reason == "Conflict" && client_version.is_none() => continue,
+            Err(error) => return Err(error),
+            Ok(written) => return Ok(scale_of(&written.object)),
+        }
+    }
+    Err(ApiError::conflict(info, name, "the object kept changing while the scale was applied; try again"))
+}
+
 /// DeleteOptions from the body and query.
 #[derive(Debug, Default, Clone)]
 pub struct DeleteOptions {
@@ -471,7 +579,17 @@ pub async fn delete(
             .max(0),
         _ => 0,
     };
-    let finalizers = meta::finalizers(&current);
+    let mut finalizers = meta::finalizers(&current);
+    // Foreground and Orphan deletion are finalizers the garbage collector acts on.
+    let propagation_finalizer = match options.propagation_policy.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    let adds_finalizer = propagation_finalizer.filter(|f| !finalizers.iter().any(|have| have == f) && !already_terminating);
+    if let Some(finalizer) = adds_finalizer {
+        finalizers.push(finalizer.to_owned());
+    }
     if grace > 0 || !finalizers.is_empty() {
         // Graceful deletion: mark the object; its node (for pods) or the owners of its
         // finalizers complete the deletion.
@@ -482,6 +600,9 @@ pub async fn delete(
         let mut terminating = current.clone();
         let deadline = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or_else(|_| jiff::Timestamp::now());
         let metadata = meta::metadata_mut(&mut terminating);
+        if adds_finalizer.is_some() {
+            metadata.insert("finalizers".into(), json!(finalizers));
+        }
         metadata.insert("deletionTimestamp".into(), json!(meta::format_time(deadline)));
         metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
         let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };

@@ -79,7 +79,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     if let Some(sub) = &target.subresource {
         let known = (sub == "status" && target.info.has_status)
             || (sub == "finalize" && target.info.kind == "Namespace")
-            || (sub == "log" && target.info.kind == "Pod");
+            || (sub == "scale" && target.info.has_scale)
+            || ((sub == "log" || sub == "binding") && target.info.kind == "Pod");
         if !known {
             return Err(ApiError::path_not_found());
         }

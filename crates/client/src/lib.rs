@@ -12,6 +12,7 @@ use serde_json::Value;
 use shoal_api::{ApiError, ResourceInfo};
 
 pub use kubeconfig::Kubeconfig;
+pub use reqwest::Method;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

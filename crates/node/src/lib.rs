@@ -6,6 +6,7 @@
 //! machine would.
 
 pub mod dataplane;
+pub mod hollow;
 mod pods;
 pub mod probes;
 pub mod spec;
@@ -231,10 +232,6 @@ async fn register(shared: &Shared, data_addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn micro_time(timestamp: jiff::Timestamp) -> String {
-    timestamp.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
 /// Renews the node's Lease every 2 s and its Ready condition every 10 s.
 async fn heartbeats(shared: Arc<Shared>, data_addr: SocketAddr) {
     let leases = resources::by_name("leases").expect("leases are served");
@@ -246,7 +243,7 @@ async fn heartbeats(shared: Arc<Shared>, data_addr: SocketAddr) {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = lease_timer.tick() => {
-                let now = micro_time(jiff::Timestamp::now());
+                let now = shoal_api::meta::format_micro_time(jiff::Timestamp::now());
                 let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": name, "namespace": "kube-node-lease"},
                     "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});

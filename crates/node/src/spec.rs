@@ -23,23 +23,7 @@ const DEFAULT_TIME_BUDGET: Duration = Duration::from_secs(30);
 
 /// Parses a Kubernetes quantity of bytes (`128Mi`, `1G`, `1000000`).
 pub fn parse_bytes(quantity: &str) -> Option<u64> {
-    let quantity = quantity.trim();
-    let split = quantity.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(quantity.len());
-    let (number, suffix) = quantity.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some((number * multiplier) as u64)
+    shoal_api::quantity::parse_units(quantity).and_then(|b| u64::try_from(b).ok())
 }
 
 async fn config_value(client: &Client, kind: &str, namespace: &str, name: &str, key: &str) -> Result<String, String> {

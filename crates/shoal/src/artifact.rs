@@ -11,7 +11,7 @@ use shoal_oci::media::{ArtifactKind, Manifest, classify};
 use shoal_oci::{Digest, Reference, wasm};
 
 /// How to reach registries: the kubeconfig for the built-in one, flags for external ones.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct RegistryArgs {
     /// External registries that may be reached over plain HTTP (loopback ones always may).
     #[arg(long = "insecure-registry")]
@@ -89,13 +89,29 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 pub async fn push(kubeconfig: &Path, server: Option<&str>, args: PushArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.reference)?;
+    let pushed = push_file(kubeconfig, server, &args.file, &args.reference, &args.registry).await?;
+    println!("{}: pushed {} ({}, {} world)", pushed.reference, human_bytes(pushed.bytes), if pushed.info.is_component { "component" } else { "core module" }, pushed.info.world.as_str());
+    println!("digest: {}", pushed.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What [`push_file`] pushed.
+pub struct Pushed {
+    pub reference: Reference,
+    pub digest: Digest,
+    pub bytes: u64,
+    pub info: wasm::WasmInfo,
+}
+
+/// Pushes a .wasm file as a CNCF Wasm artifact to `reference` (a tag).
+pub async fn push_file(kubeconfig: &Path, server: Option<&str>, file: &Path, reference: &str, registry: &RegistryArgs) -> anyhow::Result<Pushed> {
+    let reference = Reference::parse(reference)?;
     if reference.digest.is_some() {
         bail!("push to a tag, not a digest: the digest is computed from what is pushed");
     }
-    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let info = wasm::inspect(&bytes).with_context(|| format!("{} cannot be pushed", args.file.display()))?;
-    let client = registry_client(&reference, kubeconfig, server, &args.registry)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let info = wasm::inspect(&bytes).with_context(|| format!("{} cannot be pushed", file.display()))?;
+    let client = registry_client(&reference, kubeconfig, server, registry)?;
     let (manifest, config) = shoal_oci::media::cncf_artifact(&bytes, &info);
     let total = bytes.len() as u64;
     let show_progress = total > 4 * 1024 * 1024;
@@ -112,9 +128,7 @@ pub async fn push(kubeconfig: &Path, server: Option<&str>, args: PushArgs) -> an
     let manifest_bytes = serde_json::to_vec(&manifest)?;
     let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
     let digest = client.push_manifest(&reference.repository, &tag, &manifest_bytes, shoal_oci::media::OCI_MANIFEST).await?;
-    println!("{}: pushed {} ({}, {} world)", reference, human_bytes(total), if info.is_component { "component" } else { "core module" }, info.world.as_str());
-    println!("digest: {digest}");
-    Ok(ExitCode::SUCCESS)
+    Ok(Pushed { reference, digest, bytes: total, info })
 }
 
 /// Resolves a reference to an image manifest (following an index to its Wasm entry).

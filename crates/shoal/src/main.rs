@@ -8,6 +8,7 @@ mod logs;
 mod output;
 mod port_forward;
 mod server;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,11 +58,35 @@ enum Command {
         #[command(subcommand)]
         what: artifact::ArtifactCommand,
     },
+    /// Set a Deployment's or ReplicaSet's replica count.
+    Scale(workloads::ScaleArgs),
+    /// Watch, list or undo a Deployment's rollouts.
+    Rollout {
+        #[command(subcommand)]
+        what: workloads::RolloutCommand,
+    },
+    /// Change fields of a workload imperatively.
+    Set {
+        #[command(subcommand)]
+        what: SetCommand,
+    },
+    /// Mark a node unschedulable.
+    Cordon(workloads::NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(workloads::NodeArgs),
+    /// Cordon a node and evict its pods (their owners recreate them elsewhere).
+    Drain(workloads::DrainArgs),
     /// Create an object imperatively.
     Create {
         #[command(subcommand)]
         what: CreateCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SetCommand {
+    /// Set container images: `shoal set image deployment/NAME CONTAINER=IMAGE`.
+    Image(workloads::SetImageArgs),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +148,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => apply::delete(&client(cli.kubeconfig, server)?, args).await,
         Command::Push(args) => artifact::push(&kubeconfig_path(cli.kubeconfig), server, args).await,
         Command::Pull(args) => artifact::pull(&kubeconfig_path(cli.kubeconfig), server, args).await,
+        Command::Scale(args) => workloads::scale(&client(cli.kubeconfig, server)?, args).await,
+        Command::Rollout { what } => workloads::rollout(&client(cli.kubeconfig, server)?, what).await,
+        Command::Set { what: SetCommand::Image(args) } => workloads::set_image(&client(cli.kubeconfig, server)?, args).await,
+        Command::Cordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, true).await,
+        Command::Uncordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, false).await,
+        Command::Drain(args) => workloads::drain(&client(cli.kubeconfig, server)?, args).await,
         Command::Artifact { what } => artifact::artifact(&kubeconfig_path(cli.kubeconfig), server, what).await,
         Command::Create { what: CreateCommand::Namespace { name } } => {
             let client = client(cli.kubeconfig, server)?;

@@ -30,6 +30,16 @@ pub struct ServerArgs {
     /// The built-in registry's size limit for one artifact, in bytes.
     #[arg(long, default_value_t = shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)]
     registry_max_artifact_bytes: u64,
+    /// How long a node may go without renewing its Lease before it is marked unreachable and
+    /// its pods are moved (seconds).
+    #[arg(long, default_value_t = 6)]
+    node_monitor_grace_period: u64,
+    /// The first delay before a failed Job pod is replaced (seconds; doubles per failure).
+    #[arg(long, default_value_t = 10)]
+    job_backoff_seconds: u64,
+    /// Run the API only: no controllers and no scheduler in this process.
+    #[arg(long)]
+    disable_controllers: bool,
     /// Watch history: events always kept (at least).
     #[arg(long, default_value_t = 10_000, hide = true)]
     watch_history_min_events: usize,
@@ -78,6 +88,10 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeArgs,
+    /// Benchmarking: simulate this many nodes (`NODE_NAME-0` …) that register, renew their
+    /// Leases and report bound pods Running without running them, like kubemark.
+    #[arg(long, default_value_t = 0)]
+    hollow_nodes: usize,
 }
 
 #[derive(Args)]
@@ -124,9 +138,41 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
     Ok(server)
 }
 
-async fn run_until_signal(server: Option<ApiServer>, node: Option<shoal_node::NodeAgent>, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+/// Starts the controllers and the scheduler against the server's own API (admin credentials),
+/// unless disabled. They run while this server holds the controller-manager Lease.
+fn start_controllers(server: &ApiServer, args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Result<Option<shoal_controllers::ControllerManager>> {
+    if args.disable_controllers {
+        return Ok(None);
+    }
+    let url = format!("https://127.0.0.1:{}", server.local_addr.port());
+    let client = shoal_client::Client::new(&url, Some(&server.credentials.ca_pem), Some(server.credentials.admin_token.clone()))?;
+    let mut settings = shoal_controllers::Settings::new(controller_identity(&args.data_dir)?);
+    settings.node_monitor_grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period.max(1));
+    settings.job_backoff_base = std::time::Duration::from_secs(args.job_backoff_seconds);
+    Ok(Some(shoal_controllers::start(client, settings, shutdown.clone())))
+}
+
+/// This server's stable identity for leader election, kept in the data directory: a restarted
+/// server takes its Lease back at once instead of waiting for it to expire.
+fn controller_identity(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("controller-identity");
+    if let Ok(identity) = std::fs::read_to_string(&path)
+        && !identity.trim().is_empty()
+    {
+        return Ok(identity.trim().to_owned());
+    }
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let identity = format!("{}_{:016x}", if host.is_empty() { "shoal" } else { &host }, rand::random::<u64>());
+    std::fs::write(&path, &identity).with_context(|| format!("writing {}", path.display()))?;
+    Ok(identity)
+}
+
+async fn run_until_signal(server: Option<ApiServer>, node: Option<shoal_node::NodeAgent>, controllers: Option<shoal_controllers::ControllerManager>, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    if let Some(controllers) = controllers {
+        controllers.wait().await;
+    }
     if let Some(node) = node {
         node.wait().await;
     }
@@ -160,21 +206,40 @@ pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
     cancel_on_termination(&shutdown)?;
     let server = start(&args.server, &shutdown).await?;
     eprintln!("shoal server: API at {} (kubeconfig {})", server.url, server.credentials.kubeconfig_path.display());
-    let node = if args.disable_node { None } else { Some(start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?) };
+    let controllers = start_controllers(&server, &args.server, &shutdown)?;
+    let node = if args.disable_node {
+        None
+    } else {
+        match start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await {
+            Ok(node) => Some(node),
+            // A signal during start-up stops the API under the starting node: a clean stop.
+            Err(_) if shutdown.is_cancelled() => None,
+            Err(error) => return Err(error),
+        }
+    };
     if let Some(node) = &node {
         eprintln!("shoal server: node {} with its data plane at http://{}", args.node.name(), node.data_addr);
     }
-    run_until_signal(Some(server), node, shutdown).await
+    run_until_signal(Some(server), node, controllers, shutdown).await
 }
 
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_termination(&shutdown)?;
     let ca_pem = std::fs::read_to_string(&args.ca_file).with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
+    if args.hollow_nodes > 0 {
+        let client = shoal_client::Client::new(&args.server, Some(&ca_pem), Some(args.token.clone()))?;
+        let prefix = args.node.node_name.clone().unwrap_or_else(|| "hollow".into());
+        let hollow = shoal_node::hollow::start(client, &prefix, args.hollow_nodes, shutdown.clone()).await.context("registering hollow nodes")?;
+        eprintln!("shoal agent: {} hollow nodes ({prefix}-0 …) joined {}", args.hollow_nodes, args.server);
+        shutdown.cancelled().await;
+        hollow.wait().await;
+        return Ok(ExitCode::SUCCESS);
+    }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
     eprintln!("shoal agent: node {} joined {}; data plane at http://{}", args.node.name(), args.server, node.data_addr);
-    run_until_signal(None, Some(node), shutdown).await
+    run_until_signal(None, Some(node), None, shutdown).await
 }
 
 /// Builds the sample guests with `samples/build.sh` when the sample app is missing, so that a
@@ -190,6 +255,9 @@ fn ensure_samples(repository: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+const SAMPLE_WASM: &str = "samples/hello/hello.wasm";
+const SAMPLE_IMAGE: &str = "shoal.local/samples/hello:latest";
+
 pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let manifests = if args.manifests.is_empty() { vec![PathBuf::from("samples/hello/hello.yaml")] } else { args.manifests.clone() };
     if args.manifests.is_empty() {
@@ -198,9 +266,15 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_termination(&shutdown)?;
     let server = start(&args.server, &shutdown).await?;
+    let controllers = start_controllers(&server, &args.server, &shutdown)?;
     let node = start_local_node(&server, &args.node, &args.server.data_dir, &shutdown).await?;
     let kubeconfig = server.credentials.kubeconfig_path.clone();
     let client = shoal_client::Client::from_kubeconfig(&kubeconfig, None)?;
+    if args.manifests.is_empty() {
+        // The sample app's component goes to the built-in registry, where its pods pull it.
+        let pushed = crate::artifact::push_file(&kubeconfig, None, Path::new(SAMPLE_WASM), SAMPLE_IMAGE, &Default::default()).await?;
+        println!("pushed {} ({})", pushed.reference, pushed.digest);
+    }
     for manifest in &manifests {
         let documents = crate::apply::read_manifests(manifest)?;
         for line in crate::apply::apply_documents(&client, &documents, None).await? {
@@ -210,6 +284,6 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("shoal is up: API {}", server.url);
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try: cargo run --release -- get all   (or kubectl --kubeconfig {} get deployments)", kubeconfig.display());
-    println!("node {}: data plane at http://{} (pods bound to it by spec.nodeName run; the scheduler comes next)", args.node.name(), node.data_addr);
-    run_until_signal(Some(server), Some(node), shutdown).await
+    println!("node {}: data plane at http://{}", args.node.name(), node.data_addr);
+    run_until_signal(Some(server), Some(node), controllers, shutdown).await
 }

@@ -1,0 +1,116 @@
+//! Scheduling throughput: creates `PODS` pods at once (64 requests in flight) against a running
+//! `shoal server` whose nodes are hollow (`shoal agent --hollow-nodes`), and watches them to
+//! report pods/s to bound and to Running, and the create → Running latency per pod.
+//!
+//! Usage: schedule_pods DATA_DIR PODS
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use shoal_benches::Summary;
+
+fn millis(duration: Duration) -> String {
+    format!("{:.0} ms", duration.as_secs_f64() * 1e3)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let data_dir = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: schedule_pods DATA_DIR PODS"))?);
+    let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let kubeconfig = std::fs::read_to_string(data_dir.join("admin.kubeconfig"))?;
+    let url = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).ok_or_else(|| anyhow::anyhow!("no server in kubeconfig"))?.to_owned();
+    let token = std::fs::read_to_string(data_dir.join("admin-token"))?.trim().to_owned();
+    let ca = std::fs::read(data_dir.join("pki/ca.crt"))?;
+    let client = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&ca)?).build()?;
+    let run = std::process::id();
+    let prefix = format!("sched-{run}-");
+
+    // Watch first, from the current revision, so no transition is missed.
+    let list: serde_json::Value = client.get(format!("{url}/api/v1/namespaces/default/pods?limit=1")).bearer_auth(&token).send().await?.json().await?;
+    let revision = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned();
+    let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch = client.get(format!("{url}/api/v1/namespaces/default/pods?watch=true&resourceVersion={revision}")).bearer_auth(&token).send().await?.error_for_status()?;
+    let observer = {
+        let created_at = Arc::clone(&created_at);
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut bound_at: HashMap<String, Instant> = HashMap::new();
+            let mut running_at: HashMap<String, Instant> = HashMap::new();
+            let mut latencies = Vec::new();
+            let mut buffer = Vec::new();
+            let mut stream = watch.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buffer.extend_from_slice(&chunk);
+                while let Some(position) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=position).collect();
+                    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+                    let pod = &event["object"];
+                    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                    if !name.starts_with(&prefix) {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                        bound_at.entry(name.clone()).or_insert(now);
+                    }
+                    if pod["status"]["phase"] == "Running" && !running_at.contains_key(&name) {
+                        running_at.insert(name.clone(), now);
+                        if let Some(created) = created_at.lock().map(|m| m.get(&name).copied()).ok().flatten() {
+                            latencies.push(now - created);
+                        }
+                    }
+                    if running_at.len() == count {
+                        return (bound_at, running_at, latencies);
+                    }
+                }
+            }
+            (bound_at, running_at, latencies)
+        })
+    };
+
+    let started = Instant::now();
+    let body = |index: usize| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{prefix}{index}"), "labels": {"bench": "schedule"}},
+            "spec": {"containers": [{"name": "app", "image": "shoal.local/samples/hello:latest", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
+    };
+    let collection = format!("{url}/api/v1/namespaces/default/pods");
+    let failures = futures::stream::iter(0..count)
+        .map(|index| {
+            let client = client.clone();
+            let collection = collection.clone();
+            let token = token.clone();
+            let created_at = Arc::clone(&created_at);
+            let name = format!("{prefix}{index}");
+            let pod = body(index);
+            async move {
+                if let Ok(mut map) = created_at.lock() {
+                    map.insert(name, Instant::now());
+                }
+                client.post(&collection).bearer_auth(&token).json(&pod).send().await.ok().filter(|r| r.status().is_success()).is_none()
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    let created = started.elapsed();
+    let (bound_at, running_at, latencies) = tokio::time::timeout(Duration::from_secs(600), observer).await??;
+    let last = |times: &HashMap<String, Instant>| times.values().max().map(|t| *t - started).unwrap_or_default();
+    let (bound_all, running_all) = (last(&bound_at), last(&running_at));
+    let summary = Summary::of(latencies);
+    println!("pods: {count} ({failures} create failures), created in {}", millis(created));
+    println!(
+        "bound: {} in {} = {:.0} pods/s; Running: {} in {} = {:.0} pods/s",
+        bound_at.len(),
+        millis(bound_all),
+        bound_at.len() as f64 / bound_all.as_secs_f64().max(1e-9),
+        running_at.len(),
+        millis(running_all),
+        running_at.len() as f64 / running_all.as_secs_f64().max(1e-9)
+    );
+    println!("create → Running: p50 {}, p99 {}, max {}", millis(summary.p50), millis(summary.p99), millis(summary.max));
+    Ok(())
+}
