@@ -26,3 +26,4 @@ sleep 2
 echo "hollow nodes: $nodes; pods: $pods"
 ./target/release/schedule_pods "$work/data" "$pods"
 echo "server RSS: $(ps -o rss= -p "$server_pid" | awk '{printf "%.0f MiB", $1/1024}')"
+echo "cpu seconds: server $(ps -o times= -p "$server_pid" | xargs), hollow agent $(ps -o times= -p "$agent_pid" | xargs)"

@@ -32,42 +32,64 @@ async fn main() -> anyhow::Result<()> {
     let list: serde_json::Value = client.get(format!("{url}/api/v1/namespaces/default/pods?limit=1")).bearer_auth(&token).send().await?.json().await?;
     let revision = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned();
     let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let watch = client.get(format!("{url}/api/v1/namespaces/default/pods?watch=true&resourceVersion={revision}")).bearer_auth(&token).send().await?.error_for_status()?;
+    let (target_sender, target_receiver) = tokio::sync::watch::channel(count);
     let observer = {
         let created_at = Arc::clone(&created_at);
         let prefix = prefix.clone();
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
         tokio::spawn(async move {
             let mut bound_at: HashMap<String, Instant> = HashMap::new();
             let mut running_at: HashMap<String, Instant> = HashMap::new();
             let mut latencies = Vec::new();
-            let mut buffer = Vec::new();
-            let mut stream = watch.bytes_stream();
-            while let Some(Ok(chunk)) = stream.next().await {
-                buffer.extend_from_slice(&chunk);
-                while let Some(position) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=position).collect();
-                    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
-                    let pod = &event["object"];
-                    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                    if !name.starts_with(&prefix) {
+            let mut revision = revision;
+            // A watch that breaks is resumed from the last revision seen.
+            loop {
+                let watch = match client.get(format!("{url}/api/v1/namespaces/default/pods?watch=true&resourceVersion={revision}")).bearer_auth(&token).send().await {
+                    Ok(watch) => watch,
+                    Err(error) => {
+                        eprintln!("watch: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
-                    let now = Instant::now();
-                    if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-                        bound_at.entry(name.clone()).or_insert(now);
-                    }
-                    if pod["status"]["phase"] == "Running" && !running_at.contains_key(&name) {
-                        running_at.insert(name.clone(), now);
-                        if let Some(created) = created_at.lock().map(|m| m.get(&name).copied()).ok().flatten() {
-                            latencies.push(now - created);
+                };
+                let mut buffer = Vec::new();
+                let mut stream = watch.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(error) => {
+                            eprintln!("watch broke (resuming): {error}");
+                            break;
                         }
-                    }
-                    if running_at.len() == count {
-                        return (bound_at, running_at, latencies);
+                    };
+                    buffer.extend_from_slice(&chunk);
+                    while let Some(position) = buffer.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=position).collect();
+                        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+                        let pod = &event["object"];
+                        if let Some(rv) = pod["metadata"]["resourceVersion"].as_str() {
+                            revision = rv.to_owned();
+                        }
+                        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                        if !name.starts_with(&prefix) {
+                            continue;
+                        }
+                        let now = Instant::now();
+                        if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                            bound_at.entry(name.clone()).or_insert(now);
+                        }
+                        if pod["status"]["phase"] == "Running" && !running_at.contains_key(&name) {
+                            running_at.insert(name.clone(), now);
+                            if let Some(created) = created_at.lock().map(|m| m.get(&name).copied()).ok().flatten() {
+                                latencies.push(now - created);
+                            }
+                        }
+                        if running_at.len() >= *target_receiver.borrow() {
+                            return (bound_at, running_at, latencies);
+                        }
                     }
                 }
             }
-            (bound_at, running_at, latencies)
         })
     };
 
@@ -89,14 +111,26 @@ async fn main() -> anyhow::Result<()> {
                 if let Ok(mut map) = created_at.lock() {
                     map.insert(name, Instant::now());
                 }
-                client.post(&collection).bearer_auth(&token).json(&pod).send().await.ok().filter(|r| r.status().is_success()).is_none()
+                match client.post(&collection).bearer_auth(&token).json(&pod).send().await {
+                    // The body is read to its end: dropping it would reset the HTTP/2 stream,
+                    // and h2 closes a connection after 1,024 such local resets.
+                    Ok(response) if response.status().is_success() => response.bytes().await.err().map(|e| e.to_string()),
+                    Ok(response) => Some(format!("{}: {}", response.status(), response.text().await.unwrap_or_default())),
+                    Err(error) => Some(format!("{error:?}")),
+                }
             }
         })
         .buffer_unordered(64)
-        .filter(|failed| futures::future::ready(*failed))
-        .count()
+        .filter_map(futures::future::ready)
+        .collect::<Vec<String>>()
         .await;
+    if let Some(first) = failures.first() {
+        eprintln!("create failures: {} (first: {first})", failures.len());
+    }
+    let failures = failures.len();
     let created = started.elapsed();
+    // Failed creates never run; wait for the others.
+    target_sender.send(count - failures).ok();
     let (bound_at, running_at, latencies) = tokio::time::timeout(Duration::from_secs(600), observer).await??;
     let last = |times: &HashMap<String, Instant>| times.values().max().map(|t| *t - started).unwrap_or_default();
     let (bound_all, running_all) = (last(&bound_at), last(&running_at));

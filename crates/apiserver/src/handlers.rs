@@ -377,7 +377,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
         }
         Some(text) => text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))?,
     };
-    let watcher = state.store.watch(start);
+    let watcher = state.store.watch(start).map(|w| w.only(resource.clone()));
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let shutdown = state.shutdown.clone();
     state.tasks.spawn(async move {
@@ -430,8 +430,13 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                         if !matches(&event.object) {
                             continue;
                         }
-                        let object = with_type(info, Value::clone(&event.object));
-                        if sender.send(Ok(encode(event.event_type.as_str(), object))).await.is_err() {
+                        // Plain JSON watchers share one encoding of each event.
+                        let line = if as_table {
+                            encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))
+                        } else {
+                            event.encoded.get_or_init(|| encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))).clone()
+                        };
+                        if sender.send(Ok(line)).await.is_err() {
                             return;
                         }
                     }

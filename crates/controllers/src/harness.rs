@@ -119,7 +119,7 @@ pub fn spawn<R: Reconciler>(tasks: &TaskTracker, reconciler: Arc<R>, queue: Arc<
 pub fn watch_into(informer: &Informer, queue: &Arc<WorkQueue>, map: impl Fn(Option<&serde_json::Value>, Option<&serde_json::Value>) -> Vec<String> + Send + Sync + 'static) {
     let queue = Arc::clone(queue);
     informer.on_change(Box::new(move |old, new| {
-        for key in map(old, new) {
+        for key in map(old.map(|v| &**v), new.map(|v| &**v)) {
             queue.add(key);
         }
     }));

@@ -13,7 +13,7 @@ use shoal_client::{Client, Error as ClientError, ListOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Called with the object before and after a change (`None` for a create or a delete).
-pub type Handler = Box<dyn Fn(Option<&Value>, Option<&Value>) + Send + Sync>;
+pub type Handler = Box<dyn Fn(Option<&Arc<Value>>, Option<&Arc<Value>>) + Send + Sync>;
 
 /// The cache key of an object: `namespace/name`, or `name` for cluster-scoped kinds.
 pub fn object_key(object: &Value) -> String {
@@ -169,7 +169,7 @@ impl Informer {
         };
         if newer {
             let (old, new) = self.write().put(object);
-            self.notify(old.as_deref(), Some(&new));
+            self.notify(old.as_ref(), Some(&new));
         }
     }
 
@@ -199,7 +199,7 @@ impl Informer {
         let _ = receiver.wait_for(|synced| *synced).await;
     }
 
-    fn notify(&self, old: Option<&Value>, new: Option<&Value>) {
+    fn notify(&self, old: Option<&Arc<Value>>, new: Option<&Arc<Value>>) {
         for handler in self.handlers.read().unwrap_or_else(|p| p.into_inner()).iter() {
             handler(old, new);
         }
@@ -217,7 +217,7 @@ impl Informer {
                     return;
                 }
                 let (old, new) = self.write().put(object);
-                self.notify(old.as_deref(), Some(&new));
+                self.notify(old.as_ref(), Some(&new));
             }
             "DELETED" => {
                 self.write().tombstones.remove(meta::uid(&object));
@@ -250,7 +250,7 @@ impl Informer {
             let unchanged = self.read().objects.get(&object_key(&item)).is_some_and(|old| **old == item);
             if !unchanged {
                 let (old, new) = self.write().put(item);
-                self.notify(old.as_deref(), Some(&new));
+                self.notify(old.as_ref(), Some(&new));
             }
         }
     }

@@ -39,6 +39,15 @@ pub struct Event {
     pub event_type: EventType,
     pub key: ObjectKey,
     pub object: Arc<Value>,
+    /// The event as the API sends it on watches, encoded once by the first watcher that needs it
+    /// and shared by every other (a pod event goes to many watchers).
+    pub encoded: Arc<std::sync::OnceLock<bytes::Bytes>>,
+}
+
+impl Event {
+    pub fn new(revision: u64, event_type: EventType, key: ObjectKey, object: Arc<Value>) -> Self {
+        Self { revision, event_type, key, object, encoded: Arc::default() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,7 +132,7 @@ impl History {
     pub fn watch(self: &Arc<Self>, after_revision: u64) -> Result<Watcher, WatchError> {
         let receiver = self.latest.subscribe();
         self.check(after_revision)?;
-        Ok(Watcher { history: Arc::clone(self), last_revision: after_revision, receiver })
+        Ok(Watcher { history: Arc::clone(self), last_revision: after_revision, receiver, resource: None })
     }
 
     fn check(&self, after_revision: u64) -> Result<(), WatchError> {
@@ -134,13 +143,28 @@ impl History {
         Ok(())
     }
 
-    fn events_after(&self, after_revision: u64, max: usize) -> Result<Vec<Event>, WatchError> {
+    /// Up to `max` events after `after_revision` (of `resource` only, when given), and the last
+    /// revision looked at, so a watcher of a quiet resource still moves forward.
+    fn events_after(&self, after_revision: u64, max: usize, resource: Option<&str>) -> Result<(Vec<Event>, Option<u64>), WatchError> {
         let inner = self.lock();
         if after_revision < inner.complete_after {
             return Err(WatchError::Expired { requested: after_revision, oldest: inner.complete_after });
         }
         let start = inner.events.partition_point(|(_, event)| event.revision <= after_revision);
-        Ok(inner.events.iter().skip(start).take(max).map(|(_, event)| event.clone()).collect())
+        let mut events = Vec::new();
+        let mut last = None;
+        // Other resources' events are skipped without being cloned; the scan is bounded so the
+        // lock is held briefly.
+        for (_, event) in inner.events.range(start..).take(max * 16) {
+            last = Some(event.revision);
+            if resource.is_none_or(|r| event.key.resource == r) {
+                events.push(event.clone());
+                if events.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok((events, last))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -155,16 +179,26 @@ pub struct Watcher {
     history: Arc<History>,
     last_revision: u64,
     receiver: watch::Receiver<u64>,
+    resource: Option<String>,
 }
 
 impl Watcher {
+    /// Only events of `resource` (its group-resource key part) from now on.
+    pub fn only(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
     /// Waits for the next events after the last one returned (at most 1,000 at a time).
     pub async fn next_batch(&mut self) -> Result<Vec<Event>, WatchError> {
         loop {
-            let events = self.history.events_after(self.last_revision, 1000)?;
-            if let Some(last) = events.last() {
-                self.last_revision = last.revision;
-                return Ok(events);
+            let (events, scanned) = self.history.events_after(self.last_revision, 1000, self.resource.as_deref())?;
+            if let Some(last) = scanned {
+                self.last_revision = last;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+                continue;
             }
             if self.receiver.changed().await.is_err() {
                 // The store shut down: no more events will come.
@@ -184,6 +218,7 @@ mod tests {
 
     fn event(revision: u64) -> Event {
         Event {
+            encoded: Arc::default(),
             revision,
             event_type: EventType::Added,
             key: ObjectKey::new("pods", "default", format!("p{revision}")),

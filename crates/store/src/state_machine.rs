@@ -398,7 +398,7 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
         memory.objects.insert(encoded.clone(), Arc::clone(&object));
         memory.dirty.insert(encoded, Some(Arc::clone(&object)));
     }
-    events.push(Event { revision, event_type, key, object: Arc::clone(&object) });
+    events.push(Event::new(revision, event_type, key, Arc::clone(&object)));
     Ok(CommandResponse::Written { revision, object: Value::clone(&object) })
 }
 

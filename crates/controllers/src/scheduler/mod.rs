@@ -205,15 +205,15 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
     {
         let sender = sender.clone();
         nodes.on_change(Box::new(move |old, new| {
-            let name = meta::name(new.or(old).unwrap_or(&Value::Null)).to_owned();
-            let _ = sender.send(Change::Node(new.map(|n| Arc::new(n.clone())), name));
+            let name = new.or(old).map(|n| meta::name(n).to_owned()).unwrap_or_default();
+            let _ = sender.send(Change::Node(new.cloned(), name));
         }));
     }
     {
         let sender = sender.clone();
         pods.on_change(Box::new(move |old, new| {
-            let object = new.or(old).unwrap_or(&Value::Null);
-            let _ = sender.send(Change::Pod(new.map(|p| Arc::new(p.clone())), object_key(object)));
+            let key = new.or(old).map(|p| object_key(p)).unwrap_or_default();
+            let _ = sender.send(Change::Pod(new.cloned(), key));
         }));
     }
     nodes.synced().await;
