@@ -7,11 +7,17 @@ use serde_json::{Value, json};
 use crate::harness::{Server, config_map, deployment};
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+/// A server without controllers: these tests are about the API's own semantics, and a
+/// Deployment controller writing between a test's read and its write would change the outcome.
+async fn api_server() -> Server {
+    Server::start_with(&["--disable-controllers"]).await
+}
 const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
 
 #[tokio::test]
 async fn requests_without_a_valid_token_get_401_but_health_is_open() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let response = server.http.get(format!("{}/api/v1/namespaces/default/pods", server.url)).send().await.expect("request");
     assert_eq!(response.status().as_u16(), 401);
     let status: Value = response.json().await.expect("status body");
@@ -30,7 +36,7 @@ async fn requests_without_a_valid_token_get_401_but_health_is_open() {
 
 #[tokio::test]
 async fn create_get_update_conflict_and_delete() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let (code, created) = server.post(DEPLOYMENTS, &deployment("web")).await;
     assert_eq!(code, 201, "{created}");
     let metadata = &created["metadata"];
@@ -71,7 +77,7 @@ async fn create_get_update_conflict_and_delete() {
 
 #[tokio::test]
 async fn invalid_objects_get_422_with_every_field_cause() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let mut broken = deployment("Bad_Name");
     broken["spec"]["replicas"] = json!(-1);
     broken["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
@@ -96,7 +102,7 @@ async fn invalid_objects_get_422_with_every_field_cause() {
 
 #[tokio::test]
 async fn oversized_deep_and_malformed_bodies_are_refused_and_the_server_keeps_serving() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let huge = config_map("huge", &"x".repeat(4 * 1024 * 1024));
     let (code, status) = server.post(CONFIGMAPS, &huge).await;
     assert_eq!(code, 413, "{status}");
@@ -124,7 +130,7 @@ async fn oversized_deep_and_malformed_bodies_are_refused_and_the_server_keeps_se
 
 #[tokio::test]
 async fn namespaces_gate_creation_and_take_their_contents_with_them() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let (code, status) = server.post("/api/v1/namespaces/nope/configmaps", &config_map("c", "v")).await;
     assert_eq!(code, 404);
     assert_eq!(status["message"], "namespaces \"nope\" not found");
@@ -154,7 +160,7 @@ async fn namespaces_gate_creation_and_take_their_contents_with_them() {
 
 #[tokio::test]
 async fn merge_and_json_patches() {
-    let server = Server::start().await;
+    let server = api_server().await;
     server.post(DEPLOYMENTS, &deployment("web")).await;
     let (code, patched) = server
         .request(Method::PATCH, &format!("{DEPLOYMENTS}/web"), Some(("application/merge-patch+json", br#"{"spec":{"replicas":4},"metadata":{"labels":{"tier":"front"}}}"#.to_vec())))
@@ -179,7 +185,7 @@ async fn merge_and_json_patches() {
 
 #[tokio::test]
 async fn status_subresource_is_separate_from_the_main_resource() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let (_, created) = server.post(DEPLOYMENTS, &deployment("web")).await;
     let mut with_status = created.clone();
     with_status["status"] = json!({"replicas": 2, "readyReplicas": 2});
@@ -198,7 +204,7 @@ async fn status_subresource_is_separate_from_the_main_resource() {
 
 #[tokio::test]
 async fn selectors_and_pagination() {
-    let server = Server::start().await;
+    let server = api_server().await;
     for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front"), ("d", "db"), ("e", "front")] {
         let mut object = config_map(name, "v");
         object["metadata"]["labels"] = json!({"tier": tier});
@@ -241,7 +247,7 @@ async fn watch_events(server: &Server, path: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_resumed_watch_receives_exactly_the_later_events() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let (_, first) = server.post(CONFIGMAPS, &config_map("one", "1")).await;
     let resume_from = first["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
     server.post(CONFIGMAPS, &config_map("two", "2")).await;
@@ -268,7 +274,7 @@ async fn a_resumed_watch_receives_exactly_the_later_events() {
 
 #[tokio::test]
 async fn a_watch_from_an_evicted_revision_gets_410_expired() {
-    let server = Server::start_with(&["--watch-history-min-events", "5", "--watch-history-max-events", "5", "--watch-history-min-age-seconds", "0"]).await;
+    let server = Server::start_with(&["--disable-controllers", "--watch-history-min-events", "5", "--watch-history-max-events", "5", "--watch-history-min-age-seconds", "0"]).await;
     let (_, first) = server.post(CONFIGMAPS, &config_map("c0", "v")).await;
     let old = first["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
     for index in 1..20 {
@@ -287,7 +293,7 @@ async fn a_watch_from_an_evicted_revision_gets_410_expired() {
 
 #[tokio::test]
 async fn finalizers_hold_deletion_until_removed() {
-    let server = Server::start().await;
+    let server = api_server().await;
     let mut object = config_map("held", "v");
     object["metadata"]["finalizers"] = json!(["example.com/hold"]);
     server.post(CONFIGMAPS, &object).await;

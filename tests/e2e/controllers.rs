@@ -361,3 +361,84 @@ async fn an_unschedulable_pod_says_why_and_is_placed_when_a_node_fits() {
     let (code, _) = server.post("/api/v1/namespaces/default/pods/picky/binding", &binding).await;
     assert_eq!(code, 409);
 }
+
+#[tokio::test]
+async fn recreate_replaces_every_pod_at_once_after_set_image_and_a_stuck_rollout_times_out() {
+    let server = Server::start().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:2");
+    let mut deployment = hello_deployment("recreate", 2, "hi");
+    deployment["spec"]["strategy"] = json!({"type": "Recreate"});
+    let (code, body) = server.post("/apis/apps/v1/namespaces/default/deployments", &deployment).await;
+    assert_eq!(code, 201, "{body}");
+    let old = wait_running(&server, "app=recreate", 2, 60).await;
+    let old_names: Vec<String> = old.iter().map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_owned()).collect();
+
+    let (code, _, stderr) = server.cli(&["set", "image", "deployment/recreate", "hello=shoal.local/samples/hello:2"]);
+    assert_eq!(code, 0, "{stderr}");
+    // Recreate: no new pod runs while an old one still does.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pods = pods_of(&server, "app=recreate").await;
+        let running = |old: bool| pods.iter().filter(|p| p["status"]["phase"] == "Running" && old_names.iter().any(|n| p["metadata"]["name"] == n.as_str()) == old).count();
+        assert!(running(true) == 0 || running(false) == 0, "old and new pods ran together: {:?}", pods.iter().map(|p| (&p["metadata"]["name"], &p["status"]["phase"])).collect::<Vec<_>>());
+        let fresh: Vec<&Value> = pods.iter().filter(|p| !old_names.iter().any(|n| p["metadata"]["name"] == n.as_str())).collect();
+        if fresh.len() == 2 && fresh.iter().all(|p| p["status"]["phase"] == "Running") && pods.len() == 2 {
+            assert!(fresh.iter().all(|p| p["spec"]["containers"][0]["image"] == "shoal.local/samples/hello:2"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Recreate rollout did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A rollout that cannot progress hits its deadline, and `rollout status` says so.
+    let patch = json!({"spec": {"progressDeadlineSeconds": 3, "template": {"spec": {"containers": [{"name": "hello", "image": "shoal.local/samples/missing:1", "ports": [{"containerPort": 8080}]}]}}}});
+    let (code, body) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/recreate", Some(("application/merge-patch+json", serde_json::to_vec(&patch).expect("json")))).await;
+    assert_eq!(code, 200, "{body}");
+    let stuck = wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/recreate", 60, "ProgressDeadlineExceeded", |d| {
+        d["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded" && c["status"] == "False")
+    })
+    .await;
+    assert_eq!(stuck["status"]["observedGeneration"], stuck["metadata"]["generation"]);
+    let (code, _, stderr) = server.cli(&["rollout", "status", "deployment/recreate", "--timeout", "30"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("exceeded its progress deadline"), "{stderr}");
+}
+
+#[tokio::test]
+async fn drain_moves_pods_to_the_other_node_and_paused_deployments_wait() {
+    let (server, _agent) = two_nodes(&[]).await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    let (code, body) = server.post("/apis/apps/v1/namespaces/default/deployments", &hello_deployment("drained", 4, "hi")).await;
+    assert_eq!(code, 201, "{body}");
+    wait_running(&server, "app=drained", 4, 60).await;
+    let (code, stdout, stderr) = server.cli(&["drain", "node-2", "--timeout", "60"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("node/node-2 drained"), "{stdout}");
+    let pods = wait_running(&server, "app=drained", 4, 60).await;
+    assert_eq!(running_on(&pods).keys().cloned().collect::<Vec<_>>(), ["node-1"]);
+    let (_, node) = server.get("/api/v1/nodes/node-2").await;
+    assert_eq!(node["spec"]["unschedulable"], true);
+
+    // Paused: a template change makes no new ReplicaSet until resumed.
+    let pause = json!({"spec": {"paused": true}});
+    let (code, _) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/drained", Some(("application/merge-patch+json", serde_json::to_vec(&pause).expect("json")))).await;
+    assert_eq!(code, 200);
+    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "paused"}]);
+    let (code, _) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/drained", Some(("application/json-patch+json", serde_json::to_vec(&patch).expect("json")))).await;
+    assert_eq!(code, 200);
+    wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/drained", 30, "the Progressing condition saying paused", |d| {
+        d["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, sets) = server.get("/apis/apps/v1/namespaces/default/replicasets?labelSelector=app=drained").await;
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(1), "a paused deployment does not roll out");
+    let resume = json!({"spec": {"paused": false}});
+    let (code, _) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/drained", Some(("application/merge-patch+json", serde_json::to_vec(&resume).expect("json")))).await;
+    assert_eq!(code, 200);
+    wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/drained", 90, "the resumed rollout", |d| {
+        d["status"]["updatedReplicas"] == 4 && d["status"]["replicas"] == 4 && d["status"]["availableReplicas"] == 4 && d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    })
+    .await;
+}

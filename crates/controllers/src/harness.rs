@@ -95,7 +95,10 @@ pub fn spawn<R: Reconciler>(tasks: &TaskTracker, reconciler: Arc<R>, queue: Arc<
     let resync_queue = Arc::clone(&queue);
     tasks.spawn(async move {
         for source in &resync {
-            source.informer.synced().await;
+            tokio::select! {
+                _ = source.informer.synced() => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
         loop {
             for source in &resync {

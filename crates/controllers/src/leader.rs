@@ -97,7 +97,11 @@ where
     loop {
         // Acquire.
         loop {
-            match try_acquire_or_renew(&client, &config).await {
+            let attempt = tokio::select! {
+                attempt = try_acquire_or_renew(&client, &config) => attempt,
+                _ = shutdown.cancelled() => return,
+            };
+            match attempt {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(error) => tracing::debug!(%error, "leader election: cannot reach the API"),
@@ -120,7 +124,15 @@ where
                     return;
                 }
             }
-            match try_acquire_or_renew(&client, &config).await {
+            let attempt = tokio::select! {
+                attempt = try_acquire_or_renew(&client, &config) => attempt,
+                _ = shutdown.cancelled() => {
+                    leading.cancel();
+                    let _ = led.await;
+                    return;
+                }
+            };
+            match attempt {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => break,
                 Err(error) => {

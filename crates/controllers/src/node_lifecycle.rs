@@ -75,9 +75,10 @@ impl NodeLifecycleController {
     async fn run(self, shutdown: CancellationToken) {
         let informers = &self.context.informers;
         let (nodes, leases, pods) = (informers.get("Node"), informers.get("Lease"), informers.get("Pod"));
-        nodes.synced().await;
-        leases.synced().await;
-        pods.synced().await;
+        tokio::select! {
+            _ = async { nodes.synced().await; leases.synced().await; pods.synced().await } => {}
+            _ = shutdown.cancelled() => return,
+        }
         // Node name → (the renewTime last seen, when this process saw it change).
         let mut observed: HashMap<String, (String, Instant)> = HashMap::new();
         let mut missing_nodes: HashMap<String, Instant> = HashMap::new();

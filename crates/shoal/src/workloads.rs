@@ -163,11 +163,8 @@ pub async fn rollout(client: &Client, command: RolloutCommand) -> anyhow::Result
             if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
                 labels.remove("pod-template-hash");
             }
-            // As kubectl does: a JSON patch replacing the template, guarded by the version read.
-            let patch = json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": deployment["metadata"]["resourceVersion"]},
-                {"op": "replace", "path": "/spec/template", "value": template},
-            ]);
+            // As kubectl does: a JSON patch replacing the whole template.
+            let patch = json!([{"op": "replace", "path": "/spec/template", "value": template}]);
             client.patch(deployments, Some(&namespace), &name, &patch, false, MANAGER).await?;
             println!("deployment.apps/{name} rolled back to revision {}", target_rs.0);
             Ok(ExitCode::SUCCESS)
@@ -192,13 +189,16 @@ pub async fn set_image(client: &Client, args: SetImageArgs) -> anyhow::Result<Ex
     let object = client.get(info, Some(&namespace), &name).await?;
     let pod_spec_path = if info.kind == "Pod" { "/spec" } else if info.kind == "CronJob" { "/spec/jobTemplate/spec/template/spec" } else { "/spec/template/spec" };
     let pod_spec = object.pointer(pod_spec_path).cloned().unwrap_or(Value::Null);
-    let mut operations = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": object["metadata"]["resourceVersion"]})];
+    // Each change is guarded by a test of the container's name at its index, so a concurrent
+    // reordering fails the patch, while status writes by controllers do not.
+    let mut operations = Vec::new();
     for pair in &args.images {
         let (container, image) = pair.split_once('=').with_context(|| format!("{pair:?}: expected CONTAINER=IMAGE"))?;
         let mut found = false;
         for list in ["initContainers", "containers"] {
             for (index, existing) in pod_spec[list].as_array().into_iter().flatten().enumerate() {
                 if container == "*" || existing["name"] == container {
+                    operations.push(json!({"op": "test", "path": format!("{pod_spec_path}/{list}/{index}/name"), "value": existing["name"]}));
                     operations.push(json!({"op": "replace", "path": format!("{pod_spec_path}/{list}/{index}/image"), "value": image}));
                     found = true;
                 }

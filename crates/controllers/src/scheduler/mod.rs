@@ -216,8 +216,11 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
             let _ = sender.send(Change::Pod(new.cloned(), key));
         }));
     }
-    nodes.synced().await;
-    pods.synced().await;
+    // Informers that stop before their first list never sync: wait for shutdown too.
+    tokio::select! {
+        _ = async { nodes.synced().await; pods.synced().await } => {}
+        _ = shutdown.cancelled() => return,
+    }
     let mut cache = Cache::new();
     for node in nodes.list() {
         cache.node_changed(meta::name(&node), Some(&node));
