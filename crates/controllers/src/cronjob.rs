@@ -13,7 +13,7 @@ use shoal_api::meta;
 
 use crate::events::ObjectReference;
 use crate::harness::{self, Action, Reconciler, Result};
-use crate::informer::{controller_of, object_key, split_key};
+use crate::informer::{controller_of, split_key};
 use crate::{Context, Registered, info};
 
 pub const SCHEDULED_TIMESTAMP_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -170,12 +170,7 @@ pub fn most_recent(schedule: &Schedule, zone: &TimeZone, since: jiff::Timestamp,
 }
 
 fn job_finished(job: &Value) -> Option<&'static str> {
-    for kind in ["Complete", "Failed"] {
-        if job["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == kind && c["status"] == "True") {
-            return Some(kind);
-        }
-    }
-    None
+    ["Complete", "Failed"].into_iter().find(|&kind| job["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == kind && c["status"] == "True")).map(|v| v as _)
 }
 
 pub struct CronJobController {
@@ -186,12 +181,8 @@ impl CronJobController {
     pub fn register(context: &Arc<Context>) -> Registered<Self> {
         let queue = Arc::new(crate::queue::WorkQueue::default());
         let cron_jobs = Arc::clone(context.informers.get("CronJob"));
-        harness::watch_into(&cron_jobs, &queue, |old, new| new.or(old).map(object_key).into_iter().collect());
-        harness::watch_into(context.informers.get("Job"), &queue, |old, new| {
-            let mut keys: Vec<String> = [old, new].into_iter().flatten().filter_map(|j| harness::owner_key(j, "CronJob")).collect();
-            keys.dedup();
-            keys
-        });
+        harness::watch_into(&cron_jobs, &queue, harness::own_keys);
+        harness::watch_into(context.informers.get("Job"), &queue, harness::owners_of_kind("CronJob"));
         Registered::new(Self { context: Arc::clone(context) }, queue, &cron_jobs)
     }
 
@@ -316,15 +307,9 @@ impl Reconciler for CronJobController {
                 }
             }
         }
-        if cron_job["status"] != status && !(cron_job["status"].is_null() && status == json!({})) {
-            let mut updated = (*cron_job).clone();
-            updated["status"] = status;
-            match context.client.replace_status(info("CronJob"), Some(namespace), name, &updated).await {
-                Ok(stored) => cron_jobs.remember(stored),
-                Err(shoal_client::Error::Api(error)) if error.code == 409 => return Ok(Action::RequeueAfter(Duration::ZERO)),
-                Err(shoal_client::Error::Api(error)) if error.code == 404 => return Ok(Action::Done),
-                Err(error) => return Err(error.into()),
-            }
+        let unchanged = cron_job["status"].is_null() && status == json!({});
+        if !unchanged && let Some(action) = harness::write_status(&context.client, "CronJob", cron_jobs, &cron_job, status).await? {
+            return Ok(action);
         }
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
     }

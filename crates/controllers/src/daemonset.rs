@@ -13,7 +13,7 @@ use shoal_api::meta;
 use crate::deployment::{int_or_percent, template_hash};
 use crate::events::ObjectReference;
 use crate::harness::{self, Action, Reconciler, Result};
-use crate::informer::{controller_of, object_key, split_key};
+use crate::informer::{controller_of, split_key};
 use crate::pods::{self, PodName};
 use crate::scheduler::placement::{NodeView, PodView, tolerates};
 use crate::{Context, Registered, info};
@@ -78,12 +78,8 @@ impl DaemonSetController {
     pub fn register(context: &Arc<Context>) -> Registered<Self> {
         let queue = Arc::new(crate::queue::WorkQueue::default());
         let daemon_sets = Arc::clone(context.informers.get("DaemonSet"));
-        harness::watch_into(&daemon_sets, &queue, |old, new| new.or(old).map(object_key).into_iter().collect());
-        harness::watch_into(context.informers.get("Pod"), &queue, |old, new| {
-            let mut keys: Vec<String> = [old, new].into_iter().flatten().filter_map(|p| harness::owner_key(p, "DaemonSet")).collect();
-            keys.dedup();
-            keys
-        });
+        harness::watch_into(&daemon_sets, &queue, harness::own_keys);
+        harness::watch_into(context.informers.get("Pod"), &queue, harness::owners_of_kind("DaemonSet"));
         let all = Arc::clone(&daemon_sets);
         harness::watch_into(context.informers.get("Node"), &queue, move |old, new| {
             // Only changes that can move eligibility: labels, taints, arrival and departure.
@@ -211,19 +207,12 @@ impl Reconciler for DaemonSetController {
             "numberMisscheduled": misscheduled,
             "numberReady": ready,
             "numberAvailable": available,
-            "numberUnavailable": (eligible as i64 - available as i64).max(0),
+            "numberUnavailable": (eligible - available as i64).max(0),
             "updatedNumberScheduled": updated,
             "observedGeneration": ds["metadata"]["generation"].as_i64().unwrap_or(0),
         });
-        if ds["status"] != status {
-            let mut updated_ds = (*ds).clone();
-            updated_ds["status"] = status;
-            match context.client.replace_status(info("DaemonSet"), Some(namespace), name, &updated_ds).await {
-                Ok(stored) => daemon_sets.remember(stored),
-                Err(shoal_client::Error::Api(error)) if error.code == 409 => return Ok(Action::RequeueAfter(Duration::ZERO)),
-                Err(shoal_client::Error::Api(error)) if error.code == 404 => return Ok(Action::Done),
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(action) = harness::write_status(&context.client, "DaemonSet", daemon_sets, &ds, status).await? {
+            return Ok(action);
         }
         Ok(if min_ready > 0 && available < ready { Action::RequeueAfter(Duration::from_secs(1)) } else { Action::Done })
     }

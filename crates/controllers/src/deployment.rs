@@ -13,7 +13,7 @@ use shoal_api::selector::LabelSelector;
 
 use crate::events::ObjectReference;
 use crate::harness::{self, Action, Reconciler, Result};
-use crate::informer::{controller_of, object_key, split_key};
+use crate::informer::{controller_of, split_key};
 use crate::{Context, Registered, info};
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -206,7 +206,7 @@ impl DeploymentController {
     pub fn register(context: &Arc<Context>) -> Registered<Self> {
         let queue = Arc::new(crate::queue::WorkQueue::default());
         let deployments = Arc::clone(context.informers.get("Deployment"));
-        harness::watch_into(&deployments, &queue, |old, new| new.or(old).map(object_key).into_iter().collect());
+        harness::watch_into(&deployments, &queue, harness::own_keys);
         let lookup = Arc::clone(&deployments);
         harness::watch_into(context.informers.get("ReplicaSet"), &queue, move |old, new| crate::replicaset::pod_owners(&lookup, old, new));
         // A pod of a Deployment changes its ReplicaSet's status, which wakes the Deployment; a
@@ -509,15 +509,8 @@ impl Reconciler for DeploymentController {
         }
         conditions.sort_by_key(|c| if c["type"] == "Available" { 0 } else { 1 });
         status["conditions"] = Value::Array(conditions);
-        if *previous != status {
-            let mut updated = (*deployment).clone();
-            updated["status"] = status;
-            match context.client.replace_status(info("Deployment"), Some(namespace), name, &updated).await {
-                Ok(stored) => deployments.remember(stored),
-                Err(shoal_client::Error::Api(error)) if error.code == 409 => return Ok(Action::RequeueAfter(Duration::ZERO)),
-                Err(shoal_client::Error::Api(error)) if error.code == 404 => return Ok(Action::Done),
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(action) = harness::write_status(&context.client, "Deployment", deployments, &deployment, status).await? {
+            return Ok(action);
         }
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
     }

@@ -128,6 +128,41 @@ pub fn watch_into(informer: &Informer, queue: &Arc<WorkQueue>, map: impl Fn(Opti
     }));
 }
 
+/// The queue keys of an informer's own objects: each changed object's key.
+pub fn own_keys(old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) -> Vec<String> {
+    new.or(old).map(crate::informer::object_key).into_iter().collect()
+}
+
+/// A mapping for [`watch_into`]: the keys of the `kind` controllers owning a changed object.
+pub fn owners_of_kind(kind: &'static str) -> impl Fn(Option<&serde_json::Value>, Option<&serde_json::Value>) -> Vec<String> + Send + Sync + 'static {
+    move |old, new| {
+        let mut keys: Vec<String> = [old, new].into_iter().flatten().filter_map(|o| owner_key(o, kind)).collect();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Writes `status` to `object` (of `kind`) through its status subresource when it changed,
+/// recording the stored object in `cache`. `Some(action)` ends the reconcile: a conflict means
+/// a newer object is on its way (look again at once), a 404 that it is gone.
+pub async fn write_status(client: &shoal_client::Client, kind: &str, cache: &Informer, object: &serde_json::Value, status: serde_json::Value) -> Result<Option<Action>> {
+    if object["status"] == status {
+        return Ok(None);
+    }
+    let mut updated = object.clone();
+    updated["status"] = status;
+    let namespace = Some(shoal_api::meta::namespace(object)).filter(|n| !n.is_empty());
+    match client.replace_status(crate::info(kind), namespace, shoal_api::meta::name(object), &updated).await {
+        Ok(stored) => {
+            cache.remember(stored);
+            Ok(None)
+        }
+        Err(shoal_client::Error::Api(error)) if error.code == 409 => Ok(Some(Action::RequeueAfter(Duration::ZERO))),
+        Err(shoal_client::Error::Api(error)) if error.code == 404 => Ok(Some(Action::Done)),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The queue key of the controller owning `object` (of `kind`), if any.
 pub fn owner_key(object: &serde_json::Value, kind: &str) -> Option<String> {
     let owner = crate::informer::controller_of(object)?;

@@ -12,7 +12,7 @@ use shoal_api::meta;
 
 use crate::events::ObjectReference;
 use crate::harness::{self, Action, Reconciler, Result};
-use crate::informer::{controller_of, object_key, split_key};
+use crate::informer::{controller_of, split_key};
 use crate::pods::{self, PodName};
 use crate::{Context, Registered, info};
 
@@ -70,12 +70,8 @@ impl JobController {
     pub fn register(context: &Arc<Context>) -> Registered<Self> {
         let queue = Arc::new(crate::queue::WorkQueue::default());
         let jobs = Arc::clone(context.informers.get("Job"));
-        harness::watch_into(&jobs, &queue, |old, new| new.or(old).map(object_key).into_iter().collect());
-        harness::watch_into(context.informers.get("Pod"), &queue, |old, new| {
-            let mut keys: Vec<String> = [old, new].into_iter().flatten().filter_map(|p| harness::owner_key(p, "Job")).collect();
-            keys.dedup();
-            keys
-        });
+        harness::watch_into(&jobs, &queue, harness::own_keys);
+        harness::watch_into(context.informers.get("Pod"), &queue, harness::owners_of_kind("Job"));
         Registered::new(Self { context: Arc::clone(context) }, queue, &jobs)
     }
 
@@ -287,15 +283,8 @@ impl Reconciler for JobController {
         if let Some(map) = status.as_object_mut() {
             map.retain(|k, v| !(k == "conditions" && v.as_array().is_some_and(Vec::is_empty)));
         }
-        if job["status"] != status {
-            let mut updated = (*job).clone();
-            updated["status"] = status;
-            match context.client.replace_status(info("Job"), Some(namespace), name, &updated).await {
-                Ok(stored) => jobs.remember(stored),
-                Err(shoal_client::Error::Api(error)) if error.code == 409 => return Ok(Action::RequeueAfter(Duration::ZERO)),
-                Err(shoal_client::Error::Api(error)) if error.code == 404 => return Ok(Action::Done),
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(action) = harness::write_status(&context.client, "Job", jobs, &job, status).await? {
+            return Ok(action);
         }
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
     }

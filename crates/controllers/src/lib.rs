@@ -102,45 +102,43 @@ pub fn start(client: Client, settings: Settings, shutdown: CancellationToken) ->
     ControllerManager { task }
 }
 
-fn run_all(client: Client, settings: Settings, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let tasks = TaskTracker::new();
-        let (recorder, writer) = Recorder::start(client.clone(), "shoal-controller-manager", shutdown.clone());
-        tasks.spawn(writer);
-        let context = Arc::new(Context { client: client.clone(), informers: Informers::new(), recorder, settings });
-        let resync = |seconds| RunOptions { workers: 2, resync: Duration::from_secs(seconds) };
+async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken) {
+    let tasks = TaskTracker::new();
+    let (recorder, writer) = Recorder::start(client.clone(), "shoal-controller-manager", shutdown.clone());
+    tasks.spawn(writer);
+    let context = Arc::new(Context { client: client.clone(), informers: Informers::new(), recorder, settings });
+    let resync = |seconds| RunOptions { workers: 2, resync: Duration::from_secs(seconds) };
 
-        // Handlers are registered before the informers start, so no event is missed.
-        let replica_sets = replicaset::ReplicaSetController::register(&context);
-        let deployments = deployment::DeploymentController::register(&context);
-        let jobs = job::JobController::register(&context);
-        let cron_jobs = cronjob::CronJobController::register(&context);
-        let daemon_sets = daemonset::DaemonSetController::register(&context);
-        let garbage = gc::GarbageCollector::register(&context);
-        let node_lifecycle = node_lifecycle::NodeLifecycleController::register(&context);
+    // Handlers are registered before the informers start, so no event is missed.
+    let replica_sets = replicaset::ReplicaSetController::register(&context);
+    let deployments = deployment::DeploymentController::register(&context);
+    let jobs = job::JobController::register(&context);
+    let cron_jobs = cronjob::CronJobController::register(&context);
+    let daemon_sets = daemonset::DaemonSetController::register(&context);
+    let garbage = gc::GarbageCollector::register(&context);
+    let node_lifecycle = node_lifecycle::NodeLifecycleController::register(&context);
 
-        let informers = &context.informers;
-        let scheduler_pods = Arc::clone(informers.get("Pod"));
-        let scheduler_nodes = Arc::clone(informers.get("Node"));
-        tasks.spawn(scheduler::run(client.clone(), scheduler_pods, scheduler_nodes, context.recorder.clone(), shutdown.clone()));
-        for informer in context.informers.all() {
-            tasks.spawn(Arc::clone(informer).run(client.clone(), shutdown.clone()));
-        }
-        replica_sets.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
-        deployments.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
-        jobs.spawn(&tasks, resync(30), shutdown.clone());
-        cron_jobs.spawn(&tasks, resync(30), shutdown.clone());
-        daemon_sets.spawn(&tasks, resync(30), shutdown.clone());
-        garbage.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(60) }, shutdown.clone());
-        node_lifecycle.spawn(&tasks, shutdown.clone());
+    let informers = &context.informers;
+    let scheduler_pods = Arc::clone(informers.get("Pod"));
+    let scheduler_nodes = Arc::clone(informers.get("Node"));
+    tasks.spawn(scheduler::run(client.clone(), scheduler_pods, scheduler_nodes, context.recorder.clone(), shutdown.clone()));
+    for informer in context.informers.all() {
+        tasks.spawn(Arc::clone(informer).run(client.clone(), shutdown.clone()));
+    }
+    replica_sets.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
+    deployments.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
+    jobs.spawn(&tasks, resync(30), shutdown.clone());
+    cron_jobs.spawn(&tasks, resync(30), shutdown.clone());
+    daemon_sets.spawn(&tasks, resync(30), shutdown.clone());
+    garbage.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(60) }, shutdown.clone());
+    node_lifecycle.spawn(&tasks, shutdown.clone());
 
-        shutdown.cancelled().await;
-        tasks.close();
-        // Every task watches the token; a request stuck on a server that is going away must
-        // still not hold up the process, so the wait is bounded.
-        if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
-            tracing::warn!("controllers did not stop within 10 s of shutdown; leaving them");
-        }
+    shutdown.cancelled().await;
+    tasks.close();
+    // Every task watches the token; a request stuck on a server that is going away must
+    // still not hold up the process, so the wait is bounded.
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::warn!("controllers did not stop within 10 s of shutdown; leaving them");
     }
 }
 

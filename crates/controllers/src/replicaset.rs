@@ -29,7 +29,7 @@ impl ReplicaSetController {
     pub fn register(context: &Arc<Context>) -> Registered<Self> {
         let queue = Arc::new(crate::queue::WorkQueue::default());
         let replica_sets = Arc::clone(context.informers.get("ReplicaSet"));
-        harness::watch_into(&replica_sets, &queue, |old, new| new.or(old).map(object_key).into_iter().collect());
+        harness::watch_into(&replica_sets, &queue, harness::own_keys);
         let lookup = Arc::clone(&replica_sets);
         harness::watch_into(context.informers.get("Pod"), &queue, move |old, new| pod_owners(&lookup, old, new));
         Registered::new(Self { context: Arc::clone(context) }, queue, &replica_sets)
@@ -230,15 +230,8 @@ impl Reconciler for ReplicaSetController {
             status["conditions"] = Value::Array(conditions);
         }
         decided.status = status;
-        if rs["status"] != decided.status {
-            let mut updated = (*rs).clone();
-            updated["status"] = decided.status.clone();
-            match context.client.replace_status(info("ReplicaSet"), Some(namespace), name, &updated).await {
-                Ok(stored) => replica_sets.remember(stored),
-                Err(shoal_client::Error::Api(error)) if error.code == 404 => return Ok(Action::Done),
-                Err(shoal_client::Error::Api(error)) if error.code == 409 => return Ok(Action::RequeueAfter(Duration::ZERO)),
-                Err(error) => return Err(error.into()),
-            }
+        if let Some(action) = harness::write_status(&context.client, "ReplicaSet", replica_sets, &rs, decided.status.clone()).await? {
+            return Ok(action);
         }
         if let Some(error) = failure {
             return Err(harness::Error::Other(error));

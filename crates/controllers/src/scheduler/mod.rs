@@ -189,11 +189,10 @@ impl Cache {
                     self.retry_unschedulable();
                 }
             }
-            None if wants_scheduling(pod) => {
-                if !self.unschedulable.contains_key(key) {
+            None if wants_scheduling(pod)
+                && !self.unschedulable.contains_key(key) => {
                     self.enqueue(key.to_owned());
                 }
-            }
             None => {}
         }
     }
