@@ -209,6 +209,13 @@ impl Client {
         self.request(reqwest::Method::PATCH, &info.object_path(namespace, name), &[("fieldManager", field_manager.to_owned())], Some((content_type, body))).await
     }
 
+    /// Sends a JSON merge patch to a subresource (`status`, `scale`) of an object.
+    pub async fn merge_patch_subresource(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str, subresource: &str, patch: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(patch).map_err(|e| Error::Decode(e.to_string()))?;
+        let path = format!("{}/{subresource}", info.object_path(namespace, name));
+        self.request(reqwest::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body))).await
+    }
+
     pub async fn delete(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str, options: &Value) -> Result<Value> {
         let body = serde_json::to_vec(options).map_err(|e| Error::Decode(e.to_string()))?;
         self.request(reqwest::Method::DELETE, &info.object_path(namespace, name), &[], Some(("application/json", body))).await

@@ -354,8 +354,7 @@ impl Reconciler for DeploymentController {
                                 }
                                 collisions += 1;
                                 let patch = json!({"status": {"collisionCount": collisions}});
-                                let body = serde_json::to_vec(&patch).map_err(|e| harness::Error::Other(e.to_string()))?;
-                                context.client.request(shoal_client::Method::PATCH, &format!("{}/status", info("Deployment").object_path(Some(namespace), name)), &[], Some(("application/merge-patch+json", body))).await?;
+                                context.client.merge_patch_subresource(info("Deployment"), Some(namespace), name, "status", &patch).await?;
                                 if collisions > 10 {
                                     return Err(harness::Error::Other(format!("ReplicaSet names for deployment {name} keep colliding")));
                                 }

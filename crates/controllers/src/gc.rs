@@ -50,13 +50,6 @@ impl GarbageCollector {
                         if (has_owners(new) && owners_changed) || gc_finalizer(new) {
                             keys.push(queue_key(kind, new));
                         }
-                        // An owner under Foreground deletion waits for its dependents to go.
-                        if let Some(old) = old
-                            && has_owners(old)
-                            && !old["metadata"]["deletionTimestamp"].is_null()
-                        {
-                            keys.push(queue_key(kind, new));
-                        }
                     }
                     (Some(gone), None) => {
                         // Its dependents may now be orphans; its owners may now be unblocked.
@@ -88,7 +81,7 @@ impl GarbageCollector {
     }
 
     fn informer(&self, kind: &str) -> Option<&Arc<crate::informer::Informer>> {
-        self.context.informers.all().find(|i| i.info.kind == kind)
+        self.context.informers.find(kind)
     }
 
     /// Whether the owner `reference` of an object in `namespace` exists (with that uid).

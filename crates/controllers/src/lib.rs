@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api::resources::{self, RESOURCES, ResourceInfo};
+use shoal_api::resources::{RESOURCES, ResourceInfo};
 use shoal_client::Client;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,6 +66,11 @@ impl Informers {
         self.by_kind.get(kind).unwrap_or_else(|| panic!("no informer for {kind}: every served kind but Event has one"))
     }
 
+    /// The informer of `kind`, if that kind is served (owner references may name any kind).
+    pub fn find(&self, kind: &str) -> Option<&Arc<Informer>> {
+        self.by_kind.get(kind)
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Arc<Informer>> {
         self.by_kind.values()
     }
@@ -79,8 +84,9 @@ pub struct Context {
     pub settings: Settings,
 }
 
+/// The served kind `kind`; only called with the kinds this crate controls, all of which are served.
 pub fn info(kind: &str) -> &'static ResourceInfo {
-    RESOURCES.iter().find(|r| r.kind == kind).unwrap_or_else(|| panic!("{kind} is a served kind"))
+    info_for_kind(kind).unwrap_or_else(|| panic!("{kind} is a served kind"))
 }
 
 /// The running controller manager.
@@ -162,9 +168,4 @@ impl<R: harness::Reconciler> Registered<R> {
 /// The served kind named `kind`, if any.
 pub fn info_for_kind(kind: &str) -> Option<&'static ResourceInfo> {
     RESOURCES.iter().find(|r| r.kind == kind)
-}
-
-/// The informer of resource `name` (plural), for code that has a name rather than a kind.
-pub fn info_by_name(name: &str) -> &'static ResourceInfo {
-    resources::by_name(name).unwrap_or_else(|| panic!("{name} is a served resource"))
 }

@@ -169,8 +169,7 @@ impl NodeLifecycleController {
                         c
                     })
                     .collect();
-                let body = serde_json::to_vec(&json!({"status": {"conditions": conditions}})).map_err(|e| shoal_client::Error::Decode(e.to_string()))?;
-                let updated = client.request(shoal_client::Method::PATCH, &format!("/api/v1/nodes/{name}/status"), &[], Some(("application/merge-patch+json", body))).await?;
+                let updated = client.merge_patch_subresource(info("Node"), None, name, "status", &json!({"status": {"conditions": conditions}})).await?;
                 self.context.informers.get("Node").remember(updated);
                 self.context.recorder.normal(ObjectReference::of("v1", "Node", node), "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
                 // Its pods are not ready any more: traffic must stop going to them.
@@ -191,9 +190,8 @@ impl NodeLifecycleController {
                             c
                         })
                         .collect();
-                    let body = serde_json::to_vec(&json!({"status": {"conditions": conditions}})).map_err(|e| shoal_client::Error::Decode(e.to_string()))?;
-                    let path = format!("/api/v1/namespaces/{}/pods/{}/status", meta::namespace(&pod), meta::name(&pod));
-                    if let Err(error) = client.request(shoal_client::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body))).await {
+                    let patch = json!({"status": {"conditions": conditions}});
+                    if let Err(error) = client.merge_patch_subresource(info("Pod"), Some(meta::namespace(&pod)), meta::name(&pod), "status", &patch).await {
                         tracing::debug!(%error, "marking a pod not ready");
                     }
                 }

@@ -212,11 +212,7 @@ async fn act(client: &Client, names: &Arc<HashSet<String>>, permits: &Arc<Semaph
                     {"type": "Ready", "status": "True", "lastTransitionTime": now},
                 ],
             }});
-            let body = serde_json::to_vec(&status).unwrap_or_default();
-            client
-                .request(shoal_client::Method::PATCH, &format!("/api/v1/namespaces/{namespace}/pods/{name}/status"), &[], Some(("application/merge-patch+json", body)))
-                .await
-                .map(|_| ())
+            client.merge_patch_subresource(pods, Some(&namespace), &name, "status", &status).await.map(|_| ())
         };
         if let Err(error) = outcome {
             tracing::debug!(%error, node, pod = name, "hollow node pod update");

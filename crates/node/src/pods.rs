@@ -144,9 +144,7 @@ impl Reporter {
             pod_status(&records, &self.restart_policy, &self.shared.host_ip, &self.start_time, &now())
         };
         let pods = resources::by_name("pods").expect("pods are served");
-        let path = format!("{}/status", pods.object_path(Some(&self.namespace), &self.name));
-        let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
-        let outcome = self.shared.client.request(reqwest::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body))).await;
+        let outcome = self.shared.client.merge_patch_subresource(pods, Some(&self.namespace), &self.name, "status", &json!({"status": status})).await;
         if let Err(error) = outcome {
             tracing::debug!(%error, pod = %self.name, "writing pod status");
         }

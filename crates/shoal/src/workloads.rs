@@ -36,9 +36,7 @@ pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<ExitCode>
         bail!("{} has no scale subresource", info.plural);
     }
     let namespace = args.namespace.unwrap_or_else(|| client.default_namespace.clone());
-    let body = serde_json::to_vec(&json!({"spec": {"replicas": args.replicas}}))?;
-    let path = format!("{}/scale", info.object_path(Some(&namespace), &name));
-    client.request(shoal_client::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body))).await?;
+    client.merge_patch_subresource(info, Some(&namespace), &name, "scale", &json!({"spec": {"replicas": args.replicas}})).await?;
     println!("{}.{}/{name} scaled", info.singular, info.group);
     Ok(ExitCode::SUCCESS)
 }

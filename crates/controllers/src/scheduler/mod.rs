@@ -337,10 +337,5 @@ async fn mark_unschedulable(client: &Client, key: &str, message: &str) -> Result
     let pod = client.get(pods, Some(namespace), name).await?;
     let mut conditions: Vec<Value> = pod["status"]["conditions"].as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["type"] != "PodScheduled").collect();
     conditions.insert(0, json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": meta::format_time(jiff::Timestamp::now())}));
-    let patch = json!({"status": {"conditions": conditions}});
-    let body = serde_json::to_vec(&patch).map_err(|e| shoal_client::Error::Decode(e.to_string()))?;
-    client
-        .request(shoal_client::Method::PATCH, &format!("/api/v1/namespaces/{namespace}/pods/{name}/status"), &[], Some(("application/merge-patch+json", body)))
-        .await
-        .map(|_| ())
+    client.merge_patch_subresource(pods, Some(namespace), name, "status", &json!({"status": {"conditions": conditions}})).await.map(|_| ())
 }
