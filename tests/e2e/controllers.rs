@@ -336,6 +336,8 @@ async fn pods_of_a_killed_node_run_on_the_other_node_within_15_seconds() {
 #[tokio::test]
 async fn an_unschedulable_pod_says_why_and_is_placed_when_a_node_fits() {
     let server = Server::start().await;
+    // The only reason given must be the selector: wait until the node is Ready first.
+    wait_until(&server, "/api/v1/nodes/node-1", 60, "node-1 ready", |n| n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")).await;
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "picky"},
         "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "shoal.local/samples/hello:latest", "resources": {"requests": {"memory": "1Mi"}}}]}});
     let (code, body) = server.post("/api/v1/namespaces/default/pods", &pod).await;

@@ -46,6 +46,7 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(&data_dir)
             .args(["--api-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:0", "--node-name", "node-1"])
+            .args(["--ingress-addr", "127.0.0.1:0", "--ingress-tls-addr", "127.0.0.1:0"])
             .args(&extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -159,6 +160,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(server: &Server, name: &str) -> Self {
+        Self::start_at(server, name, "127.0.0.1")
+    }
+
+    /// An agent whose data plane, ingress and node ports listen on `ip` (another loopback
+    /// address, so two nodes on one machine can both open the same node port).
+    pub fn start_at(server: &Server, name: &str, ip: &str) -> Self {
         let temp = tempfile::tempdir().expect("tempdir");
         let token = std::fs::read_to_string(server.data_dir.join("node-token")).expect("node token");
         let log = std::fs::File::create(temp.path().join("agent.log")).expect("log file");
@@ -167,7 +174,8 @@ impl Agent {
             .arg(server.data_dir.join("pki/ca.crt"))
             .arg("--data-dir")
             .arg(temp.path().join("data"))
-            .args(["--node-name", name, "--data-addr", "127.0.0.1:0"])
+            .args(["--node-name", name, "--data-addr", &format!("{ip}:0")])
+            .args(["--ingress-addr", &format!("{ip}:0"), "--ingress-tls-addr", &format!("{ip}:0")])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -188,6 +196,13 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The ingress addresses (HTTP, HTTPS) a node published in its annotations.
+pub async fn ingress_of(server: &Server, node: &str) -> (String, String) {
+    let body = wait_until(server, &format!("/api/v1/nodes/{node}"), 60, "the node's ingress annotations", |n| !n["metadata"]["annotations"]["shoal.dev/ingress-addr"].is_null()).await;
+    let annotations = &body["metadata"]["annotations"];
+    (annotations["shoal.dev/ingress-addr"].as_str().unwrap_or_default().to_owned(), annotations["shoal.dev/ingress-tls-addr"].as_str().unwrap_or_default().to_owned())
 }
 
 /// Polls `path` until `check` holds, failing after `seconds` with the last answer.

@@ -6,6 +6,7 @@ mod controllers;
 mod durability;
 mod harness;
 mod layering;
+mod networking;
 mod node;
 mod registry;
 mod samples;

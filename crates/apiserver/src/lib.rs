@@ -9,6 +9,7 @@ pub mod objects;
 pub mod pki;
 pub mod registry;
 pub mod request;
+pub mod services;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct ApiServerConfig {
     pub watch_history: HistoryLimits,
     /// The built-in registry's limit on one artifact (all its blobs).
     pub registry_max_artifact_bytes: u64,
+    /// The range Services' cluster IPs come from.
+    pub service_cidr: services::Cidr,
 }
 
 /// Shared by every request.
@@ -51,6 +54,7 @@ pub struct AppState {
     pub(crate) registry: registry::Registry,
     /// For proxying to nodes' data planes (pod logs).
     pub(crate) http: reqwest::Client,
+    pub(crate) service_cidr: services::Cidr,
 }
 
 /// A running API server.
@@ -118,6 +122,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         namespace_teardowns: Mutex::new(HashSet::new()),
+        service_cidr: config.service_cidr,
         http: reqwest::Client::builder().build().map_err(|e| Error::Tls(e.to_string()))?,
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,

@@ -165,12 +165,17 @@ pub async fn create(
     if tracks_generation(info) {
         metadata.insert("generation".into(), json!(1));
     }
+    if info.kind == "Ingress" {
+        default_ingress_class(state, &mut object)?;
+    }
     let mut admitted = admission::admit(info, object, validation)?;
     reset_status_on_create(info, &mut admitted.object);
     let name = meta::name(&admitted.object).to_owned();
     if info.namespaced {
         check_namespace(state, meta::namespace(&admitted.object))?;
     }
+    // Held until the write is applied, so no other Service is given the same address.
+    let _allocation = allocate_service_addresses(state, info, &name, &mut admitted.object, None).await?;
     let key = key(info, namespace.or(Some("default")), &name);
     if dry_run {
         if state.store.get(&key).map_err(store_error)?.is_some() {
@@ -280,6 +285,7 @@ pub async fn update(
         }
     }
     let mut admitted = admission::admit(info, desired, validation)?;
+    let _allocation = allocate_service_addresses(state, info, name, &mut admitted.object, Some(current)).await?;
     let mut immutable_errors = Vec::new();
     for path in immutable_fields(info) {
         let before = lookup(current, path);
@@ -329,6 +335,46 @@ pub async fn update(
     }
     Ok(Written { object: stored, warnings: admitted.warnings })
 }
+
+/// Gives a Service its cluster IP and node ports (see [`crate::services`]). The returned guard
+/// keeps other Service writes from allocating until the caller's write is applied.
+async fn allocate_service_addresses(
+    state: &AppState,
+    info: &ResourceInfo,
+    name: &str,
+    object: &mut Value,
+    previous: Option<&Value>,
+) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
+    if info.kind != "Service" || !info.group.is_empty() {
+        return Ok(None);
+    }
+    let guard = SERVICE_ALLOCATION.lock().await;
+    let listed = state.store.list(&info.group_resource(), None, None, None, &|_| true).map_err(store_error)?;
+    let taken = crate::services::Taken::of(&listed.items, previous.map(meta::uid));
+    let seed = rand::rng().random::<u64>();
+    crate::services::assign(object, previous, &state.service_cidr, &taken, seed).map_err(|errors| ApiError::invalid(info, name, &errors))?;
+    Ok(Some(guard))
+}
+
+/// kube-apiserver's DefaultIngressClass admission: an Ingress created without a class gets the
+/// class marked `ingressclass.kubernetes.io/is-default-class` (when exactly one is).
+fn default_ingress_class(state: &AppState, object: &mut Value) -> Result<(), ApiError> {
+    if !object["spec"]["ingressClassName"].is_null() || !object["metadata"]["annotations"]["kubernetes.io/ingress.class"].is_null() || !object["spec"].is_object() {
+        return Ok(());
+    }
+    let classes = resources::by_name("ingressclasses").expect("ingress classes are served");
+    let defaults = state
+        .store
+        .list(&classes.group_resource(), None, None, None, &|c| c["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"] == "true")
+        .map_err(store_error)?;
+    if let [class] = defaults.items.as_slice() {
+        object["spec"]["ingressClassName"] = json!(meta::name(class));
+    }
+    Ok(())
+}
+
+/// One allocation at a time (per process: the API server that writes is the one allocating).
+static SERVICE_ALLOCATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A pod bound to a node waits for that node to finish its graceful deletion.
 fn graceful_pending(info: &ResourceInfo, object: &Value) -> bool {
@@ -689,6 +735,9 @@ async fn teardown(state: &Arc<AppState>, namespace: &str) {
 }
 
 /// Creates the namespaces every cluster has, and resumes teardown of terminating namespaces.
+/// The IngressClass every node's router serves, created at first start as the default class.
+pub const INGRESS_CLASS: &str = "shoal";
+
 pub async fn bootstrap(state: &Arc<AppState>) -> Result<(), ApiError> {
     let namespaces = resources::by_name("namespaces").expect("namespaces are served");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -699,6 +748,18 @@ pub async fn bootstrap(state: &Arc<AppState>) -> Result<(), ApiError> {
                 Err(error) if error.code == 409 => {}
                 Err(error) => return Err(error),
             }
+        }
+    }
+    // Every node's ingress router serves the `shoal` class, the default one.
+    let classes = resources::by_name("ingressclasses").expect("ingress classes are served");
+    if state.store.get(&key(classes, None, INGRESS_CLASS)).map_err(store_error)?.is_none() {
+        let object = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "shoal.dev/ingress"}});
+        match create(state, classes, None, object, FieldValidation::Strict, false).await {
+            Ok(_) => {}
+            Err(error) if error.code == 409 => {}
+            Err(error) => return Err(error),
         }
     }
     let listed = state.store.list(&namespaces.group_resource(), None, None, None, &|o| !o["metadata"]["deletionTimestamp"].is_null()).map_err(store_error)?;

@@ -3,6 +3,7 @@
 //! Objects are `serde_json::Value`s addressed by [`ResourceInfo`]; errors from the server come
 //! back as the `Status` they were sent as ([`Error::Api`]).
 
+pub mod informer;
 mod kubeconfig;
 
 use std::path::{Path, PathBuf};

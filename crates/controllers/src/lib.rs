@@ -9,10 +9,11 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod harness;
-pub mod informer;
+pub use shoal_client::informer;
 pub mod job;
 pub mod leader;
 pub mod node_lifecycle;
@@ -123,6 +124,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let daemon_sets = daemonset::DaemonSetController::register(&context);
     let garbage = gc::GarbageCollector::register(&context);
     let node_lifecycle = node_lifecycle::NodeLifecycleController::register(&context);
+    let endpoints = endpoints::EndpointsController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -138,6 +140,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     daemon_sets.spawn(&tasks, resync(30), shutdown.clone());
     garbage.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(60) }, shutdown.clone());
     node_lifecycle.spawn(&tasks, shutdown.clone());
+    endpoints.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();

@@ -12,21 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use shoal_runtime_wasm::{LogLine, ResponseBody};
 
 use crate::Shared;
-
-fn text(status: StatusCode, body: impl Into<String>) -> Response<ResponseBody> {
-    let body = Full::new(Bytes::from(body.into())).map_err(|never| match never {}).boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
-}
+use crate::proxy::text;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     loop {
@@ -42,23 +35,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
-        let connection_shared = Arc::clone(&shared);
         let tasks = shared.tasks.clone();
         tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = Arc::clone(&connection_shared);
-                async move { Ok::<_, std::convert::Infallible>(route(&shared, request).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = shared.shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
-                }
-            }
+            let route_shared = Arc::clone(&shared);
+            crate::proxy::serve_http(&shared, TokioIo::new(stream), move |request| {
+                let shared = Arc::clone(&route_shared);
+                async move { route(&shared, request).await }
+            })
+            .await;
         });
     }
 }
@@ -87,15 +71,11 @@ async fn to_pod(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) ->
         Some((name, port)) => (name, port.parse::<u16>().ok()),
         None => (target, None),
     };
-    let route = {
-        let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
-        routes.get(&(namespace.to_owned(), name.to_owned())).and_then(|routes| match port {
-            Some(port) => routes.iter().find(|r| r.ports.contains(&port)).cloned(),
-            None => routes.first().cloned(),
-        })
-    };
-    let Some(route) = route else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, format!("pod {namespace}/{name} has no ready HTTP component on this node\n"));
+    let Some(route) = crate::proxy::local_route(shared, namespace, name, port) else {
+        // Nothing was read: a Service proxy may send this request to another endpoint.
+        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("pod {namespace}/{name} has no ready HTTP component on this node\n"));
+        response.headers_mut().insert(crate::proxy::GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
+        return response;
     };
     let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let (mut parts, body) = request.into_parts();

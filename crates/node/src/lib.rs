@@ -7,8 +7,12 @@
 
 pub mod dataplane;
 pub mod hollow;
+pub mod ingress;
+pub mod nodeports;
 mod pods;
 pub mod probes;
+pub mod proxy;
+pub mod services;
 pub mod spec;
 pub mod status;
 
@@ -28,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub const DATA_ADDR_ANNOTATION: &str = "shoal.dev/data-addr";
+/// Where this node's ingress router listens (HTTP and HTTPS), for clients and tests.
+pub const INGRESS_ADDR_ANNOTATION: &str = "shoal.dev/ingress-addr";
+pub const INGRESS_TLS_ADDR_ANNOTATION: &str = "shoal.dev/ingress-tls-addr";
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 const NODE_STATUS_EVERY: Duration = Duration::from_secs(10);
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
@@ -65,6 +72,9 @@ pub struct NodeConfig {
     pub token: String,
     /// The artifact cache's budget in bytes.
     pub cache_bytes: u64,
+    /// `HOST:PORT` of the ingress router's HTTP and HTTPS listeners (None: no ingress here).
+    pub ingress_addr: Option<String>,
+    pub ingress_tls_addr: Option<String>,
 }
 
 /// A pod's HTTP component, as the data plane finds it.
@@ -90,6 +100,11 @@ pub struct Shared {
     pub(crate) routes: RwLock<HashMap<(String, String), Vec<HttpRoute>>>,
     /// Log sinks by (namespace, pod name, container).
     pub(crate) logs: RwLock<HashMap<(String, String, String), LogSink>>,
+    /// Services and their endpoints, for the proxy.
+    pub(crate) services: Arc<services::ServiceTable>,
+    pub(crate) router: Arc<ingress::Router>,
+    /// Connections to other nodes' data planes.
+    pub(crate) forwarder: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::ProxyBody>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -97,6 +112,8 @@ pub struct Shared {
 /// A running node agent.
 pub struct NodeAgent {
     pub data_addr: SocketAddr,
+    pub ingress_addr: Option<SocketAddr>,
+    pub ingress_tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
 }
 
@@ -117,9 +134,22 @@ fn machine_memory_kib() -> u64 {
 }
 
 /// Starts the agent: the data plane, Node registration, the Lease and the pod loop.
+async fn bind(address: &str) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| Error::Bind { addr: address.to_owned(), source })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind { addr: address.to_owned(), source })?;
+    Ok((listener, local))
+}
+
 pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<NodeAgent> {
-    let listener = tokio::net::TcpListener::bind(&config.data_addr).await.map_err(|source| Error::Bind { addr: config.data_addr.clone(), source })?;
-    let data_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.data_addr.clone(), source })?;
+    let (listener, data_addr) = bind(&config.data_addr).await?;
+    let ingress = match &config.ingress_addr {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
+    let ingress_tls = match &config.ingress_tls_addr {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
     let host_ip = match data_addr.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         ip => ip.to_string(),
@@ -139,15 +169,43 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         pods: Mutex::new(HashMap::new()),
         routes: RwLock::new(HashMap::new()),
         logs: RwLock::new(HashMap::new()),
+        services: services::ServiceTable::new(),
+        router: ingress::Router::new(),
+        forwarder: proxy::forwarder(),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     });
     shared.tasks.spawn(dataplane::serve(Arc::clone(&shared), listener));
-    register(&shared, data_addr).await?;
+    start_networking(&shared, data_addr);
+    let ingress_addr = ingress.as_ref().map(|(_, address)| *address);
+    let ingress_tls_addr = ingress_tls.as_ref().map(|(_, address)| *address);
+    if let Some((listener, _)) = ingress {
+        shared.tasks.spawn(ingress::serve(Arc::clone(&shared), listener, None));
+    }
+    if let Some((listener, _)) = ingress_tls {
+        let acceptor = ingress::tls_acceptor(Arc::clone(&shared.router.certificates));
+        shared.tasks.spawn(ingress::serve(Arc::clone(&shared), listener, Some(acceptor)));
+    }
+    register(&shared, data_addr, ingress_addr, ingress_tls_addr).await?;
     shared.tasks.spawn(heartbeats(Arc::clone(&shared), data_addr));
     shared.tasks.spawn(pod_loop(Arc::clone(&shared)));
-    tracing::info!(node = %shared.config.node_name, %data_addr, "node agent running");
-    Ok(NodeAgent { data_addr, shared })
+    tracing::info!(node = %shared.config.node_name, %data_addr, ?ingress_addr, ?ingress_tls_addr, "node agent running");
+    Ok(NodeAgent { data_addr, ingress_addr, ingress_tls_addr, shared })
+}
+
+/// The informers behind the Service proxy and the ingress router, and the node-port listeners
+/// (bound on the data plane's address).
+fn start_networking(shared: &Arc<Shared>, data_addr: SocketAddr) {
+    use shoal_client::informer::Informer;
+    let informer = |name: &str| Informer::new(resources::by_name(name).expect("networking kinds are served"));
+    let (services, slices, nodes) = (informer("services"), informer("endpointslices"), informer("nodes"));
+    let (ingresses, classes, secrets) = (informer("ingresses"), informer("ingressclasses"), informer("secrets"));
+    shared.services.follow(&services, &slices, &nodes);
+    shared.router.follow(&ingresses, &classes, &secrets);
+    for informer in [services, slices, nodes, ingresses, classes, secrets] {
+        shared.tasks.spawn(informer.run(shared.client.clone(), shared.shutdown.clone()));
+    }
+    shared.tasks.spawn(nodeports::run(Arc::clone(shared), data_addr.ip()));
 }
 
 /// A client for the cluster's built-in registry: the API server's URL, the cluster CA, the node
@@ -163,7 +221,7 @@ fn builtin_registry(config: &NodeConfig) -> Result<shoal_oci::client::RegistryCl
     Ok(shoal_oci::client::RegistryClient::new(http, config.server.clone(), shoal_oci::BUILT_IN_REGISTRY, shoal_oci::client::Auth::Bearer(config.token.clone())))
 }
 
-fn node_object(shared: &Shared, data_addr: SocketAddr) -> Value {
+fn node_object(shared: &Shared, data_addr: SocketAddr, ingress: Option<SocketAddr>, ingress_tls: Option<SocketAddr>) -> Value {
     let name = &shared.config.node_name;
     json!({
         "apiVersion": "v1",
@@ -176,10 +234,22 @@ fn node_object(shared: &Shared, data_addr: SocketAddr) -> Value {
                 "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
                 "shoal.dev/wasm": "true",
             },
-            "annotations": {DATA_ADDR_ANNOTATION: data_addr.to_string()},
+            "annotations": node_annotations(data_addr, ingress, ingress_tls),
         },
         "spec": {},
     })
+}
+
+fn node_annotations(data_addr: SocketAddr, ingress: Option<SocketAddr>, ingress_tls: Option<SocketAddr>) -> serde_json::Map<String, Value> {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(DATA_ADDR_ANNOTATION.into(), json!(data_addr.to_string()));
+    if let Some(address) = ingress {
+        annotations.insert(INGRESS_ADDR_ANNOTATION.into(), json!(address.to_string()));
+    }
+    if let Some(address) = ingress_tls {
+        annotations.insert(INGRESS_TLS_ADDR_ANNOTATION.into(), json!(address.to_string()));
+    }
+    annotations
 }
 
 fn node_status(shared: &Shared, data_addr: SocketAddr, now: &str) -> Value {
@@ -214,14 +284,21 @@ fn node_status(shared: &Shared, data_addr: SocketAddr, now: &str) -> Value {
 }
 
 /// Creates or updates this node's Node object and its status.
-async fn register(shared: &Shared, data_addr: SocketAddr) -> Result<()> {
+async fn register(shared: &Shared, data_addr: SocketAddr, ingress: Option<SocketAddr>, ingress_tls: Option<SocketAddr>) -> Result<()> {
     let nodes = resources::by_name("nodes").expect("nodes are served");
     let name = &shared.config.node_name;
-    let desired = node_object(shared, data_addr);
+    let desired = node_object(shared, data_addr, ingress, ingress_tls);
     let mut current = match shared.client.get(nodes, None, name).await {
         Ok(mut current) => {
             current["metadata"]["labels"] = desired["metadata"]["labels"].clone();
-            current["metadata"]["annotations"][DATA_ADDR_ANNOTATION] = json!(data_addr.to_string());
+            for key in [INGRESS_ADDR_ANNOTATION, INGRESS_TLS_ADDR_ANNOTATION] {
+                if let Some(annotations) = current["metadata"]["annotations"].as_object_mut() {
+                    annotations.remove(key);
+                }
+            }
+            for (key, value) in node_annotations(data_addr, ingress, ingress_tls) {
+                current["metadata"]["annotations"][key] = value;
+            }
             shared.client.replace(nodes, None, name, &current).await?
         }
         Err(shoal_client::Error::Api(status)) if status.code == 404 => shared.client.create(nodes, None, &desired, "shoal-node").await?,

@@ -327,7 +327,15 @@ async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value,
     let container_name = container["name"].as_str().unwrap_or_default();
     let logs = log_sink(shared, reporter, container_name);
     match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
-        Ok(sandbox) => Some(sandbox),
+        Ok(mut sandbox) => {
+            // Outgoing requests to Service names go through this node's proxy.
+            sandbox.outbound = Some(Arc::new(crate::proxy::GuestOutbound {
+                shared: Arc::downgrade(shared),
+                namespace: reporter.namespace.clone(),
+                client: shared.host_ip.parse().ok(),
+            }));
+            Some(sandbox)
+        }
         Err(message) => {
             reporter.config_error(container_name, &message).await;
             None

@@ -287,11 +287,56 @@ pub struct SandboxSpec {
     /// How long one HTTP request (or, for commands, the whole run) may execute.
     pub time_budget: Duration,
     pub logs: LogSink,
+    /// Where the guest's outgoing `wasi:http` requests go first: the node's Service proxy takes
+    /// cluster names; everything else goes to the network as `wasi:http` does by default.
+    pub outbound: Option<Arc<dyn OutboundHttp>>,
+}
+
+/// A boxed future of an outgoing request's response.
+pub type OutboundFuture = Pin<Box<dyn std::future::Future<Output = Result<http::Response<wasmtime_wasi_http::WasiBody>, wasmtime_wasi_http::Error>> + Send>>;
+
+/// The host's router for a guest's outgoing HTTP requests.
+pub trait OutboundHttp: Send + Sync {
+    /// Takes the request (`Ok`) when this host answers it itself, or hands it back (`Err`) to
+    /// be sent to the network. (The request is handed back by value: boxing it would cost an
+    /// allocation on every outgoing call.)
+    #[allow(clippy::result_large_err)]
+    fn route(&self, request: http::Request<wasmtime_wasi_http::WasiBody>) -> Result<OutboundFuture, http::Request<wasmtime_wasi_http::WasiBody>>;
+}
+
+/// The `wasi:http` hooks of one store: outgoing requests pass the node's router first.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    outbound: Option<Arc<dyn OutboundHttp>>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn std::future::Future<Output = Result<(http::Response<wasmtime_wasi_http::WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>), wasmtime_wasi_http::Error>> + Send> {
+        let request = match &self.outbound {
+            Some(outbound) => match outbound.route(request) {
+                Ok(answer) => {
+                    return Box::new(async move {
+                        let response = answer.await?;
+                        Ok((response, Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>))
+                    });
+                }
+                Err(request) => request,
+            },
+            None => request,
+        };
+        let mut default: [(); 0] = [];
+        wasmtime_wasi_http::WasiHttpHooks::send_request(&mut default, request, options, fut)
+    }
 }
 
 impl SandboxSpec {
     pub fn new(logs: LogSink) -> Self {
-        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs }
+        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None }
     }
 
     pub(crate) fn wasi_builder(&self) -> Result<WasiCtxBuilder, crate::Error> {
@@ -317,6 +362,7 @@ pub struct ComponentState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
+    pub(crate) hooks: Hooks,
 }
 
 impl WasiView for ComponentState {
@@ -327,13 +373,13 @@ impl WasiView for ComponentState {
 
 impl WasiHttpView for ComponentState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
 impl ComponentState {
     pub(crate) fn new(spec: &SandboxSpec) -> Result<Self, crate::Error> {
-        Ok(Self { wasi: spec.wasi_builder()?.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), limits: spec.limits() })
+        Ok(Self { wasi: spec.wasi_builder()?.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), limits: spec.limits(), hooks: Hooks { outbound: spec.outbound.clone() } })
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod apply;
 mod artifact;
+mod deploy;
 mod describe;
 mod get;
 mod logs;
@@ -39,6 +40,9 @@ enum Command {
     Up(server::UpArgs),
     /// Create or update objects from manifests.
     Apply(apply::ApplyArgs),
+    /// Deploy a wasi:http component: push it, create its Deployment, Service and Ingress, wait for
+    /// the rollout and print its URL.
+    Deploy(deploy::DeployArgs),
     /// List or show objects.
     Get(get::GetArgs),
     /// Serve a pod's HTTP port on a local port, through its node.
@@ -146,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
         Command::Describe(args) => describe::describe(&client(cli.kubeconfig, server)?, args).await,
         Command::Delete(args) => apply::delete(&client(cli.kubeconfig, server)?, args).await,
+        Command::Deploy(args) => deploy::deploy(&kubeconfig_path(cli.kubeconfig), server, args).await,
         Command::Push(args) => artifact::push(&kubeconfig_path(cli.kubeconfig), server, args).await,
         Command::Pull(args) => artifact::pull(&kubeconfig_path(cli.kubeconfig), server, args).await,
         Command::Scale(args) => workloads::scale(&client(cli.kubeconfig, server)?, args).await,

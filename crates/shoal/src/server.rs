@@ -40,6 +40,9 @@ pub struct ServerArgs {
     /// Run the API only: no controllers and no scheduler in this process.
     #[arg(long)]
     disable_controllers: bool,
+    /// The range Services' cluster IPs are given from.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = shoal_apiserver::services::Cidr::parse)]
+    service_cidr: shoal_apiserver::services::Cidr,
     /// Watch history: events always kept (at least).
     #[arg(long, default_value_t = 10_000, hide = true)]
     watch_history_min_events: usize,
@@ -63,6 +66,15 @@ pub struct NodeArgs {
     /// Bytes of artifacts the node keeps cached.
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     artifact_cache_bytes: u64,
+    /// Address of the node's HTTP ingress listener (port 0 picks one).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    ingress_addr: String,
+    /// Address of the node's HTTPS ingress listener (certificates from the Ingresses' TLS Secrets).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    ingress_tls_addr: String,
+    /// Run no ingress router on this node.
+    #[arg(long)]
+    disable_ingress: bool,
 }
 
 impl NodeArgs {
@@ -127,6 +139,7 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
         data_dir: args.data_dir.clone(),
         api_addr: args.api_addr.clone(),
         registry_max_artifact_bytes: args.registry_max_artifact_bytes,
+        service_cidr: args.service_cidr,
         watch_history: shoal_apiserver::HistoryLimits {
             min_events: args.watch_history_min_events,
             min_age: std::time::Duration::from_secs(args.watch_history_min_age_seconds),
@@ -191,6 +204,8 @@ async fn start_node(args: &NodeArgs, data_dir: PathBuf, server: String, ca_pem: 
         ca_pem,
         token,
         cache_bytes: args.artifact_cache_bytes,
+        ingress_addr: (!args.disable_ingress).then(|| args.ingress_addr.clone()),
+        ingress_tls_addr: (!args.disable_ingress).then(|| args.ingress_tls_addr.clone()),
     };
     shoal_node::start(config, shutdown.clone()).await.context("starting the node agent")
 }
@@ -218,7 +233,7 @@ pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(node) = &node {
-        eprintln!("shoal server: node {} with its data plane at http://{}", args.node.name(), node.data_addr);
+        eprintln!("shoal server: node {} with its data plane at http://{}{}", args.node.name(), node.data_addr, ingress_note(node));
     }
     run_until_signal(Some(server), node, controllers, shutdown).await
 }
@@ -238,8 +253,16 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
-    eprintln!("shoal agent: node {} joined {}; data plane at http://{}", args.node.name(), args.server, node.data_addr);
+    eprintln!("shoal agent: node {} joined {}; data plane at http://{}{}", args.node.name(), args.server, node.data_addr, ingress_note(&node));
     run_until_signal(None, Some(node), None, shutdown).await
+}
+
+fn ingress_note(node: &shoal_node::NodeAgent) -> String {
+    match (node.ingress_addr, node.ingress_tls_addr) {
+        (Some(http), Some(https)) => format!("; ingress at http://{http} and https://{https}"),
+        (Some(http), None) => format!("; ingress at http://{http}"),
+        _ => String::new(),
+    }
 }
 
 /// Builds the sample guests with `samples/build.sh` when the sample app is missing, so that a
@@ -284,6 +307,18 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("shoal is up: API {}", server.url);
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try: cargo run --release -- get all   (or kubectl --kubeconfig {} get deployments)", kubeconfig.display());
-    println!("node {}: data plane at http://{}", args.node.name(), node.data_addr);
+    println!("node {}: data plane at http://{}{}", args.node.name(), node.data_addr, ingress_note(&node));
+    if args.manifests.is_empty() {
+        // The sample is ready once its rollout is: then its URL answers.
+        let rollout = tokio::select! {
+            outcome = crate::deploy::wait_for_rollout(&client, "default", "hello", std::time::Duration::from_secs(120)) => outcome,
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        match rollout {
+            Ok(()) if !shutdown.is_cancelled() => println!("the sample app is serving at {}", crate::deploy::url(&client, "hello.localhost").await),
+            Ok(()) => {}
+            Err(error) => eprintln!("shoal up: the sample app did not roll out: {error:#}"),
+        }
+    }
     run_until_signal(Some(server), Some(node), controllers, shutdown).await
 }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use shoal_api::ResourceInfo;
 use shoal_api::meta;
-use shoal_client::{Client, Error as ClientError, ListOptions};
+use crate::{Client, Error as ClientError, ListOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Called with the object before and after a change (`None` for a create or a delete).

@@ -1,0 +1,196 @@
+//! The Service proxy: sends a request for a Service port to one of its endpoints. An endpoint on
+//! this node is called in-process (the pod's `HttpHandler`, no socket); one on another node is
+//! forwarded to that node's data plane (`/_pods/NS/POD:PORT/…`) over a pooled HTTP/1.1
+//! connection. Guests reach Services by name through [`GuestOutbound`], the ingress router and
+//! node ports through [`to_service`].
+//!
+//! Retries: an endpoint that turns out to be gone (its pod stopped routing, or its node refused
+//! the connection) is skipped and another is tried, up to three times, for requests without a
+//! body (a streamed body cannot be sent twice). A pod that stops routing answers with
+//! [`GONE_HEADER`] before reading anything, so nothing has reached a guest when that happens.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shoal_runtime_wasm::{HttpError, OutboundFuture, OutboundHttp, ResponseBody};
+
+use crate::services::{Pick, ServiceEntry, ServicePort, split_host_port};
+use crate::{HttpRoute, Shared};
+
+/// Every body the proxy carries (the guests' body type).
+pub type ProxyBody = ResponseBody;
+
+/// Set on a data-plane answer meaning "this pod takes no more requests here": the caller may
+/// retry elsewhere, since nothing was delivered.
+pub const GONE_HEADER: &str = "x-shoal-endpoint-gone";
+
+/// How many endpoints one request may try.
+const ATTEMPTS: usize = 3;
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
+    let body = http_body_util::Full::new(Bytes::from(body.into())).map_err(|never| match never {}).boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The pooled client for other nodes' data planes.
+pub fn forwarder() -> HttpClient<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    HttpClient::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).pool_max_idle_per_host(256).build(connector)
+}
+
+/// The pod's HTTP component for `port`: the one declaring it, else one declaring no port, else
+/// the pod's only one. (A Wasm component answers on whatever port it is reached by.)
+pub fn local_route(shared: &Shared, namespace: &str, name: &str, port: Option<u16>) -> Option<HttpRoute> {
+    let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
+    let routes = routes.get(&(namespace.to_owned(), name.to_owned()))?;
+    let Some(port) = port else { return routes.first().cloned() };
+    routes
+        .iter()
+        .find(|r| r.ports.contains(&port))
+        .or_else(|| routes.iter().find(|r| r.ports.is_empty()))
+        .or_else(|| if routes.len() == 1 { routes.first() } else { None })
+        .cloned()
+}
+
+/// A response body that keeps its endpoint counted as busy until the body ends.
+struct Counted {
+    inner: ProxyBody,
+    _pick: Pick,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn counted(response: Response<ProxyBody>, pick: Pick) -> Response<ProxyBody> {
+    response.map(|inner| Counted { inner, _pick: pick }.boxed_unsync())
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Sends `request` (whose URI is the path and query to use) to an endpoint of `service` on
+/// `port`. Never fails: no endpoint is a 503 with `Retry-After`, an unreachable node a 502.
+pub async fn to_service(shared: &Arc<Shared>, service: &ServiceEntry, port: &ServicePort, request: Request<ProxyBody>, client: Option<IpAddr>) -> Response<ProxyBody> {
+    let (parts, body) = request.into_parts();
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let mut excluded = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let Some(pick) = shared.services.pick(service, port, client, &excluded) else { break };
+        let request_body = if replayable { empty() } else { body.take().unwrap_or_else(empty) };
+        let mut builder = Request::builder().method(parts.method.clone()).version(hyper::Version::HTTP_11);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let endpoint = &pick.endpoint;
+        if endpoint.node == shared.config.node_name {
+            let Some(route) = local_route(shared, &endpoint.namespace, &endpoint.pod, Some(pick.port)) else {
+                excluded.push(endpoint.uid.clone());
+                continue;
+            };
+            let Ok(request) = builder.uri(path.as_str()).body(request_body) else { return text(StatusCode::BAD_REQUEST, "invalid request\n") };
+            let (response, _) = route.handler.handle(request).await;
+            return counted(response, pick);
+        }
+        let Some(address) = shared.services.node_address(&endpoint.node) else {
+            excluded.push(endpoint.uid.clone());
+            continue;
+        };
+        let uri = format!("http://{address}/_pods/{}/{}:{}{path}", endpoint.namespace, endpoint.pod, pick.port);
+        let Ok(request) = builder.uri(uri).body(request_body) else { return text(StatusCode::BAD_REQUEST, "invalid request\n") };
+        match shared.forwarder.request(request).await {
+            Ok(response) if response.headers().contains_key(GONE_HEADER) && replayable => excluded.push(endpoint.uid.clone()),
+            Ok(response) => return counted(response.map(|b| b.map_err(HttpError::from).boxed_unsync()), pick),
+            Err(error) if replayable => {
+                tracing::debug!(%error, node = %endpoint.node, "forwarding to another node failed; trying another endpoint");
+                excluded.push(endpoint.uid.clone());
+            }
+            Err(error) => return text(StatusCode::BAD_GATEWAY, format!("node {} did not answer for pod {}/{}: {error}\n", endpoint.node, endpoint.namespace, endpoint.pod)),
+        }
+        if !replayable {
+            break;
+        }
+    }
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("service {}/{} has no ready endpoints for port {}\n", service.namespace, service.name, port.port));
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2, detected) with `handler` until it ends or the
+/// node shuts down (then in-flight requests get up to 5 s).
+pub async fn serve_http<I, F, Fut>(shared: &Shared, io: I, handler: F)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(handler(request).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shared.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+        }
+    }
+}
+
+/// Routes a guest's outgoing requests for Service names into the proxy.
+pub struct GuestOutbound {
+    pub shared: Weak<Shared>,
+    /// The calling pod's namespace (a bare `NAME` means a Service there).
+    pub namespace: String,
+    /// The calling node's address, the "client IP" for session affinity.
+    pub client: Option<IpAddr>,
+}
+
+impl OutboundHttp for GuestOutbound {
+    fn route(&self, request: Request<ProxyBody>) -> Result<OutboundFuture, Request<ProxyBody>> {
+        let Some(shared) = self.shared.upgrade() else { return Err(request) };
+        let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else { return Err(request) };
+        let (host, port) = split_host_port(&authority);
+        let Some(service) = shared.services.resolve(host, &self.namespace) else { return Err(request) };
+        let client = self.client;
+        Ok(Box::pin(async move {
+            let Some(service_port) = service.port(port).cloned() else { return Err(HttpError::DestinationNotFound) };
+            let (mut parts, body) = request.into_parts();
+            parts.uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            Ok(to_service(&shared, &service, &service_port, Request::from_parts(parts, body), client).await)
+        }))
+    }
+}
