@@ -333,12 +333,21 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
     wait_endpoints(&server, "web", 10, 10).await;
     let (ingress_1, _) = ingress_of(&server, "node-1").await;
 
-    let wrk = Command::new("wrk")
-        .args(["-t2", "-c16", "-d30s", "-H", "Host: web.test", &format!("http://{ingress_1}/")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wrk is installed (.ci/run installs it)");
+    // GETs, and POSTs with a 2 KiB body (which the proxy must replay to retry elsewhere).
+    let script = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(script.path(), "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 2048)\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n").expect("write the wrk script");
+    let load = |extra: &[&str]| {
+        Command::new("wrk")
+            .args(["-t1", "-c8", "-d30s", "-H", "Host: web.test"])
+            .args(extra)
+            .arg(format!("http://{ingress_1}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wrk is installed (.ci/run installs it)")
+    };
+    let gets = load(&[]);
+    let posts = load(&["-s", script.path().to_str().expect("a UTF-8 temp path")]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A merge patch replaces the containers list, so it carries the whole container.
     let container = deployment("web", json!({"app": "web"}), 10, "shoal.local/samples/hello:latest", "v2", http_ready())["spec"]["template"]["spec"]["containers"][0].clone();
@@ -352,13 +361,15 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
     })
     .await;
     let rollout = started.elapsed();
-    let output = wrk.wait_with_output().expect("wrk ran");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "wrk: {text}{}", String::from_utf8_lossy(&output.stderr));
     assert!(rollout < Duration::from_secs(27), "the rollout ({rollout:?}) must finish while wrk is still running, or the test proves nothing");
-    let (requests, non_2xx, socket_errors) = wrk_summary(&text);
-    assert!(requests > 1000, "wrk sent too few requests to mean anything: {text}");
-    assert_eq!((non_2xx, socket_errors), (0, 0), "requests failed during the rollout:\n{text}");
+    for (what, wrk) in [("GET", gets), ("POST", posts)] {
+        let output = wrk.wait_with_output().expect("wrk ran");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "wrk {what}: {text}{}", String::from_utf8_lossy(&output.stderr));
+        let (requests, non_2xx, socket_errors) = wrk_summary(&text);
+        assert!(requests > 1000, "wrk sent too few {what} requests to mean anything: {text}");
+        assert_eq!((non_2xx, socket_errors), (0, 0), "{what} requests failed during the rollout:\n{text}");
+    }
     // Every old pod is gone and the new ones answer.
     let http = reqwest::Client::new();
     wait_endpoints(&server, "web", 10, 10).await;

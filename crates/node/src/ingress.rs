@@ -389,7 +389,15 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAdd
     }
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     parts.uri = path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
-    let body = if hyper::body::Body::is_end_stream(&body) { http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync() } else { limited(body.map_err(HttpError::from).boxed_unsync(), backend.body_limit) };
+    // A declared length was checked above and hyper holds the body to it; only a chunked body
+    // needs counting. (Keeping the exact size lets the proxy replay a small body on a retry.)
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    } else if hyper::body::Body::size_hint(&body).exact().is_some() {
+        body.map_err(HttpError::from).boxed_unsync()
+    } else {
+        limited(body.map_err(HttpError::from).boxed_unsync(), backend.body_limit)
+    };
     let request = Request::from_parts(parts, body);
     match tokio::time::timeout(backend.timeout, crate::proxy::to_service(shared, &service, &port, request, Some(client_ip))).await {
         Ok(response) => response,

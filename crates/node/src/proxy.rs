@@ -5,9 +5,11 @@
 //! node ports through [`to_service`].
 //!
 //! Retries: an endpoint that turns out to be gone (its pod stopped routing, or its node refused
-//! the connection) is skipped and another is tried, up to three times, for requests without a
-//! body (a streamed body cannot be sent twice). A pod that stops routing answers with
-//! [`GONE_HEADER`] before reading anything, so nothing has reached a guest when that happens.
+//! the connection) is skipped and another is tried, up to three times. A request is retried
+//! when its body can be sent again: no body, or a body of known length up to [`REPLAY_LIMIT`],
+//! which is read into memory first. A longer or chunked body streams through, once. A pod that
+//! stops routing answers with [`GONE_HEADER`] before reading anything, so nothing has reached a
+//! guest when that happens.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -35,6 +37,10 @@ pub const GONE_HEADER: &str = "x-shoal-endpoint-gone";
 
 /// How many endpoints one request may try.
 const ATTEMPTS: usize = 3;
+
+/// The largest request body (by `Content-Length`) kept in memory so the request can be retried
+/// on another endpoint.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
     let body = http_body_util::Full::new(Bytes::from(body.into())).map_err(|never| match never {}).boxed_unsync();
@@ -101,13 +107,27 @@ fn empty() -> ProxyBody {
 /// `port`. Never fails: no endpoint is a 503 with `Retry-After`, an unreachable node a 502.
 pub async fn to_service(shared: &Arc<Shared>, service: &ServiceEntry, port: &ServicePort, request: Request<ProxyBody>, client: Option<IpAddr>) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let replayable = body.is_end_stream();
-    let mut body = Some(body);
+    // A body that can be sent again, or the one stream to send once.
+    let (replay, mut body) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if body.size_hint().exact().is_some_and(|length| length <= REPLAY_LIMIT) {
+        match body.collect().await {
+            Ok(collected) => (Some(collected.to_bytes()), None),
+            Err(error) => return text(StatusCode::BAD_REQUEST, format!("reading the request body failed: {error}\n")),
+        }
+    } else {
+        (None, Some(body))
+    };
+    let replayable = replay.is_some();
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let mut excluded = Vec::new();
     for _ in 0..ATTEMPTS {
         let Some(pick) = shared.services.pick(service, port, client, &excluded) else { break };
-        let request_body = if replayable { empty() } else { body.take().unwrap_or_else(empty) };
+        let request_body = match &replay {
+            Some(bytes) if bytes.is_empty() => empty(),
+            Some(bytes) => http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync(),
+            None => body.take().unwrap_or_else(empty),
+        };
         let mut builder = Request::builder().method(parts.method.clone()).version(hyper::Version::HTTP_11);
         for (name, value) in &parts.headers {
             builder = builder.header(name, value);
