@@ -5,6 +5,7 @@ mod cli;
 mod controllers;
 mod durability;
 mod harness;
+mod kubectl;
 mod layering;
 mod networking;
 mod node;

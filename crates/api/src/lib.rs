@@ -12,6 +12,7 @@ pub mod patch;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod strategic;
 pub mod table;
 pub mod validation;
 pub mod yaml;

@@ -193,12 +193,13 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             let patch_type = match request::content_type(headers).as_str() {
                 "application/merge-patch+json" => PatchType::Merge,
                 "application/json-patch+json" => PatchType::Json,
-                "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
+                "application/strategic-merge-patch+json" => PatchType::Strategic,
+                "application/apply-patch+yaml" => {
                     return Err(ApiError::unsupported_media_type(
-                        "strategic merge patch and server-side apply are not supported by this server yet; use a JSON merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
+                        "server-side apply is not supported by this server yet; use client-side kubectl apply (without --server-side), a strategic merge patch, a JSON merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
                     ));
                 }
-                other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/merge-patch+json or application/json-patch+json"))),
+                other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/strategic-merge-patch+json, application/merge-patch+json or application/json-patch+json"))),
             };
             let patch = request::decode_body(headers, body)?;
             let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, validation, dry_run).await?;

@@ -386,6 +386,8 @@ fn graceful_pending(info: &ResourceInfo, object: &Value) -> bool {
 pub enum PatchType {
     Merge,
     Json,
+    /// Kubernetes' strategic merge patch: lists merged by their keys (see `shoal_api::strategic`).
+    Strategic,
 }
 
 pub async fn patch(
@@ -410,6 +412,7 @@ pub async fn patch(
                 shoal_api::patch::merge_patch(&mut patched, patch);
             }
             PatchType::Json => shoal_api::patch::json_patch(&mut patched, patch)?,
+            PatchType::Strategic => patched = shoal_api::strategic::apply(info.kind, &current, patch)?,
         }
         // A resourceVersion the patch itself sets is the client's precondition; otherwise the
         // patch applies to whatever is current, retried if another write wins the race.
@@ -510,7 +513,8 @@ pub async fn update_scale(
                 scale = (*body).clone();
                 meta::resource_version(body)
             }
-            ScaleChange::Patch(PatchType::Merge, patch) => {
+            // A Scale has no lists, so a strategic merge patch of it is a merge patch.
+            ScaleChange::Patch(PatchType::Merge | PatchType::Strategic, patch) => {
                 shoal_api::patch::merge_patch(&mut scale, patch);
                 meta::resource_version(patch)
             }

@@ -1,0 +1,141 @@
+//! The real kubectl against a real `shoal server`: the concrete binaries the Google Cloud SDK
+//! installs beside its `kubectl` dispatcher (`kubectl.1.29`, `kubectl.1.32`, …), each run with
+//! its own empty `HOME` (so no discovery cache carries over) and a time limit.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::Server;
+
+/// `kubectl.VERSION` from the directory the `kubectl` on `PATH` really lives in. Missing is a
+/// failure, not a skip: `.ci/run` checks it is installed.
+fn kubectl_binary(version: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dispatcher = std::env::split_paths(&path).map(|dir| dir.join("kubectl")).find(|candidate| candidate.is_file()).expect("kubectl is on PATH (the Google Cloud SDK's)");
+    let real = std::fs::canonicalize(&dispatcher).expect("resolve kubectl");
+    let binary = real.parent().expect("a directory").join(format!("kubectl.{version}"));
+    assert!(binary.is_file(), "{} is missing: the Google Cloud SDK's kubectl component installs it", binary.display());
+    binary
+}
+
+struct Kubectl {
+    binary: PathBuf,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn new(server: &Server, version: &str) -> Self {
+        Self { binary: kubectl_binary(version), home: tempfile::tempdir().expect("tempdir"), kubeconfig: server.kubeconfig() }
+    }
+
+    /// Runs kubectl with `stdin` (if any) under a 30-second limit; (exit code, stdout, stderr).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut child = Command::new("timeout")
+            .arg("30")
+            .arg(&self.binary)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        let output = child.wait_with_output().expect("kubectl output");
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    /// Runs kubectl and expects success; returns stdout.
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (code, stdout, stderr) = self.run(args, stdin);
+        assert_eq!(code, 0, "kubectl {args:?} failed: {stdout}{stderr}");
+        stdout
+    }
+}
+
+fn manifest(replicas: u32, env: &[(&str, &str)]) -> String {
+    let env: Vec<String> = env.iter().map(|(name, value)| format!("        - {{name: {name}, value: \"{value}\"}}")).collect();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {{app: web}}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: app\n        image: shoal.local/samples/hello:latest\n        ports: [{{containerPort: 8080}}]\n        env:\n{}\n      - name: sidecar\n        image: shoal.local/samples/echo:latest\n",
+        env.join("\n")
+    )
+}
+
+fn containers(deployment: &Value) -> &Vec<Value> {
+    deployment["spec"]["template"]["spec"]["containers"].as_array().expect("containers")
+}
+
+fn env_names(container: &Value) -> Vec<&str> {
+    container["env"].as_array().into_iter().flatten().filter_map(|e| e["name"].as_str()).collect()
+}
+
+/// `kubectl apply` (created, configured through a strategic merge patch, unchanged), `set
+/// image`, `rollout restart` and `kubectl patch`'s default strategic type: lists merge by their
+/// keys, so a change to one container or variable leaves the others as they were.
+async fn strategic_merge_patches_from(version: &str) {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, version);
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+
+    let created = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(1, &[("A", "1")])));
+    assert!(created.contains("deployment.apps/web created"), "{created}");
+
+    let set = kubectl.ok(&["set", "image", "deployment/web", "app=shoal.local/samples/hello:v2"], None);
+    assert!(set.contains("image updated"), "{set}");
+    let (_, live) = server.get(path).await;
+    assert_eq!(live["metadata"]["generation"], 2, "a template change bumps the generation: {live}");
+    assert_eq!(containers(&live)[0]["image"], "shoal.local/samples/hello:v2");
+    assert_eq!(containers(&live)[1]["image"], "shoal.local/samples/echo:latest", "the other container is untouched");
+    assert_eq!(env_names(&containers(&live)[0]), ["A"]);
+
+    let configured = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(3, &[("A", "1"), ("B", "2")])));
+    assert!(configured.contains("deployment.apps/web configured"), "{configured}");
+    let (_, live) = server.get(path).await;
+    assert_eq!(live["spec"]["replicas"], 3);
+    let names: Vec<&str> = containers(&live).iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["app", "sidecar"], "containers merged by name, in the manifest's order: {live}");
+    assert_eq!(env_names(&containers(&live)[0]), ["A", "B"]);
+    assert_eq!(containers(&live)[0]["ports"][0]["containerPort"], 8080);
+    assert!(!live.to_string().contains("$setElementOrder"), "directives are not stored: {live}");
+
+    let unchanged = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(3, &[("A", "1"), ("B", "2")])));
+    assert!(unchanged.contains("deployment.apps/web unchanged"), "{unchanged}");
+
+    // A variable added by a strategic patch joins the list; `null` removes one.
+    kubectl.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","env":[{"name":"C","value":"3"}]}]}}}}"#], None);
+    kubectl.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","env":[{"name":"A","$patch":"delete"}]}]}}}}"#], None);
+    let (_, live) = server.get(path).await;
+    assert_eq!(env_names(&containers(&live)[0]), ["B", "C"], "{live}");
+    assert_eq!(containers(&live).len(), 2);
+
+    kubectl.ok(&["rollout", "restart", "deployment/web"], None);
+    let (_, live) = server.get(path).await;
+    assert!(live["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(), "{live}");
+    assert_eq!(live["spec"]["template"]["metadata"]["labels"]["app"], "web");
+
+    // A malformed strategic patch is refused with the reason, and nothing changes.
+    let (code, _, stderr) = kubectl.run(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("merge key"), "{stderr}");
+    let (_, after) = server.get(path).await;
+    assert_eq!(after["metadata"]["resourceVersion"], live["metadata"]["resourceVersion"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_32_applies_and_patches_with_strategic_merge() {
+    strategic_merge_patches_from("1.32").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_29_applies_and_patches_with_strategic_merge() {
+    strategic_merge_patches_from("1.29").await;
+}
