@@ -81,12 +81,15 @@ fn env_names(container: &Value) -> Vec<&str> {
 /// `kubectl apply` (created, configured through a strategic merge patch, unchanged), `set
 /// image`, `rollout restart` and `kubectl patch`'s default strategic type: lists merge by their
 /// keys, so a change to one container or variable leaves the others as they were.
-async fn strategic_merge_patches_from(version: &str) {
+/// `validate`: kubectl's default validation (which reads `/openapi/v3` first), or
+/// `--validate=false`.
+async fn strategic_merge_patches_from(version: &str, validate: bool) {
     let server = Server::start_with(&["--disable-controllers"]).await;
     let kubectl = Kubectl::new(&server, version);
     let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let apply: &[&str] = if validate { &["apply", "-f", "-"] } else { &["apply", "--validate=false", "-f", "-"] };
 
-    let created = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(1, &[("A", "1")])));
+    let created = kubectl.ok(apply, Some(&manifest(1, &[("A", "1")])));
     assert!(created.contains("deployment.apps/web created"), "{created}");
 
     let set = kubectl.ok(&["set", "image", "deployment/web", "app=shoal.local/samples/hello:v2"], None);
@@ -97,7 +100,7 @@ async fn strategic_merge_patches_from(version: &str) {
     assert_eq!(containers(&live)[1]["image"], "shoal.local/samples/echo:latest", "the other container is untouched");
     assert_eq!(env_names(&containers(&live)[0]), ["A"]);
 
-    let configured = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(3, &[("A", "1"), ("B", "2")])));
+    let configured = kubectl.ok(apply, Some(&manifest(3, &[("A", "1"), ("B", "2")])));
     assert!(configured.contains("deployment.apps/web configured"), "{configured}");
     let (_, live) = server.get(path).await;
     assert_eq!(live["spec"]["replicas"], 3);
@@ -107,7 +110,7 @@ async fn strategic_merge_patches_from(version: &str) {
     assert_eq!(containers(&live)[0]["ports"][0]["containerPort"], 8080);
     assert!(!live.to_string().contains("$setElementOrder"), "directives are not stored: {live}");
 
-    let unchanged = kubectl.ok(&["apply", "--validate=false", "-f", "-"], Some(&manifest(3, &[("A", "1"), ("B", "2")])));
+    let unchanged = kubectl.ok(apply, Some(&manifest(3, &[("A", "1"), ("B", "2")])));
     assert!(unchanged.contains("deployment.apps/web unchanged"), "{unchanged}");
 
     // A variable added by a strategic patch joins the list; `null` removes one.
@@ -131,11 +134,37 @@ async fn strategic_merge_patches_from(version: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_32_applies_and_patches_with_strategic_merge() {
-    strategic_merge_patches_from("1.32").await;
+async fn kubectl_1_32_applies_with_default_validation_and_patches_with_strategic_merge() {
+    strategic_merge_patches_from("1.32", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_29_applies_and_patches_with_strategic_merge() {
-    strategic_merge_patches_from("1.29").await;
+async fn kubectl_1_29_applies_without_validation_and_patches_with_strategic_merge() {
+    strategic_merge_patches_from("1.29", false).await;
+}
+
+/// `/openapi/v3` lets default validation hand checking to the server, and `kubectl explain`
+/// read Kubernetes' own field documentation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_validates_through_the_server_and_explains_from_openapi_v3() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    for version in ["1.32", "1.29"] {
+        let kubectl = Kubectl::new(&server, version);
+        let name = format!("cm-{}", version.replace('.', "-"));
+        let created = kubectl.ok(&["create", "-f", "-"], Some(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{a: b}}\n")));
+        assert!(created.contains(&format!("configmap/{name} created")), "{created}");
+
+        // An unknown field is refused by the server under fieldValidation=Strict.
+        let (code, stdout, stderr) = kubectl.run(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndata: {a: b}\ndatta: {c: d}\n"));
+        assert_ne!(code, 0, "{stdout}");
+        assert!(stderr.contains("unknown field") && stderr.contains("datta"), "kubectl {version}: {stderr}");
+        let (missing, _) = server.get("/api/v1/namespaces/default/configmaps/typo").await;
+        assert_eq!(missing, 404, "nothing was created");
+
+        let explained = kubectl.ok(&["explain", "deployment.spec"], None);
+        assert!(explained.contains("KIND:") && explained.contains("Deployment"), "kubectl {version}: {explained}");
+        assert!(explained.contains("replicas") && explained.contains("desired behavior of the Deployment"), "kubectl {version}: {explained}");
+        let explained = kubectl.ok(&["explain", "pods.spec.containers.image"], None);
+        assert!(explained.contains("Container image name"), "kubectl {version}: {explained}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod defaults;
 pub mod error;
 pub mod meta;
+pub mod openapi;
 pub mod patch;
 pub mod quantity;
 pub mod resources;

@@ -62,13 +62,13 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub async fn version() -> Response {
-    let (major, minor, patch) = shoal_api::KUBERNETES_VERSION;
+    let (major, minor, _) = shoal_api::KUBERNETES_VERSION;
     json_response(
         StatusCode::OK,
         &json!({
             "major": major.to_string(),
             "minor": minor.to_string(),
-            "gitVersion": format!("v{major}.{minor}.{patch}+shoal.{}", env!("CARGO_PKG_VERSION")),
+            "gitVersion": git_version(),
             "gitCommit": "",
             "gitTreeState": "clean",
             "buildDate": "",
@@ -77,6 +77,56 @@ pub async fn version() -> Response {
             "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
         }),
     )
+}
+
+/// The server's `gitVersion`, as `/version` reports it.
+fn git_version() -> String {
+    let (major, minor, patch) = shoal_api::KUBERNETES_VERSION;
+    format!("v{major}.{minor}.{patch}+shoal.{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The OpenAPI v3 documents, generated once on first use.
+fn openapi() -> &'static shoal_api::openapi::OpenApi {
+    static DOCUMENTS: std::sync::OnceLock<shoal_api::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENTS.get_or_init(|| shoal_api::openapi::generate(&git_version()))
+}
+
+/// `GET /openapi/v3`: the group versions and their documents' hashed URLs.
+pub async fn openapi_index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authenticated(&state, &headers) {
+        return error_response(&ApiError::unauthorized());
+    }
+    let index = tokio::task::spawn_blocking(|| openapi().index.clone()).await.unwrap_or_default();
+    let mut response = Response::new(Body::from(index));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/GROUP/VERSION`: one group version's document.
+/// Asked for by its current `?hash=`, it may be cached for good, as kube-apiserver allows.
+pub async fn openapi_document(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+    if !authenticated(&state, &headers) {
+        return error_response(&ApiError::unauthorized());
+    }
+    let path = uri.path().trim_start_matches("/openapi/v3/").trim_end_matches('/').to_owned();
+    let requested_hash = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("hash=")).map(str::to_owned);
+    let found = tokio::task::spawn_blocking(move || openapi().documents.get(&path).map(|d| (d.body.clone(), d.hash.clone()))).await.ok().flatten();
+    let Some((body, hash)) = found else { return error_response(&ApiError::path_not_found()) };
+    let etag = format!("\"{hash}\"");
+    let cache = if requested_hash.as_deref() == Some(hash.as_str()) { "public, immutable, max-age=31536000" } else { "no-cache, private" };
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    response
 }
 
 pub async fn health() -> &'static str {

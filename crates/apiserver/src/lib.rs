@@ -135,6 +135,8 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         .route("/readyz", get(handlers::health))
         .route("/livez", get(handlers::health))
         .route("/version", get(handlers::version))
+        .route("/openapi/v3", get(handlers::openapi_index))
+        .route("/openapi/v3/{*group_version}", get(handlers::openapi_document))
         .fallback(handlers::api)
         .with_state(Arc::clone(&state));
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&credentials)?));
