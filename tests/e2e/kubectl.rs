@@ -168,3 +168,47 @@ async fn kubectl_validates_through_the_server_and_explains_from_openapi_v3() {
         assert!(explained.contains("Container image name"), "kubectl {version}: {explained}");
     }
 }
+
+/// Aggregated discovery: two requests (`/api`, `/apis`) tell kubectl every kind, negotiated as
+/// v2 for kubectl ≥ 1.31 and v2beta1 for older ones; plain JSON still gets legacy discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_discovers_every_kind_in_two_requests() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    server.post("/api/v1/namespaces/default/configmaps", &crate::harness::config_map("found", "x")).await;
+    for version in ["1.33", "1.32", "1.29", "1.27"] {
+        let kubectl = Kubectl::new(&server, version);
+        let (code, stdout, stderr) = kubectl.run(&["api-resources", "-v=6"], None);
+        assert_eq!(code, 0, "kubectl {version}: {stderr}");
+        assert!(!stderr.contains("/apis/apps/v1?"), "kubectl {version} fell back to legacy discovery:\n{stderr}");
+        let row = |name: &str| stdout.lines().find(|l| l.split_whitespace().next() == Some(name)).map(|l| l.split_whitespace().collect::<Vec<_>>()).unwrap_or_default();
+        assert_eq!(row("deployments"), ["deployments", "deploy", "apps/v1", "true", "Deployment"], "kubectl {version}:\n{stdout}");
+        assert_eq!(row("pods"), ["pods", "po", "v1", "true", "Pod"]);
+        assert_eq!(row("nodes"), ["nodes", "no", "v1", "false", "Node"]);
+        assert_eq!(row("horizontalpodautoscalers"), ["horizontalpodautoscalers", "hpa", "autoscaling/v2", "true", "HorizontalPodAutoscaler"]);
+        let listed = kubectl.ok(&["get", "cm"], None);
+        assert!(listed.contains("found"), "kubectl {version}: {listed}");
+        kubectl.ok(&["get", "all"], None);
+    }
+
+    let discovery = |accept: &'static str, path: &'static str| {
+        let request = server.http.get(format!("{}{path}", server.url)).bearer_auth(&server.token).header("Accept", accept);
+        async move {
+            let response = request.send().await.expect("discovery");
+            let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            (content_type, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (content_type, body) = discovery("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json", "/api").await;
+    assert_eq!(content_type, "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList");
+    assert_eq!(body["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+    assert_eq!(body["items"][0]["metadata"]["name"], "");
+    let (content_type, body) = discovery("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json", "/apis").await;
+    assert_eq!(content_type, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+    let apps = body["items"].as_array().expect("items").iter().find(|g| g["metadata"]["name"] == "apps").expect("apps").clone();
+    let deployments = apps["versions"][0]["resources"].as_array().expect("resources").iter().find(|r| r["resource"] == "deployments").expect("deployments").clone();
+    assert_eq!(deployments["scope"], "Namespaced");
+    assert!(deployments["subresources"].as_array().expect("subresources").iter().any(|s| s["subresource"] == "scale" && s["responseKind"]["kind"] == "Scale"));
+    let (content_type, body) = discovery("application/json", "/api").await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body["kind"], "APIVersions");
+}

@@ -152,6 +152,9 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
     };
     let query = Query::parse(uri.query());
     let result = match request::route(uri.path()) {
+        Ok(Route::Discovery { group: None, version: None, legacy_core }) if method == Method::GET && let Some(version) = aggregated_discovery_version(&headers) => {
+            Ok(aggregated_discovery(legacy_core, version))
+        }
         Ok(Route::Discovery { group, version, legacy_core }) if method == Method::GET => discovery(group, version, legacy_core),
         Ok(Route::Discovery { .. }) => Err(ApiError::method_not_allowed(method.as_str())),
         Ok(Route::Resource(target)) => resource(&state, &method, &headers, &query, target, &body).await,
@@ -557,6 +560,95 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// The aggregated discovery version (`v2` or `v2beta1`) the `Accept` header asks for, if its
+/// first acceptable alternative is one: kubectl 1.27 to 1.30 know only v2beta1, later ones ask
+/// for v2 first. Plain JSON (or anything else) first means legacy discovery.
+fn aggregated_discovery_version(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    for alternative in accept.split(',') {
+        let mut parts = alternative.split(';').map(str::trim);
+        let media_type = parts.next().unwrap_or_default();
+        let parameters: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        let parameter = |name: &str| parameters.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        if parameter("as") == Some("APIGroupDiscoveryList") && parameter("g") == Some("apidiscovery.k8s.io") && matches!(media_type, "application/json" | "*/*") {
+            match parameter("v") {
+                Some("v2") => return Some("v2"),
+                Some("v2beta1") => return Some("v2beta1"),
+                _ => continue,
+            }
+        }
+        if matches!(media_type, "application/json" | "*/*" | "application/*") && parameter("as").is_none() {
+            return None;
+        }
+    }
+    None
+}
+
+/// Aggregated discovery (`APIGroupDiscoveryList`): every group, version and resource in one
+/// document, `/api` for the core group and `/apis` for the named ones. The Content-Type
+/// carries the negotiated version, or kubectl would read the body as a legacy document.
+fn aggregated_discovery(core: bool, version: &'static str) -> Response {
+    let mut groups: Vec<&str> = Vec::new();
+    if core {
+        groups.push("");
+    } else {
+        groups.extend(resources::groups());
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|group| {
+            let mut versions: Vec<&str> = Vec::new();
+            for info in RESOURCES.iter().filter(|r| r.group == group) {
+                if !versions.contains(&info.version) {
+                    versions.push(info.version);
+                }
+            }
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|group_version| {
+                    let resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == group && r.version == group_version).map(discovered_resource).collect();
+                    json!({"version": group_version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items});
+    let mut response = json_response(StatusCode::OK, &body);
+    let content_type = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    response
+}
+
+/// One resource of aggregated discovery, with its subresources.
+fn discovered_resource(info: &ResourceInfo) -> Value {
+    let kind = json!({"group": info.group, "version": info.version, "kind": info.kind});
+    let mut subresources = Vec::new();
+    if info.has_status {
+        subresources.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+    }
+    if info.has_scale {
+        subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+    }
+    if info.kind == "Pod" {
+        subresources.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+        subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
+    }
+    json!({
+        "resource": info.plural,
+        "singularResource": info.singular,
+        "responseKind": kind,
+        "scope": if info.namespaced { "Namespaced" } else { "Cluster" },
+        "shortNames": info.short_names,
+        "categories": info.categories,
+        "verbs": VERBS,
+        "subresources": subresources,
+    })
+}
+
 fn group_document(group: &str) -> Value {
     let versions: Vec<&str> = {
         let mut versions = Vec::new();
@@ -574,6 +666,22 @@ fn group_document(group: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discovery_negotiates_the_first_acceptable_alternative() {
+        let accept = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(value));
+            aggregated_discovery_version(&headers)
+        };
+        let both = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(accept(both), Some("v2"));
+        assert_eq!(accept("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"), Some("v2beta1"));
+        assert_eq!(accept("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json"), None);
+        assert_eq!(accept("application/json"), None);
+        assert_eq!(accept("application/json, */*"), None);
+        assert_eq!(HeaderMap::new().get(header::ACCEPT), None);
+    }
 
     #[test]
     fn column_names_are_title_case() {
