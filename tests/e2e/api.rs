@@ -272,6 +272,34 @@ async fn a_resumed_watch_receives_exactly_the_later_events() {
     assert_eq!(named[0]["object"]["metadata"]["namespace"], "kube-system");
 }
 
+/// A watch with a label selector sees an object leave its selection as DELETED (with the
+/// object as it was, at the new revision) and come back as ADDED, as kube-apiserver's do.
+#[tokio::test]
+async fn a_selector_watch_sees_objects_leave_and_enter_the_selection() {
+    let server = api_server().await;
+    let mut labelled = config_map("moving", "1");
+    labelled["metadata"]["labels"] = json!({"tier": "web"});
+    let (_, created) = server.post(CONFIGMAPS, &labelled).await;
+    let start = created["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
+    let relabel = |tier: &str| serde_json::to_vec(&json!({"metadata": {"labels": {"tier": tier}}, "data": {"value": tier}})).expect("json");
+    let path = format!("{CONFIGMAPS}/moving");
+    for tier in ["web", "db", "db", "web"] {
+        let (code, body) = server.request(Method::PATCH, &path, Some(("application/merge-patch+json", relabel(tier)))).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    server.request(Method::DELETE, &path, None).await;
+
+    let events = watch_events(&server, &format!("{CONFIGMAPS}?watch=true&labelSelector=tier%3Dweb&resourceVersion={start}&timeoutSeconds=2")).await;
+    let summary: Vec<(&str, &str, &str)> = events.iter().map(|e| (e["type"].as_str().unwrap_or_default(), e["object"]["data"]["value"].as_str().unwrap_or_default(), e["object"]["metadata"]["labels"]["tier"].as_str().unwrap_or_default())).collect();
+    assert_eq!(
+        summary,
+        [("MODIFIED", "web", "web"), ("DELETED", "web", "web"), ("ADDED", "web", "web"), ("DELETED", "web", "web")],
+        "leaving is DELETED with the last matching state, the second db write is not seen, coming back is ADDED: {events:?}"
+    );
+    let revisions: Vec<u64> = events.iter().filter_map(|e| e["object"]["metadata"]["resourceVersion"].as_str()?.parse().ok()).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "each event carries its own revision: {revisions:?}");
+}
+
 #[tokio::test]
 async fn a_watch_from_an_evicted_revision_gets_410_expired() {
     let server = Server::start_with(&["--disable-controllers", "--watch-history-min-events", "5", "--watch-history-max-events", "5", "--watch-history-min-age-seconds", "0"]).await;

@@ -162,9 +162,11 @@ async fn an_unpullable_artifact_gets_a_waiting_reason_and_an_event() {
     .await;
     assert_eq!(waiting["status"]["phase"], "Pending");
     let uid = waiting["metadata"]["uid"].as_str().expect("uid");
-    let (_, events) = server.get(&format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dghost%2CinvolvedObject.uid%3D{uid}")).await;
-    let messages: Vec<&str> = events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).collect();
-    assert!(messages.iter().any(|m| m.contains("missing") && m.contains("Failed to pull")), "{messages:?}");
+    // The event is written beside the status, not before it.
+    crate::harness::wait_until(&server, &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dghost%2CinvolvedObject.uid%3D{uid}"), 30, "a Failed to pull event", |events| {
+        events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).any(|m| m.contains("missing") && m.contains("Failed to pull"))
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use shoal_api::admission::FieldValidation;
 use shoal_api::resources::{self, RESOURCES, ResourceInfo};
 use shoal_api::selector::{FieldSelector, LabelSelector};
 use shoal_api::{ApiError, meta, table};
-use shoal_store::WatchError;
+use shoal_store::{EventType, WatchError};
 
 use crate::AppState;
 use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, with_type};
@@ -481,14 +481,27 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                         if event.key.resource != resource || namespace.as_deref().is_some_and(|ns| ns != event.key.namespace) {
                             continue;
                         }
-                        if !matches(&event.object) {
-                            continue;
-                        }
-                        // Plain JSON watchers share one encoding of each event.
-                        let line = if as_table {
-                            encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))
-                        } else {
-                            event.encoded.get_or_init(|| encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))).clone()
+                        // A modification that moves the object out of (into) the selection is
+                        // a DELETED (ADDED) for this watch; DELETED carries the object as it
+                        // was, at the event's revision.
+                        let now = matches(&event.object);
+                        let before = match (&event.event_type, &event.previous) {
+                            (EventType::Modified, Some(previous)) => matches(previous),
+                            _ => now,
+                        };
+                        let line = match (before, now) {
+                            (false, false) => continue,
+                            (false, true) => encode("ADDED", with_type(info, Value::clone(&event.object))),
+                            (true, false) => {
+                                let mut previous = event.previous.as_deref().cloned().unwrap_or_else(|| Value::clone(&event.object));
+                                if let Some(metadata) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
+                                    metadata.insert("resourceVersion".into(), json!(event.revision.to_string()));
+                                }
+                                encode("DELETED", with_type(info, previous))
+                            }
+                            // Plain JSON watchers share one encoding of each event.
+                            (true, true) if as_table => encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object))),
+                            (true, true) => event.encoded.get_or_init(|| encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))).clone(),
                         };
                         if sender.send(Ok(line)).await.is_err() {
                             return;

@@ -39,14 +39,17 @@ pub struct Event {
     pub event_type: EventType,
     pub key: ObjectKey,
     pub object: Arc<Value>,
+    /// For a modification, the object before it: a watch with selectors turns a modification
+    /// that leaves (or enters) its selection into DELETED (or ADDED), as kube-apiserver does.
+    pub previous: Option<Arc<Value>>,
     /// The event as the API sends it on watches, encoded once by the first watcher that needs it
     /// and shared by every other (a pod event goes to many watchers).
     pub encoded: Arc<std::sync::OnceLock<bytes::Bytes>>,
 }
 
 impl Event {
-    pub fn new(revision: u64, event_type: EventType, key: ObjectKey, object: Arc<Value>) -> Self {
-        Self { revision, event_type, key, object, encoded: Arc::default() }
+    pub fn new(revision: u64, event_type: EventType, key: ObjectKey, object: Arc<Value>, previous: Option<Arc<Value>>) -> Self {
+        Self { revision, event_type, key, object, previous, encoded: Arc::default() }
     }
 }
 
@@ -223,6 +226,7 @@ mod tests {
             event_type: EventType::Added,
             key: ObjectKey::new("pods", "default", format!("p{revision}")),
             object: Arc::new(Value::Null),
+            previous: None,
         }
     }
 

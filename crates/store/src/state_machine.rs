@@ -373,14 +373,14 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
             (key, object, EventType::Added)
         }
         Command::Update { key, object, precondition } => {
-            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
+            let Some(current) = &current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
             if let Err(error) = check_precondition(&current, &precondition) {
                 return Ok(CommandResponse::Rejected(error));
             }
             (key, object, EventType::Modified)
         }
         Command::Delete { key, precondition } => {
-            let Some(current) = current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
+            let Some(current) = &current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
             if let Err(error) = check_precondition(&current, &precondition) {
                 return Ok(CommandResponse::Rejected(error));
             }
@@ -398,7 +398,8 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
         memory.objects.insert(encoded.clone(), Arc::clone(&object));
         memory.dirty.insert(encoded, Some(Arc::clone(&object)));
     }
-    events.push(Event::new(revision, event_type, key, Arc::clone(&object)));
+    let previous = if event_type == EventType::Modified { current } else { None };
+    events.push(Event::new(revision, event_type, key, Arc::clone(&object), previous));
     Ok(CommandResponse::Written { revision, object: Value::clone(&object) })
 }
 
