@@ -212,3 +212,47 @@ async fn kubectl_discovers_every_kind_in_two_requests() {
     assert_eq!(content_type, "application/json");
     assert_eq!(body["kind"], "APIVersions");
 }
+
+/// `kubectl apply --server-side`: create by apply, field ownership in `managedFields`, a
+/// conflict with another manager's change (409 with the field), `--force-conflicts`, and
+/// fields another manager applied surviving this one's apply.
+async fn server_side_apply_from(version: &str) {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, version);
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let applied = kubectl.ok(&["apply", "--server-side", "-f", "-"], Some(&manifest(2, &[("A", "1")])));
+    assert!(applied.contains("deployment.apps/web serverside-applied"), "{applied}");
+    let (_, live) = server.get(path).await;
+    let managers: Vec<(&str, &str)> = live["metadata"]["managedFields"].as_array().expect("managedFields").iter().map(|m| (m["manager"].as_str().unwrap_or_default(), m["operation"].as_str().unwrap_or_default())).collect();
+    assert_eq!(managers, [("kubectl", "Apply")], "{live}");
+    assert!(live["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"]["f:image"].is_object(), "{live}");
+
+    // Another manager changes replicas; applying a different count now conflicts.
+    kubectl.ok(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"replicas":5}}"#], None);
+    let (code, _, stderr) = kubectl.run(&["apply", "--server-side", "-f", "-"], Some(&manifest(3, &[("A", "1")])));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("conflict with \"kubectl-patch\"") && stderr.contains(".spec.replicas"), "{stderr}");
+    let (_, unchanged) = server.get(path).await;
+    assert_eq!(unchanged["spec"]["replicas"], 5, "a refused apply changes nothing");
+    kubectl.ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&manifest(3, &[("A", "1")])));
+    let (_, forced) = server.get(path).await;
+    assert_eq!(forced["spec"]["replicas"], 3);
+
+    // A second applier's label survives the first applier's next apply, which drops env A.
+    let labels = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {team: blue}\n";
+    kubectl.ok(&["apply", "--server-side", "--field-manager=team", "-f", "-"], Some(labels));
+    kubectl.ok(&["apply", "--server-side", "-f", "-"], Some(&manifest(3, &[("B", "2")])));
+    let (_, live) = server.get(path).await;
+    assert_eq!(live["metadata"]["labels"], serde_json::json!({"app": "web", "team": "blue"}), "{live}");
+    assert_eq!(env_names(&containers(&live)[0]), ["B"], "the env var kubectl stopped applying is removed: {live}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_32_server_side_apply_tracks_owners_and_conflicts() {
+    server_side_apply_from("1.32").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_29_server_side_apply_tracks_owners_and_conflicts() {
+    server_side_apply_from("1.29").await;
+}

@@ -5,6 +5,7 @@
 //! does no IO and knows no async runtime.
 
 pub mod admission;
+pub mod apply;
 pub mod defaults;
 pub mod error;
 pub mod meta;

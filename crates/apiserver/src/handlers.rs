@@ -239,6 +239,10 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             let desired = request::decode_body(headers, body)?;
             let current = objects::get(state, info, namespace, name)?;
             let precondition = shoal_store::command::Precondition { resource_version: meta::resource_version(&desired), uid: None };
+            let mut desired = desired;
+            if scope == UpdateScope::Main {
+                shoal_api::apply::record_update(info.kind, &current, &mut desired, &field_manager(query, headers), &info.api_version(), &objects::now());
+            }
             let written = objects::update(state, info, namespace, name, &current, desired, scope, precondition, validation, dry_run).await?;
             Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
         }
@@ -248,14 +252,22 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
                 "application/json-patch+json" => PatchType::Json,
                 "application/strategic-merge-patch+json" => PatchType::Strategic,
                 "application/apply-patch+yaml" => {
-                    return Err(ApiError::unsupported_media_type(
-                        "server-side apply is not supported by this server yet; use client-side kubectl apply (without --server-side), a strategic merge patch, a JSON merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
-                    ));
+                    if scope != UpdateScope::Main {
+                        return Err(ApiError::unsupported_media_type("server-side apply is served on the main resource, not on subresources"));
+                    }
+                    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                        return Err(ApiError::bad_request("fieldManager is required for apply requests"));
+                    };
+                    let config = request::decode_body(headers, body)?;
+                    let (written, created) = objects::server_side_apply(state, info, namespace, name, config, manager, query.flag("force"), validation, dry_run).await?;
+                    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    return Ok(with_warnings(json_response(code, &with_type(info, written.object)), &written.warnings));
                 }
-                other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/strategic-merge-patch+json, application/merge-patch+json or application/json-patch+json"))),
+                other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/apply-patch+yaml, application/strategic-merge-patch+json, application/merge-patch+json or application/json-patch+json"))),
             };
             let patch = request::decode_body(headers, body)?;
-            let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, validation, dry_run).await?;
+            let manager = field_manager(query, headers);
+            let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, &manager, validation, dry_run).await?;
             Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
         }
         (Method::DELETE, Some(name)) => {
@@ -571,6 +583,16 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
         _ => return Err(ApiError::path_not_found()),
     };
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Who makes a write, for `managedFields`: the `fieldManager` parameter, else the client's
+/// `User-Agent` up to its first `/` (as kube-apiserver defaults it).
+fn field_manager(query: &Query, headers: &HeaderMap) -> String {
+    if let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return manager.to_owned();
+    }
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    agent.split('/').next().filter(|a| !a.is_empty()).unwrap_or("unknown").chars().take(128).collect()
 }
 
 /// The aggregated discovery version (`v2` or `v2beta1`) the `Accept` header asks for, if its

@@ -398,6 +398,7 @@ pub async fn patch(
     patch_type: PatchType,
     patch: &Value,
     scope: UpdateScope,
+    manager: &str,
     validation: FieldValidation,
     dry_run: bool,
 ) -> Result<Written, ApiError> {
@@ -414,6 +415,9 @@ pub async fn patch(
             PatchType::Json => shoal_api::patch::json_patch(&mut patched, patch)?,
             PatchType::Strategic => patched = shoal_api::strategic::apply(info.kind, &current, patch)?,
         }
+        if matches!(scope, UpdateScope::Main) {
+            shoal_api::apply::record_update(info.kind, &current, &mut patched, manager, &info.api_version(), &now());
+        }
         // A resourceVersion the patch itself sets is the client's precondition; otherwise the
         // patch applies to whatever is current, retried if another write wins the race.
         let requested = meta::resource_version(&patched);
@@ -428,6 +432,60 @@ pub async fn patch(
         }
     }
     Err(ApiError::conflict(info, name, "the object kept changing while the patch was applied; try again"))
+}
+
+/// Server-side apply of `config` by `manager` (see `shoal_api::apply`): creates the object when
+/// it does not exist (then the bool is true), else merges, with conflicts as 409 unless `force`.
+#[allow(clippy::too_many_arguments)]
+pub async fn server_side_apply(
+    state: &AppState,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    mut config: Value,
+    manager: &str,
+    force: bool,
+    validation: FieldValidation,
+    dry_run: bool,
+) -> Result<(Written, bool), ApiError> {
+    let Some(map) = config.as_object_mut() else { return Err(ApiError::bad_request("an apply patch must be an object")) };
+    let api_version = info.api_version();
+    if map.get("apiVersion").and_then(Value::as_str) != Some(api_version.as_str()) || map.get("kind").and_then(Value::as_str) != Some(info.kind) {
+        return Err(ApiError::bad_request(format!("an apply patch to {} must set apiVersion {api_version:?} and kind {:?}", info.group_resource(), info.kind)));
+    }
+    let metadata = map.entry("metadata").or_insert_with(|| json!({}));
+    let Some(metadata) = metadata.as_object_mut() else { return Err(ApiError::bad_request("metadata must be an object")) };
+    match metadata.get("name").and_then(Value::as_str) {
+        Some(body_name) if body_name != name => {
+            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+        }
+        _ => {
+            metadata.insert("name".into(), json!(name));
+        }
+    }
+    metadata.remove("managedFields");
+    let requested = meta::resource_version(&config);
+    for _ in 0..PATCH_RETRIES {
+        let current = match get(state, info, namespace, name) {
+            Ok(current) => current,
+            Err(error) if error.code == 404 => {
+                let object = shoal_api::apply::apply(info.kind, None, &config, manager, force, &api_version, &now())?;
+                match create(state, info, namespace, object, validation, dry_run).await {
+                    Err(error) if error.code == 409 && error.reason == "AlreadyExists" => continue,
+                    other => return other.map(|written| (written, true)),
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        let applied = shoal_api::apply::apply(info.kind, Some(&current), &config, manager, force, &api_version, &now())?;
+        let client_precondition = requested.is_some() && requested != meta::resource_version(&current);
+        let precondition = Precondition { resource_version: if client_precondition { requested } else { meta::resource_version(&current) }, uid: None };
+        match update(state, info, namespace, name, &current, applied, UpdateScope::Main, precondition, validation, dry_run).await {
+            Err(error) if error.code == 409 && error.reason == "Conflict" && !client_precondition => continue,
+            other => return other.map(|written| (written, false)),
+        }
+    }
+    Err(ApiError::conflict(info, name, "the object kept changing while the apply was merged; try again"))
 }
 
 /// `pods/{name}/binding`: assigns a pending pod to a node, once. The scheduler's only write.
