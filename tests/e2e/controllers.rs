@@ -7,13 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, Server, repository, wait_until};
+use crate::harness::{Agent, Server, push, wait_until};
 
-fn push(server: &Server, file: &str, reference: &str) {
-    let path = repository().join("samples").join(file);
-    let (code, _, stderr) = server.cli(&["push", path.to_str().expect("utf-8"), reference]);
-    assert_eq!(code, 0, "push {file}: {stderr}");
-}
 
 async fn two_nodes(extra_args: &[&str]) -> (Server, Agent) {
     let server = Server::start_with(extra_args).await;

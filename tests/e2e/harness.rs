@@ -240,3 +240,10 @@ pub fn deployment(name: &str) -> Value {
 pub fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// Pushes `samples/FILE` to the server's built-in registry as `reference`.
+pub fn push(server: &Server, file: &str, reference: &str) {
+    let path = repository().join("samples").join(file);
+    let (code, _, stderr) = server.cli(&["push", path.to_str().expect("utf-8"), reference]);
+    assert_eq!(code, 0, "push {file}: {stderr}");
+}

@@ -256,3 +256,202 @@ async fn kubectl_1_32_server_side_apply_tracks_owners_and_conflicts() {
 async fn kubectl_1_29_server_side_apply_tracks_owners_and_conflicts() {
     server_side_apply_from("1.29").await;
 }
+
+// The rest of the checklist of `shared/reference/kubectl-wire.md` (A.10), one test each.
+
+/// `kubectl version`: the server's Kubernetes-like version, and no skew warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_version_shows_the_server_without_a_skew_warning() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    for version in ["1.32", "1.33"] {
+        let (code, stdout, stderr) = Kubectl::new(&server, version).run(&["version"], None);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("Server Version: v1.33.0+shoal."), "{stdout}");
+        assert!(!stderr.contains("WARNING"), "kubectl {version}: {stderr}");
+    }
+}
+
+fn header_of(table: &str) -> Vec<&str> {
+    table.lines().next().unwrap_or_default().split_whitespace().collect()
+}
+
+/// `kubectl get` prints the server's Tables: kubectl's columns, wide ones only with `-o wide`,
+/// a NAMESPACE column with `-A`, and `get all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_server_side_tables() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifest(2, &[("A", "1")])));
+    server.post("/api/v1/namespaces/kube-system/configmaps", &crate::harness::config_map("elsewhere", "x")).await;
+
+    let plain = kubectl.ok(&["get", "deploy"], None);
+    assert_eq!(header_of(&plain), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{plain}");
+    assert!(plain.lines().nth(1).is_some_and(|row| row.starts_with("web ") && row.contains("0/2")), "{plain}");
+    let wide = kubectl.ok(&["get", "deployments.apps", "-o", "wide"], None);
+    assert_eq!(header_of(&wide), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"], "{wide}");
+    assert!(wide.contains("app,sidecar") && wide.contains("app=web"), "{wide}");
+    let (code, stdout, stderr) = kubectl.run(&["get", "po"], None);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    assert!(stderr.contains("No resources found in default namespace."), "{stderr}");
+    let all_namespaces = kubectl.ok(&["get", "cm", "-A", "--show-labels"], None);
+    assert_eq!(header_of(&all_namespaces)[..2], ["NAMESPACE", "NAME"], "{all_namespaces}");
+    assert!(all_namespaces.lines().any(|row| row.starts_with("kube-system") && row.contains("elsewhere")), "{all_namespaces}");
+    let all = kubectl.ok(&["get", "all"], None);
+    assert!(all.contains("deployment.apps/web"), "{all}");
+}
+
+/// `kubectl create -f` twice: created, then AlreadyExists in kubectl's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_twice_reports_already_exists() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, "1.32");
+    let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\ndata: {a: b}\n";
+    assert!(kubectl.ok(&["create", "-f", "-"], Some(config_map)).contains("configmap/twice created"));
+    let (code, _, stderr) = kubectl.run(&["create", "-f", "-"], Some(config_map));
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim(), "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"twice\" already exists");
+}
+
+/// Imperative `kubectl create namespace` sends protobuf from 1.32 on: refused with 415 naming
+/// the workaround; kubectl 1.29 sends JSON and it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_namespace_names_the_workaround_for_protobuf() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let (code, _, stderr) = Kubectl::new(&server, "1.32").run(&["create", "namespace", "team-a"], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
+    let created = Kubectl::new(&server, "1.29").ok(&["create", "namespace", "team-b"], None);
+    assert!(created.contains("namespace/team-b created"), "{created}");
+    let workaround = Kubectl::new(&server, "1.32");
+    let manifest = workaround.ok(&["create", "namespace", "team-a", "--dry-run=client", "-o", "yaml"], None);
+    assert!(workaround.ok(&["apply", "-f", "-"], Some(&manifest)).contains("namespace/team-a created"));
+}
+
+/// `kubectl scale` through the scale subresource; `--current-replicas` guards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_uses_the_scale_subresource() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifest(2, &[])));
+    assert!(kubectl.ok(&["scale", "deployment/web", "--replicas=5"], None).contains("deployment.apps/web scaled"));
+    let (_, live) = server.get("/apis/apps/v1/namespaces/default/deployments/web").await;
+    assert_eq!(live["spec"]["replicas"], 5);
+    let (code, _, stderr) = kubectl.run(&["scale", "deployment/web", "--current-replicas=2", "--replicas=3"], None);
+    assert_ne!(code, 0, "the current count is 5, not 2");
+    assert!(stderr.contains("Expected replicas to be 2, was 5"), "{stderr}");
+    let (_, live) = server.get("/apis/apps/v1/namespaces/default/deployments/web").await;
+    assert_eq!(live["spec"]["replicas"], 5);
+}
+
+fn hello_deployment(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: app, image: \"{image}\"}}]\n"
+    )
+}
+
+/// `kubectl rollout status`, `set image`, `rollout history` and `rollout undo` against real
+/// pods on the server's node: undo goes back to the first revision's ReplicaSet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rolls_out_lists_history_and_undoes() {
+    let server = Server::start().await;
+    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:v2");
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
+    let status = kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    kubectl.ok(&["set", "image", "deployment/web", "app=shoal.local/samples/hello:v2"], None);
+    let status = kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let history = kubectl.ok(&["rollout", "history", "deployment/web"], None);
+    let revisions: Vec<&str> = history.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    assert!(kubectl.ok(&["rollout", "undo", "deployment/web"], None).contains("rolled back"));
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    let (_, live) = server.get("/apis/apps/v1/namespaces/default/deployments/web").await;
+    assert_eq!(live["spec"]["template"]["spec"]["containers"][0]["image"], "shoal.local/samples/hello:latest");
+    let (_, sets) = server.get("/apis/apps/v1/namespaces/default/replicasets").await;
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(2), "undo reuses the first ReplicaSet: {sets}");
+    let history = kubectl.ok(&["rollout", "history", "deployment/web"], None);
+    let revisions: Vec<&str> = history.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    assert_eq!(revisions, ["2", "3"], "the reused set takes the next revision: {history}");
+}
+
+/// `kubectl logs` of a pod, with `--tail`, `-f`, and through a Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_reads_pods_and_jobs() {
+    let server = Server::start().await;
+    crate::harness::push(&server, "worker/worker.wasm", "shoal.local/samples/worker:latest");
+    let kubectl = Kubectl::new(&server, "1.32");
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: steps}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: worker, image: \"shoal.local/samples/worker:latest\", env: [{name: STEPS, value: \"4\"}]}]\n";
+    kubectl.ok(&["apply", "-f", "-"], Some(job));
+    kubectl.ok(&["wait", "--for=condition=complete", "job/steps", "--timeout=25s"], None);
+    let expected = "worker: step 1\nworker: step 2\nworker: step 3\nworker: step 4\nworker: done\n";
+    assert_eq!(kubectl.ok(&["logs", "job/steps"], None), expected);
+    let pod = kubectl.ok(&["get", "pods", "-l", "job-name=steps", "-o", "name"], None);
+    let pod = pod.trim();
+    assert!(pod.starts_with("pod/steps-"), "{pod}");
+    assert_eq!(kubectl.ok(&["logs", pod, "--tail=2"], None), "worker: step 4\nworker: done\n");
+    assert_eq!(kubectl.ok(&["logs", "-f", pod], None), expected, "follow ends with the finished container");
+}
+
+/// `kubectl get -w` streams Table rows as objects change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_streams_rows() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let kubectl = Kubectl::new(&server, "1.32");
+    let watcher = Command::new("timeout")
+        .args(["6", kubectl.binary.to_str().expect("utf-8"), "--kubeconfig", kubectl.kubeconfig.to_str().expect("utf-8"), "get", "configmaps", "-w"])
+        .env("HOME", kubectl.home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    server.post("/api/v1/namespaces/default/configmaps", &crate::harness::config_map("streamed", "1")).await;
+    let output = watcher.wait_with_output().expect("kubectl ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.lines().any(|row| row.starts_with("streamed ")), "the new row arrived while watching: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `kubectl describe` shows the defaults kube-apiserver sets and the object's events, found by
+/// `involvedObject` field selectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_describe_shows_defaults_and_events() {
+    let server = Server::start().await;
+    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    let described = kubectl.ok(&["describe", "deployment", "web"], None);
+    assert!(described.contains("StrategyType:") && described.contains("RollingUpdate"), "{described}");
+    assert!(described.contains("ScalingReplicaSet"), "the Deployment's own events: {described}");
+    let pod = kubectl.ok(&["get", "pods", "-l", "app=web", "-o", "name"], None);
+    let pod = pod.lines().next().expect("a pod").trim_start_matches("pod/").to_owned();
+    let described = kubectl.ok(&["describe", "pod", &pod], None);
+    assert!(described.contains("Status:") && described.contains("Running"), "{described}");
+    assert!(described.contains("Scheduled"), "{described}");
+    assert!(!described.contains("ScalingReplicaSet"), "only this pod's events: {described}");
+}
+
+/// `kubectl delete` of a Deployment cascades to its ReplicaSets and pods; `delete -l` removes
+/// each selected object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_delete_cascades_and_deletes_by_label() {
+    let server = Server::start().await;
+    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    assert!(kubectl.ok(&["delete", "deployment", "web"], None).contains("deployment.apps \"web\" deleted"));
+    crate::harness::wait_until(&server, "/apis/apps/v1/namespaces/default/replicasets", 30, "the ReplicaSet to go", |l| l["items"].as_array().is_some_and(Vec::is_empty)).await;
+    crate::harness::wait_until(&server, "/api/v1/namespaces/default/pods", 30, "the pods to go", |l| l["items"].as_array().is_some_and(Vec::is_empty)).await;
+
+    for name in ["one", "two"] {
+        let mut labelled = crate::harness::config_map(name, "x");
+        labelled["metadata"]["labels"] = serde_json::json!({"group": "g"});
+        server.post("/api/v1/namespaces/default/configmaps", &labelled).await;
+    }
+    let deleted = kubectl.ok(&["delete", "configmaps", "-l", "group=g"], None);
+    assert!(deleted.contains("configmap \"one\" deleted") && deleted.contains("configmap \"two\" deleted"), "{deleted}");
+}

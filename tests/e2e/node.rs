@@ -6,13 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, repository};
+use crate::harness::{Server, push};
 
-fn push(server: &Server, file: &str, reference: &str) {
-    let path = repository().join("samples").join(file);
-    let (code, _, stderr) = server.cli(&["push", path.to_str().expect("utf-8"), reference]);
-    assert_eq!(code, 0, "push {file}: {stderr}");
-}
 
 fn pod(name: &str, image: &str, restart_policy: &str, env: &[(&str, &str)]) -> Value {
     let env: Vec<Value> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
