@@ -45,7 +45,8 @@ impl Server {
         let child = Command::new(shoal_binary())
             .args(["server", "--data-dir"])
             .arg(&data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:0", "--node-name", "node-1"])
+            .args(if extra_args.iter().any(|a| a == "--api-addr") { &[][..] } else { &["--api-addr", "127.0.0.1:0"][..] })
+            .args(["--data-addr", "127.0.0.1:0", "--node-name", "node-1"])
             .args(["--ingress-addr", "127.0.0.1:0", "--ingress-tls-addr", "127.0.0.1:0"])
             .args(&extra_args)
             .stdout(Stdio::null())
@@ -113,6 +114,19 @@ impl Server {
     pub async fn restart(&mut self) {
         let temp = self._temp.take();
         let mut restarted = Self::launch(self.data_dir.clone(), self.extra_args.clone()).await;
+        restarted._temp = temp;
+        *self = restarted;
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data dir and the same API
+    /// port, so clients holding the URL reconnect, with `extra_args` this time.
+    pub async fn restart_on_the_same_port(&mut self, extra_args: &[&str]) {
+        self.terminate();
+        let address = self.url.trim_start_matches("https://").to_owned();
+        let mut args: Vec<String> = vec!["--api-addr".into(), address];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let temp = self._temp.take();
+        let mut restarted = Self::launch(self.data_dir.clone(), args).await;
         restarted._temp = temp;
         *self = restarted;
     }

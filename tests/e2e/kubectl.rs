@@ -455,3 +455,31 @@ async fn kubectl_delete_cascades_and_deletes_by_label() {
     let deleted = kubectl.ok(&["delete", "configmaps", "-l", "group=g"], None);
     assert!(deleted.contains("configmap \"one\" deleted") && deleted.contains("configmap \"two\" deleted"), "{deleted}");
 }
+
+/// `kubectl rollout status` outlives its watch: the server stops mid-wait (the stream closes)
+/// and comes back on the same port with a fresh watch history (the resumed watch gets 410
+/// Expired and kubectl lists again), and the status still ends in success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rollout_status_survives_a_closed_watch_and_410() {
+    let mut server = Server::start_with(&["--disable-controllers"]).await;
+    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    let kubectl = Kubectl::new(&server, "1.32");
+    kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
+    // No controllers yet: the status never arrives, so kubectl waits on its watch.
+    let waiting = Command::new("timeout")
+        .args(["90", kubectl.binary.to_str().expect("utf-8"), "--kubeconfig", kubectl.kubeconfig.to_str().expect("utf-8"), "rollout", "status", "deployment/web", "-v=4"])
+        .env("HOME", kubectl.home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl rollout status");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    server.restart_on_the_same_port(&[]).await;
+    let output = waiting.wait_with_output().expect("kubectl ran");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "rollout status failed: {stdout}{stderr}");
+    assert!(stdout.contains("Waiting for deployment spec update to be observed") || stdout.contains("Waiting for deployment \"web\" rollout to finish"), "{stdout}");
+    assert!(stdout.contains("successfully rolled out"), "{stdout}");
+    // kubectl's reflector logs (-v=4) show both: the stream closing and the 410 on resuming.
+    assert!(stderr.contains("Watch close") && stderr.contains("too old resource version"), "{stderr}");
+}
