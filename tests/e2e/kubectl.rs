@@ -320,6 +320,9 @@ async fn kubectl_create_namespace_names_the_workaround_for_protobuf() {
     let (code, _, stderr) = Kubectl::new(&server, "1.32").run(&["create", "namespace", "team-a"], None);
     assert_ne!(code, 0);
     assert!(stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
+    let (code, _, stderr) = Kubectl::new(&server, "1.32").run(&["create", "configmap", "settings", "--from-literal=a=b"], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
     let created = Kubectl::new(&server, "1.29").ok(&["create", "namespace", "team-b"], None);
     assert!(created.contains("namespace/team-b created"), "{created}");
     let workaround = Kubectl::new(&server, "1.32");
