@@ -208,6 +208,13 @@ async fn services_balance_over_two_nodes_and_guests_call_them_by_name() {
         }
     }
 
+    // The Ingress status lists the nodes running a router (kubectl's ADDRESS column).
+    wait_until(&server, &format!("{ingresses}/hello"), 30, "the Ingress status", |i| {
+        let ips: BTreeSet<&str> = i["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten().filter_map(|e| e["ip"].as_str()).collect();
+        ips == BTreeSet::from(["127.0.0.1", "127.0.0.2"])
+    })
+    .await;
+
     // LoadBalancer: the status lists the nodes' addresses (every node serves the node port).
     let patch = serde_json::to_vec(&json!({"spec": {"type": "LoadBalancer"}})).expect("json");
     let (code, body) = server.request(reqwest::Method::PATCH, &format!("{services}/hello"), Some(("application/merge-patch+json", patch))).await;

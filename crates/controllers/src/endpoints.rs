@@ -241,8 +241,9 @@ fn decided(object: &Value) -> Value {
     json!([object["metadata"]["labels"], object["metadata"]["ownerReferences"], object["endpoints"], object["ports"], object["subsets"]])
 }
 
-/// The Ready nodes' InternalIPs, for a LoadBalancer Service's status.
-fn node_addresses(context: &Context) -> Vec<String> {
+/// The InternalIPs of the Ready, schedulable nodes that `serves` accepts, sorted: what a
+/// LoadBalancer Service's or an Ingress's status lists.
+pub(crate) fn node_addresses(context: &Context, serves: impl Fn(&Value) -> bool) -> Vec<String> {
     let mut addresses: Vec<String> = context
         .informers
         .get("Node")
@@ -250,6 +251,7 @@ fn node_addresses(context: &Context) -> Vec<String> {
         .iter()
         .filter(|node| node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         .filter(|node| node["spec"]["unschedulable"] != true)
+        .filter(|node| serves(node))
         .filter_map(|node| node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str().map(str::to_owned))
         .collect();
     addresses.sort();
@@ -283,7 +285,7 @@ impl EndpointsController {
     }
 
     async fn load_balancer_status(&self, service: &Value) -> Result<()> {
-        let ingress: Vec<Value> = if service["spec"]["type"] == "LoadBalancer" { node_addresses(&self.context).into_iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect() } else { Vec::new() };
+        let ingress: Vec<Value> = if service["spec"]["type"] == "LoadBalancer" { node_addresses(&self.context, |_| true).into_iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect() } else { Vec::new() };
         let status = if ingress.is_empty() { json!({"loadBalancer": {}}) } else { json!({"loadBalancer": {"ingress": ingress}}) };
         harness::write_status(&self.context.client, "Service", self.context.informers.get("Service"), service, status).await?;
         Ok(())

@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod harness;
+pub mod ingress_status;
 pub use shoal_client::informer;
 pub mod job;
 pub mod leader;
@@ -125,6 +126,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let garbage = gc::GarbageCollector::register(&context);
     let node_lifecycle = node_lifecycle::NodeLifecycleController::register(&context);
     let endpoints = endpoints::EndpointsController::register(&context);
+    let ingress_status = ingress_status::IngressStatusController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -141,6 +143,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     garbage.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(60) }, shutdown.clone());
     node_lifecycle.spawn(&tasks, shutdown.clone());
     endpoints.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
+    ingress_status.spawn(&tasks, resync(60), shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();
