@@ -298,6 +298,15 @@ async fn kubectl_get_prints_server_side_tables() {
     assert!(all_namespaces.lines().any(|row| row.starts_with("kube-system") && row.contains("elsewhere")), "{all_namespaces}");
     let all = kubectl.ok(&["get", "all"], None);
     assert!(all.contains("deployment.apps/web"), "{all}");
+
+    // Every cluster has the `kubernetes` Service, at the first address of the range.
+    let services = kubectl.ok(&["get", "svc"], None);
+    assert_eq!(header_of(&services), ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], "{services}");
+    let row: Vec<&str> = services.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..5], ["kubernetes", "ClusterIP", "10.43.0.1", "<none>", "443/TCP"], "{services}");
+    let api_port = server.url.rsplit(':').next().expect("a port");
+    let endpoints = kubectl.ok(&["get", "endpoints", "kubernetes"], None);
+    assert!(endpoints.contains(&format!("127.0.0.1:{api_port}")), "{endpoints}");
 }
 
 /// `kubectl create -f` twice: created, then AlreadyExists in kubectl's words.

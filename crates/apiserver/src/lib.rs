@@ -127,7 +127,11 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });
-    objects::bootstrap(&state).await.map_err(|e| Error::Tls(format!("bootstrapping namespaces: {e}")))?;
+    let api_host = match url_host.trim_matches(['[', ']']) {
+        "localhost" => "127.0.0.1".to_owned(),
+        other => other.to_owned(),
+    };
+    objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
     pki::write_kubeconfig(&credentials, &url)?;
 
     let router = Router::new()

@@ -800,30 +800,65 @@ async fn teardown(state: &Arc<AppState>, namespace: &str) {
 /// The IngressClass every node's router serves, created at first start as the default class.
 pub const INGRESS_CLASS: &str = "shoal";
 
-pub async fn bootstrap(state: &Arc<AppState>) -> Result<(), ApiError> {
-    let namespaces = resources::by_name("namespaces").expect("namespaces are served");
-    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        if state.store.get(&key(namespaces, None, name)).map_err(store_error)?.is_none() {
-            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match create(state, namespaces, None, object, FieldValidation::Strict, false).await {
-                Ok(_) => {}
-                Err(error) if error.code == 409 => {}
-                Err(error) => return Err(error),
+/// Creates `object` unless an object of that name exists (bootstrap objects are made once).
+async fn create_if_missing(state: &AppState, info: &'static ResourceInfo, namespace: Option<&str>, object: Value) -> Result<(), ApiError> {
+    if state.store.get(&key(info, namespace, meta::name(&object))).map_err(store_error)?.is_some() {
+        return Ok(());
+    }
+    match create(state, info, namespace, object, FieldValidation::Strict, false).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The `default/kubernetes` Service every cluster has: the first address of the service range,
+/// port 443, with an EndpointSlice and Endpoints naming the API server (rewritten at each start,
+/// since the server's address may change).
+async fn kubernetes_service(state: &AppState, api_host: &str, api_port: u16) -> Result<(), ApiError> {
+    let services = resources::by_name("services").expect("services are served");
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": state.service_cidr.first().to_string(),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}});
+    create_if_missing(state, services, Some("default"), service).await?;
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "shoal-apiserver"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [api_host], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]});
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": api_host}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
+    for (resource, mut desired) in [("endpointslices", slice), ("endpoints", endpoints)] {
+        let info = resources::by_name(resource).expect("served");
+        match state.store.get(&key(info, Some("default"), "kubernetes")).map_err(store_error)? {
+            None => create_if_missing(state, info, Some("default"), desired).await?,
+            Some(current) => {
+                let same = ["endpoints", "ports", "subsets"].iter().all(|field| current[*field] == desired[*field]);
+                if !same {
+                    desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                    let precondition = Precondition { resource_version: meta::resource_version(&current), uid: None };
+                    update(state, info, Some("default"), "kubernetes", &current, desired, UpdateScope::Main, precondition, FieldValidation::Strict, false).await?;
+                }
             }
         }
     }
+    Ok(())
+}
+
+pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> Result<(), ApiError> {
+    let namespaces = resources::by_name("namespaces").expect("namespaces are served");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        create_if_missing(state, namespaces, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).await?;
+    }
     // Every node's ingress router serves the `shoal` class, the default one.
     let classes = resources::by_name("ingressclasses").expect("ingress classes are served");
-    if state.store.get(&key(classes, None, INGRESS_CLASS)).map_err(store_error)?.is_none() {
-        let object = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-            "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
-            "spec": {"controller": "shoal.dev/ingress"}});
-        match create(state, classes, None, object, FieldValidation::Strict, false).await {
-            Ok(_) => {}
-            Err(error) if error.code == 409 => {}
-            Err(error) => return Err(error),
-        }
-    }
+    let class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "shoal.dev/ingress"}});
+    create_if_missing(state, classes, None, class).await?;
+    kubernetes_service(state, api_host, api_port).await?;
     let listed = state.store.list(&namespaces.group_resource(), None, None, None, &|o| !o["metadata"]["deletionTimestamp"].is_null()).map_err(store_error)?;
     for object in listed.items {
         spawn_namespace_teardown(state, meta::name(&object).to_owned());
