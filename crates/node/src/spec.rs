@@ -103,9 +103,11 @@ pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_roo
     spec.args = std::iter::once(container["name"].as_str().unwrap_or("main").to_owned())
         .chain(container["command"].as_array().into_iter().flatten().skip(1).chain(container["args"].as_array().into_iter().flatten()).filter_map(|a| a.as_str().map(str::to_owned)))
         .collect();
-    if let Some(memory) = container["resources"]["limits"]["memory"].as_str().and_then(parse_bytes) {
+    if let Some(memory) = shoal_api::quantity::of_json(&container["resources"]["limits"]["memory"]).as_deref().and_then(parse_bytes) {
         spec.memory_limit_bytes = memory as usize;
     }
+    // The CPU limit is the container's, shared by every instance of it.
+    spec.cpu = cpu_millicores(container).and_then(shoal_runtime_wasm::CpuLimit::new);
     spec.time_budget = pod["metadata"]["annotations"][TIME_BUDGET_ANNOTATION]
         .as_str()
         .and_then(|s| s.parse::<f64>().ok())
@@ -159,9 +161,25 @@ async fn materialize(client: &Client, namespace: &str, volume: &Value, directory
     Ok(directory.to_owned())
 }
 
+/// A container's `resources.limits.cpu` in millicores (`"500m"`, `"2"`, `1.5`), if positive.
+pub fn cpu_millicores(container: &Value) -> Option<u64> {
+    shoal_api::quantity::of_json(&container["resources"]["limits"]["cpu"]).as_deref().and_then(shoal_api::quantity::parse_milli).filter(|m| *m > 0).map(|m| m as u64)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{cpu_millicores, parse_bytes};
+
+    #[test]
+    fn cpu_limits_in_millicores() {
+        let limit = |cpu: serde_json::Value| cpu_millicores(&serde_json::json!({"resources": {"limits": {"cpu": cpu}}}));
+        assert_eq!(limit(serde_json::json!("500m")), Some(500));
+        assert_eq!(limit(serde_json::json!("2")), Some(2000));
+        assert_eq!(limit(serde_json::json!(1.5)), Some(1500));
+        assert_eq!(limit(serde_json::json!("0")), None);
+        assert_eq!(limit(serde_json::json!(null)), None);
+        assert_eq!(limit(serde_json::json!("lots")), None);
+    }
 
     #[test]
     fn memory_quantities() {

@@ -92,7 +92,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
         Workload::Command(prepared) => {
             let mut store = Store::new(prepared.pre.engine(), ComponentState::new(spec)?);
             store.limiter(|state| &mut state.limits);
-            apply_time_budget(&mut store, budget);
+            apply_time_budget(&mut store, budget, spec.cpu.clone());
             let run = async {
                 let command = prepared.pre.instantiate_async(&mut store).await?;
                 command.wasi_cli_run().call_run(&mut store).await
@@ -108,7 +108,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
             let wasi = spec.wasi_builder()?.build_p1();
             let mut store = Store::new(prepared.pre.module().engine(), ModuleState { wasi, limits: spec.limits() });
             store.limiter(|state| &mut state.limits);
-            apply_time_budget(&mut store, budget);
+            apply_time_budget(&mut store, budget, spec.cpu.clone());
             let run = async {
                 let instance = prepared.pre.instantiate_async(&mut store).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

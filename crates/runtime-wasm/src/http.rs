@@ -162,7 +162,7 @@ impl HttpHandler {
                 (store, None, 0)
             }
         };
-        apply_time_budget(&mut store, budget);
+        apply_time_budget(&mut store, budget, self.spec.cpu.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;

@@ -26,7 +26,7 @@ pub use command::{CommandOutcome, run_command};
 pub use http::{HttpHandler, HttpOutcome, ResponseBody};
 /// The error type of guest response bodies.
 pub type BodyError = wasmtime_wasi_http::Error;
-pub use sandbox::{LogLine, LogSink, OutboundFuture, OutboundHttp, Preopen, SandboxSpec, Stream};
+pub use sandbox::{CpuLimit, LogLine, LogSink, OutboundFuture, OutboundHttp, Preopen, SandboxSpec, Stream};
 pub use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// How long one epoch tick is: the granularity of time budgets.

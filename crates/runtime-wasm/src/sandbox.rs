@@ -290,6 +290,65 @@ pub struct SandboxSpec {
     /// Where the guest's outgoing `wasi:http` requests go first: the node's Service proxy takes
     /// cluster names; everything else goes to the network as `wasi:http` does by default.
     pub outbound: Option<Arc<dyn OutboundHttp>>,
+    /// The container's CPU limit (`resources.limits.cpu`), shared by all its instances.
+    pub cpu: Option<Arc<CpuLimit>>,
+}
+
+/// A CPU limit enforced like the kernel's CFS bandwidth control: in every period (100 ms) the
+/// instances sharing it may run for `quota` (the limit in cores × the period) in Wasm; an
+/// instance that finds the quota spent waits, yielding its thread, until the period ends.
+///
+/// Run time is charged at each epoch check (every few ticks while a guest runs): the time since
+/// the guest last resumed, at most the ticks it could have run since (time spent waiting in host
+/// calls, where the epoch advances but no Wasm runs, is not charged past that).
+pub struct CpuLimit {
+    quota: Duration,
+    period: Duration,
+    state: std::sync::Mutex<CpuPeriod>,
+}
+
+struct CpuPeriod {
+    started: std::time::Instant,
+    used: Duration,
+    total: Duration,
+    throttled: u64,
+}
+
+impl CpuLimit {
+    pub const PERIOD: Duration = Duration::from_millis(100);
+
+    /// A limit of `millicores` thousandths of a core; `None` for no limit (0).
+    pub fn new(millicores: u64) -> Option<Arc<Self>> {
+        if millicores == 0 {
+            return None;
+        }
+        let quota = Self::PERIOD.mul_f64(millicores as f64 / 1000.0);
+        Some(Arc::new(Self { quota, period: Self::PERIOD, state: std::sync::Mutex::new(CpuPeriod { started: std::time::Instant::now(), used: Duration::ZERO, total: Duration::ZERO, throttled: 0 }) }))
+    }
+
+    /// Charges `ran`; returns how long to wait when the period's quota is spent.
+    fn charge(&self, ran: Duration) -> Option<Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if now.duration_since(state.started) >= self.period {
+            state.started = now;
+            state.used = Duration::ZERO;
+        }
+        state.used += ran;
+        state.total += ran;
+        if state.used < self.quota {
+            return None;
+        }
+        state.throttled += 1;
+        Some((state.started + self.period).saturating_duration_since(now))
+    }
+
+    /// (Run time charged in all, how many times an instance had to wait): cgroup's
+    /// `cpu.stat` usage and `nr_throttled`.
+    pub fn stats(&self) -> (Duration, u64) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.total, state.throttled)
+    }
 }
 
 /// A boxed future of an outgoing request's response.
@@ -336,7 +395,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for Hooks {
 
 impl SandboxSpec {
     pub fn new(logs: LogSink) -> Self {
-        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None }
+        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None, cpu: None }
     }
 
     pub(crate) fn wasi_builder(&self) -> Result<WasiCtxBuilder, crate::Error> {
@@ -391,19 +450,44 @@ pub(crate) fn add_wasi_to_linker(linker: &mut wasmtime::component::Linker<Compon
 
 /// Makes `store` stop the guest once it has run for `budget` (checked every epoch tick), and
 /// yield to other tasks every few ticks meanwhile so one guest cannot hold an executor thread.
-pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budget: Duration) {
+/// With a CPU limit, each check also charges the run time and, when the quota is spent, the
+/// yield waits out the rest of the period.
+pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budget: Duration, cpu: Option<Arc<CpuLimit>>) {
     // Wall-clock: a guest spinning in Wasm is stopped within one epoch tick of its deadline.
     // (Waits inside host calls are bounded by the caller's own timeout.)
     const SLICE: u64 = 10;
     let deadline = std::time::Instant::now() + budget;
     store.set_epoch_deadline(1);
+    // When the guest last resumed, and how many ticks it was given then.
+    let resumed = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 1u64)));
     store.epoch_deadline_callback(move |_| {
         let now = std::time::Instant::now();
         if now >= deadline {
             return Ok(wasmtime::UpdateDeadline::Interrupt);
         }
         let left = ((deadline - now).as_millis() / crate::EPOCH_TICK.as_millis().max(1)) as u64;
-        Ok(wasmtime::UpdateDeadline::Yield(left.clamp(1, SLICE)))
+        let ticks = left.clamp(1, SLICE);
+        let Some(cpu) = &cpu else { return Ok(wasmtime::UpdateDeadline::Yield(ticks)) };
+        let wait = {
+            let mut resumed = resumed.lock().unwrap_or_else(|p| p.into_inner());
+            let ran = now.duration_since(resumed.0).min(crate::EPOCH_TICK * (resumed.1 as u32 + 1));
+            *resumed = (now, ticks);
+            cpu.charge(ran)
+        };
+        match wait {
+            None => Ok(wasmtime::UpdateDeadline::Yield(ticks)),
+            Some(wait) => {
+                let resumed = Arc::clone(&resumed);
+                let wait = wait.min(deadline.saturating_duration_since(now));
+                Ok(wasmtime::UpdateDeadline::YieldCustom(
+                    ticks,
+                    Box::pin(async move {
+                        tokio::time::sleep(wait).await;
+                        resumed.lock().unwrap_or_else(|p| p.into_inner()).0 = std::time::Instant::now();
+                    }),
+                ))
+            }
+        }
     });
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use shoal_runtime_wasm::{HttpHandler, LogSink, Runtime, RuntimeConfig, SandboxSpec, Workload, run_command};
+use shoal_runtime_wasm::{CpuLimit, HttpHandler, LogSink, Runtime, RuntimeConfig, SandboxSpec, Workload, run_command};
 
 fn sample(relative: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(relative);
@@ -178,4 +178,34 @@ async fn an_opted_in_pod_reuses_instances_and_a_trap_discards_one() {
     assert_eq!(response.status(), 500);
     let (response, _) = handler.handle(request("/ok")).await;
     assert_eq!(response.status(), 200);
+}
+
+/// `resources.limits.cpu`: a spinning guest limited to a tenth of a core runs for about a tenth
+/// of its time and waits out the rest of each period; the same guest with a limit it cannot reach
+/// runs all the time. (Run time is what the limit charged, not a wall-clock speed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_limit_throttles_a_spinning_guest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(misbehave) = load(&runtime, "misbehave/misbehave.wasm").await else { panic!("http") };
+    let spin = |millicores: u64| {
+        let misbehave = Arc::clone(&misbehave);
+        async move {
+            let mut spec = SandboxSpec::new(LogSink::new(10));
+            spec.time_budget = Duration::from_millis(600);
+            let limit = CpuLimit::new(millicores).expect("a limit");
+            spec.cpu = Some(Arc::clone(&limit));
+            let handler = HttpHandler::new(misbehave, spec, 4);
+            let (response, _) = handler.handle(request("/loop")).await;
+            assert_eq!(response.status(), 500, "the loop still ends at its time budget");
+            limit.stats()
+        }
+    };
+    let (limited, throttled) = spin(100).await;
+    let (unlimited, never) = spin(64_000).await;
+    assert!(throttled >= 3, "a tenth of a core spinning for 600 ms waits in most periods ({throttled})");
+    assert_eq!(never, 0);
+    // 100m of 600 ms is 60 ms; each period may overshoot by one check (at most 11 ticks).
+    assert!(limited < Duration::from_millis(200), "a tenth of a core ran for {limited:?} of 600 ms");
+    assert!(unlimited > limited * 2, "without a reachable limit the loop runs throughout ({unlimited:?} against {limited:?})");
 }
