@@ -54,6 +54,22 @@ impl Kubectl {
         (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
     }
 
+    /// Starts kubectl in the background under a `seconds` limit, with its output piped.
+    fn spawn(&self, seconds: u32, args: &[&str]) -> std::process::Child {
+        Command::new("timeout")
+            .arg(seconds.to_string())
+            .arg(&self.binary)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kubectl")
+    }
+
     /// Runs kubectl and expects success; returns stdout.
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         let (code, stdout, stderr) = self.run(args, stdin);
@@ -412,13 +428,7 @@ async fn kubectl_logs_reads_pods_and_jobs() {
 async fn kubectl_get_watch_streams_rows() {
     let server = Server::start_with(&["--disable-controllers"]).await;
     let kubectl = Kubectl::new(&server, "1.32");
-    let watcher = Command::new("timeout")
-        .args(["6", kubectl.binary.to_str().expect("utf-8"), "--kubeconfig", kubectl.kubeconfig.to_str().expect("utf-8"), "get", "configmaps", "-w"])
-        .env("HOME", kubectl.home.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl get -w");
+    let watcher = kubectl.spawn(6, &["get", "configmaps", "-w"]);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     server.post("/api/v1/namespaces/default/configmaps", &crate::harness::config_map("streamed", "1")).await;
     let output = watcher.wait_with_output().expect("kubectl ran");
@@ -478,13 +488,7 @@ async fn kubectl_rollout_status_survives_a_closed_watch_and_410() {
     let kubectl = Kubectl::new(&server, "1.32");
     kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
     // No controllers yet: the status never arrives, so kubectl waits on its watch.
-    let waiting = Command::new("timeout")
-        .args(["90", kubectl.binary.to_str().expect("utf-8"), "--kubeconfig", kubectl.kubeconfig.to_str().expect("utf-8"), "rollout", "status", "deployment/web", "-v=4"])
-        .env("HOME", kubectl.home.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl rollout status");
+    let waiting = kubectl.spawn(90, &["rollout", "status", "deployment/web", "-v=4"]);
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     server.restart_on_the_same_port(&[]).await;
     let output = waiting.wait_with_output().expect("kubectl ran");
