@@ -10,16 +10,9 @@
 # Prints lines for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-seconds="${SECONDS_PER_RUN:-10}"
-connections="${CONNECTIONS:-32}"
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-[ -f samples/hello/hello.wasm ] || bash samples/build.sh
-wasmtime_root="${WASMTIME_ROOT:-$HOME/.cache/shoal-bench/wasmtime-48}"
+source benches/common.sh
 peer="${PEER:-1}"  # PEER=0 leaves out `wasmtime serve` (and says so in the output)
-if [ "$peer" = 1 ] && [ ! -x "$wasmtime_root/bin/wasmtime" ]; then
-  echo "building wasmtime-cli 48 from crates.io into $wasmtime_root (once; several minutes)" >&2
-  cargo install --quiet --locked wasmtime-cli --version 48.0.8 --root "$wasmtime_root"
-fi
+if [ "$peer" = 1 ]; then ensure_wasmtime; fi
 cargo build --release -q -p shoal -p shoal-benches
 work="$(mktemp -d)"
 pids=""

@@ -5,15 +5,8 @@
 # Also runs the in-process criterion benchmark. Prints lines for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-seconds="${SECONDS_PER_RUN:-10}"
-connections="${CONNECTIONS:-32}"
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-[ -f samples/hello/hello.wasm ] || bash samples/build.sh
-wasmtime_root="${WASMTIME_ROOT:-$HOME/.cache/shoal-bench/wasmtime-48}"
-if [ ! -x "$wasmtime_root/bin/wasmtime" ]; then
-  echo "building wasmtime-cli 48 from crates.io into $wasmtime_root (once; several minutes)" >&2
-  cargo install --quiet --locked wasmtime-cli --version 48.0.8 --root "$wasmtime_root"
-fi
+source benches/common.sh
+ensure_wasmtime
 cargo build --release -q -p shoal
 work="$(mktemp -d)"
 trap 'kill ${pids:-} 2>/dev/null || true; rm -rf "$work"' EXIT

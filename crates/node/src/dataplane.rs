@@ -22,18 +22,7 @@ use crate::Shared;
 use crate::proxy::text;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "data plane accept");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, _)) = crate::proxy::next_connection(&listener, &shared.shutdown, "data plane").await {
         let shared = Arc::clone(&shared);
         let tasks = shared.tasks.clone();
         tasks.spawn(async move {

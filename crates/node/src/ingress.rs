@@ -284,18 +284,7 @@ impl Router {
 /// Serves ingress traffic on `listener` until shutdown; with `tls`, over TLS (ALPN h2 and
 /// http/1.1) with certificates chosen by SNI.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "ingress accept");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &shared.shutdown, "ingress").await {
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
         shared.clone().tasks.spawn(async move {

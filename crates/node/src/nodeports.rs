@@ -70,18 +70,7 @@ pub async fn run(shared: Arc<Shared>, bind_ip: IpAddr) {
 
 async fn accept(shared: Arc<Shared>, listener: tokio::net::TcpListener, owner: Owner, stop: CancellationToken) {
     let owner = Arc::new(owner);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "node port accept");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &stop, "node port").await {
         let (shared, owner) = (Arc::clone(&shared), Arc::clone(&owner));
         shared.clone().tasks.spawn(async move {
             let handler_shared = Arc::clone(&shared);

@@ -166,6 +166,27 @@ pub async fn to_service(shared: &Arc<Shared>, service: &ServiceEntry, port: &Ser
     response
 }
 
+/// The next connection on `listener` (with TCP_NODELAY), or `None` once `stop` is cancelled. An
+/// accept error (out of file descriptors, say) is logged and retried after a pause rather than
+/// in a hot loop.
+pub async fn next_connection(listener: &tokio::net::TcpListener, stop: &tokio_util::sync::CancellationToken, what: &str) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "{what}: accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Serves one connection (HTTP/1.1 or HTTP/2, detected) with `handler` until it ends or the
 /// node shuts down (then in-flight requests get up to 5 s).
 pub async fn serve_http<I, F, Fut>(shared: &Shared, io: I, handler: F)
