@@ -436,15 +436,22 @@ async fn kubectl_get_watch_streams_rows() {
     assert!(stdout.lines().any(|row| row.starts_with("streamed ")), "the new row arrived while watching: {stdout}{}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// `kubectl describe` shows the defaults kube-apiserver sets and the object's events, found by
-/// `involvedObject` field selectors.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_describe_shows_defaults_and_events() {
+/// A server with its node, and the hello Deployment `web` (2 replicas) rolled out by kubectl.
+async fn rolled_out_hello() -> (Server, Kubectl) {
     let server = Server::start().await;
     crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
     let kubectl = Kubectl::new(&server, "1.32");
     kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
-    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    let status = kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    (server, kubectl)
+}
+
+/// `kubectl describe` shows the defaults kube-apiserver sets and the object's events, found by
+/// `involvedObject` field selectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_describe_shows_defaults_and_events() {
+    let (_server, kubectl) = rolled_out_hello().await;
     let described = kubectl.ok(&["describe", "deployment", "web"], None);
     assert!(described.contains("StrategyType:") && described.contains("RollingUpdate"), "{described}");
     assert!(described.contains("ScalingReplicaSet"), "the Deployment's own events: {described}");
@@ -460,11 +467,7 @@ async fn kubectl_describe_shows_defaults_and_events() {
 /// each selected object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_delete_cascades_and_deletes_by_label() {
-    let server = Server::start().await;
-    crate::harness::push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
-    let kubectl = Kubectl::new(&server, "1.32");
-    kubectl.ok(&["apply", "-f", "-"], Some(&hello_deployment("shoal.local/samples/hello:latest")));
-    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=25s"], None);
+    let (server, kubectl) = rolled_out_hello().await;
     assert!(kubectl.ok(&["delete", "deployment", "web"], None).contains("deployment.apps \"web\" deleted"));
     crate::harness::wait_until(&server, "/apis/apps/v1/namespaces/default/replicasets", 30, "the ReplicaSet to go", |l| l["items"].as_array().is_some_and(Vec::is_empty)).await;
     crate::harness::wait_until(&server, "/api/v1/namespaces/default/pods", 30, "the pods to go", |l| l["items"].as_array().is_some_and(Vec::is_empty)).await;
