@@ -347,7 +347,7 @@ pub fn record_update(kind: &str, before: &Value, after: &mut Value, manager: &st
     }
     let old = fields_of(kind, before);
     let new = fields_of(kind, after);
-    let changed: FieldSet = new.iter().filter(|path| !path.last().is_some_and(|s| s == ".") && value_at(before, path) != value_at(after, path)).cloned().collect();
+    let changed: FieldSet = new.iter().filter(|path| path.last().is_none_or(|s| s != ".") && value_at(before, path) != value_at(after, path)).cloned().collect();
     let removed: FieldSet = old.difference(&new).cloned().collect();
     if changed.is_empty() && removed.is_empty() {
         // Keep the entries as they were (a PUT may have sent them back unchanged, or not at all).

@@ -240,14 +240,14 @@ fn merge_keyed(kind: &str, mut existing: Vec<Value>, items: &[Value], merge_key:
 
 /// Orders `list` as `order` lists it; elements `order` does not name keep their relative order
 /// after the named ones.
-fn reorder(list: &mut Vec<Value>, order: &[Value], merge_key: Option<&str>) {
+fn reorder(list: &mut [Value], order: &[Value], merge_key: Option<&str>) {
     let identity = |value: &Value| -> Option<Value> {
         match merge_key {
             Some(key) => value.get(key).cloned(),
             None => Some(value.clone()),
         }
     };
-    let wanted: Vec<Option<Value>> = order.iter().map(|o| identity(o)).collect();
+    let wanted: Vec<Option<Value>> = order.iter().map(&identity).collect();
     let rank = |value: &Value| -> usize {
         let id = identity(value);
         wanted.iter().position(|w| id.is_some() && *w == id).unwrap_or(usize::MAX)

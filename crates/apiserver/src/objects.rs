@@ -218,6 +218,7 @@ fn lookup<'a>(object: &'a Value, path: &str) -> &'a Value {
 
 /// Replaces `current` with `desired` within `scope`, checking `precondition`. `desired` is the
 /// full object the client wants (after a patch, or as PUT).
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     state: &AppState,
     info: &'static ResourceInfo,
@@ -390,6 +391,7 @@ pub enum PatchType {
     Strategic,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn patch(
     state: &AppState,
     info: &'static ResourceInfo,

@@ -139,7 +139,7 @@ pub async fn rollout(client: &Client, command: RolloutCommand) -> anyhow::Result
             let namespace = namespace.unwrap_or_else(|| client.default_namespace.clone());
             let deployment = client.get(deployments, Some(&namespace), &name).await?;
             println!("deployment.apps/{name}");
-            println!("{:<10}{}", "REVISION", "CHANGE-CAUSE");
+            println!("{:<10}CHANGE-CAUSE", "REVISION");
             for (revision, rs) in revisions(client, &namespace, &deployment).await? {
                 let cause = rs["metadata"]["annotations"]["kubernetes.io/change-cause"].as_str().unwrap_or("<none>");
                 println!("{revision:<10}{cause}");

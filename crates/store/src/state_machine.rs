@@ -374,17 +374,17 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
         }
         Command::Update { key, object, precondition } => {
             let Some(current) = &current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
-            if let Err(error) = check_precondition(&current, &precondition) {
+            if let Err(error) = check_precondition(current, &precondition) {
                 return Ok(CommandResponse::Rejected(error));
             }
             (key, object, EventType::Modified)
         }
         Command::Delete { key, precondition } => {
             let Some(current) = &current else { return Ok(CommandResponse::Rejected(WriteError::NotFound)) };
-            if let Err(error) = check_precondition(&current, &precondition) {
+            if let Err(error) = check_precondition(current, &precondition) {
                 return Ok(CommandResponse::Rejected(error));
             }
-            (key, Value::clone(&current), EventType::Deleted)
+            (key, Value::clone(current), EventType::Deleted)
         }
     };
     memory.applied.revision += 1;
