@@ -261,6 +261,17 @@ async fn server_side_apply_from(version: &str) {
     let (_, live) = server.get(path).await;
     assert_eq!(live["metadata"]["labels"], serde_json::json!({"app": "web", "team": "blue"}), "{live}");
     assert_eq!(env_names(&containers(&live)[0]), ["B"], "the env var kubectl stopped applying is removed: {live}");
+
+    // An object made by client-side apply moves to server-side apply: kubectl follows up with
+    // an apply of the last-applied annotation as `kubectl-last-applied`.
+    let other = manifest(1, &[("A", "1")]).replace("name: web\n", "name: moved\n");
+    kubectl.ok(&["apply", "-f", "-"], Some(&other));
+    let moved = kubectl.ok(&["apply", "--server-side", "-f", "-"], Some(&other.replace("replicas: 1", "replicas: 2")));
+    assert!(moved.contains("deployment.apps/moved serverside-applied"), "{moved}");
+    let (_, live) = server.get("/apis/apps/v1/namespaces/default/deployments/moved").await;
+    assert_eq!(live["spec"]["replicas"], 2);
+    let managers: Vec<&str> = live["metadata"]["managedFields"].as_array().expect("managedFields").iter().filter_map(|m| m["manager"].as_str()).collect();
+    assert!(managers.contains(&"kubectl") && managers.contains(&"kubectl-last-applied"), "{managers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
