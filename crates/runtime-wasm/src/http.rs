@@ -71,7 +71,8 @@ pub struct HttpHandler {
     /// request; more is the pod's opt-in trade of isolation between its own requests for speed.
     reuse_limit: usize,
     warm: Arc<std::sync::Mutex<Vec<Warm>>>,
-    instantiations: Arc<std::sync::atomic::AtomicU64>,
+    /// How long each fresh instantiation took (its count is the number of instances made).
+    instantiate_times: Arc<crate::latency::LatencyHistogram>,
 }
 
 fn text_response(status: u16, text: String) -> hyper::Response<ResponseBody> {
@@ -93,7 +94,7 @@ impl HttpHandler {
         Self {
             reuse_limit: reuse_limit.max(1),
             warm: Arc::new(std::sync::Mutex::new(Vec::new())),
-            instantiations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            instantiate_times: Arc::default(),
             prepared,
             spec,
             concurrency: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
@@ -109,7 +110,13 @@ impl HttpHandler {
 
     /// Instances created so far (with reuse, fewer than requests).
     pub fn instantiations(&self) -> u64 {
-        self.instantiations.load(std::sync::atomic::Ordering::Relaxed)
+        self.instantiate_times.count()
+    }
+
+    /// A quantile (0.99 for p99) of how long instantiation alone took, from a histogram of every
+    /// instance made (reported as its bucket's upper bound, within 25%).
+    pub fn instantiate_latency(&self, quantile: f64) -> Option<Duration> {
+        self.instantiate_times.quantile(quantile)
     }
 
     /// Requests being handled now.
@@ -167,14 +174,16 @@ impl HttpHandler {
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
         let pre = self.prepared.pre.clone();
-        let (pool, reuse_limit, instantiations) = (Arc::clone(&self.warm), self.reuse_limit, Arc::clone(&self.instantiations));
+        let (pool, reuse_limit, instantiate_times) = (Arc::clone(&self.warm), self.reuse_limit, Arc::clone(&self.instantiate_times));
         // The guest runs in its own task so it can keep streaming the body after the headers.
         let task = tokio::spawn(async move {
             let proxy = match proxy {
                 Some(proxy) => proxy,
                 None => {
-                    instantiations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    pre.instantiate_async(&mut store).await?
+                    let started = Instant::now();
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    instantiate_times.record(started.elapsed());
+                    proxy
                 }
             };
             proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await?;

@@ -13,6 +13,7 @@
 mod cache;
 mod command;
 mod http;
+mod latency;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
