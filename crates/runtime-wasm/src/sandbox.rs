@@ -458,6 +458,18 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
     const SLICE: u64 = 10;
     let deadline = std::time::Instant::now() + budget;
     store.set_epoch_deadline(1);
+    let ticks_left = move |now: std::time::Instant| ((deadline - now).as_millis() / crate::EPOCH_TICK.as_millis().max(1)) as u64;
+    let Some(cpu) = cpu else {
+        // No CPU limit: nothing to charge, and nothing allocated per request.
+        store.epoch_deadline_callback(move |_| {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(ticks_left(now).clamp(1, SLICE)))
+        });
+        return;
+    };
     // When the guest last resumed, and how many ticks it was given then.
     let resumed = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 1u64)));
     store.epoch_deadline_callback(move |_| {
@@ -465,9 +477,7 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
         if now >= deadline {
             return Ok(wasmtime::UpdateDeadline::Interrupt);
         }
-        let left = ((deadline - now).as_millis() / crate::EPOCH_TICK.as_millis().max(1)) as u64;
-        let ticks = left.clamp(1, SLICE);
-        let Some(cpu) = &cpu else { return Ok(wasmtime::UpdateDeadline::Yield(ticks)) };
+        let ticks = ticks_left(now).clamp(1, SLICE);
         let wait = {
             let mut resumed = resumed.lock().unwrap_or_else(|p| p.into_inner());
             let ran = now.duration_since(resumed.0).min(crate::EPOCH_TICK * (resumed.1 as u32 + 1));
