@@ -272,6 +272,13 @@ async fn server_side_apply_from(version: &str) {
     assert_eq!(live["spec"]["replicas"], 2);
     let managers: Vec<&str> = live["metadata"]["managedFields"].as_array().expect("managedFields").iter().filter_map(|m| m["manager"].as_str()).collect();
     assert!(managers.contains(&"kubectl") && managers.contains(&"kubectl-last-applied"), "{managers:?}");
+
+    // Shoal's own CLI writes as the manager `shoal` (its User-Agent): its change then conflicts.
+    let (code, _, stderr) = server.cli(&["set", "image", "deployment/moved", "app=shoal.local/samples/hello:v9"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = kubectl.run(&["apply", "--server-side", "-f", "-"], Some(&other.replace("replicas: 1", "replicas: 2")));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("conflict with \"shoal\"") && stderr.contains(".image"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
