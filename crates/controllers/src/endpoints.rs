@@ -24,6 +24,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.shoal.dev";
 
+/// The most endpoints one EndpointSlice lists (kube-controller-manager's default).
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+
 pub struct EndpointsController {
     context: Arc<Context>,
 }
@@ -184,11 +187,18 @@ pub fn desired_slices(service: &Value, groups: &BTreeMap<Vec<ResolvedPort>, Vec<
     let name = meta::name(service);
     groups
         .iter()
-        .map(|(ports, endpoints)| {
+        .flat_map(|(ports, endpoints)| {
+            // kube-controller-manager's --max-endpoints-per-slice: 100 per slice. A port set
+            // with no endpoints still gets its one, empty, slice.
+            let chunks: Vec<&[Endpoint]> = if endpoints.is_empty() { vec![&[][..]] } else { endpoints.chunks(MAX_ENDPOINTS_PER_SLICE).collect() };
+            chunks.into_iter().enumerate().map(move |(index, chunk)| (ports, index, chunk))
+        })
+        .map(|(ports, index, endpoints)| {
+            let slice = if index == 0 { slice_name(name, ports) } else { format!("{}-{}", slice_name(name, ports), index + 1) };
             json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {
-                    "name": slice_name(name, ports), "namespace": meta::namespace(service),
+                    "name": slice, "namespace": meta::namespace(service),
                     "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY},
                     "ownerReferences": owner_reference(service),
                 },
@@ -380,6 +390,19 @@ mod tests {
         let numeric = plan(&service(json!(9000)), &[pod("a", "n1", true, false)]);
         assert_eq!(numeric.keys().next().unwrap()[0].1, 9000);
         assert!(desired_endpoints(&service(json!(9000)), &plan(&service(json!(9000)), &[])).get("subsets").is_none());
+    }
+
+    #[test]
+    fn slices_hold_at_most_a_hundred_endpoints() {
+        let pods: Vec<Arc<Value>> = (0..250).map(|i| pod(&format!("p{i:03}"), "n1", true, false)).collect();
+        let groups = plan(&service(json!("http")), &pods);
+        let slices = desired_slices(&service(json!("http")), &groups);
+        let sizes: Vec<usize> = slices.iter().map(|s| s["endpoints"].as_array().map_or(0, Vec::len)).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let names: Vec<&str> = slices.iter().map(|s| meta::name(s)).collect();
+        assert!(names[1] == format!("{}-2", names[0]) && names[2] == format!("{}-3", names[0]), "{names:?}");
+        let empty = desired_slices(&service(json!("http")), &plan(&service(json!("http")), &[]));
+        assert_eq!(empty.len(), 1, "a Service without endpoints keeps one empty slice");
     }
 
     #[test]
