@@ -90,6 +90,9 @@ impl Contents {
 /// A watched mirror of one kind, across all namespaces.
 pub struct Informer {
     pub info: &'static ResourceInfo,
+    /// Mirror only the objects this field selector matches (the watch sends DELETED for one
+    /// that stops matching).
+    field_selector: Option<String>,
     contents: RwLock<Contents>,
     handlers: RwLock<Vec<Handler>>,
     synced: tokio::sync::watch::Sender<bool>,
@@ -97,7 +100,12 @@ pub struct Informer {
 
 impl Informer {
     pub fn new(info: &'static ResourceInfo) -> Arc<Self> {
-        Arc::new(Self { info, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
+        Arc::new(Self { info, field_selector: None, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
+    }
+
+    /// An informer of only the objects `field_selector` matches (`type=kubernetes.io/tls`).
+    pub fn with_field_selector(info: &'static ResourceInfo, field_selector: &str) -> Arc<Self> {
+        Arc::new(Self { info, field_selector: Some(field_selector.to_owned()), contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
     }
 
     /// Registers a change handler. Handlers run on the informer's task and must not block.
@@ -263,7 +271,7 @@ impl Informer {
                 return;
             }
             if revision.is_none() {
-                match client.list_all(self.info, None, &ListOptions { limit: Some(2000), ..Default::default() }).await {
+                match client.list_all(self.info, None, &ListOptions { limit: Some(2000), field_selector: self.field_selector.clone(), ..Default::default() }).await {
                     Ok((items, listed_revision)) => {
                         self.replace_all(items);
                         self.synced.send_replace(true);
@@ -278,7 +286,7 @@ impl Informer {
                     }
                 }
             }
-            let options = ListOptions { resource_version: revision.clone(), timeout_seconds: Some(300 + rand::random_range(0..60)), ..Default::default() };
+            let options = ListOptions { resource_version: revision.clone(), timeout_seconds: Some(300 + rand::random_range(0..60)), field_selector: self.field_selector.clone(), ..Default::default() };
             let stream = match client.watch(self.info, None, &options).await {
                 Ok(stream) => stream,
                 Err(ClientError::Api(error)) if error.code == 410 => {

@@ -199,7 +199,9 @@ fn start_networking(shared: &Arc<Shared>, data_addr: SocketAddr) {
     use shoal_client::informer::Informer;
     let informer = |name: &str| Informer::new(resources::by_name(name).expect("networking kinds are served"));
     let (services, slices, nodes) = (informer("services"), informer("endpointslices"), informer("nodes"));
-    let (ingresses, classes, secrets) = (informer("ingresses"), informer("ingressclasses"), informer("secrets"));
+    // The router needs TLS Secrets only; the node mirrors no other kind of Secret.
+    let secrets = Informer::with_field_selector(resources::by_name("secrets").expect("secrets are served"), "type=kubernetes.io/tls");
+    let (ingresses, classes) = (informer("ingresses"), informer("ingressclasses"));
     shared.services.follow(&services, &slices, &nodes);
     shared.router.follow(&ingresses, &classes, &secrets);
     for informer in [services, slices, nodes, ingresses, classes, secrets] {
