@@ -31,21 +31,27 @@ impl Kubectl {
         Self { binary: kubectl_binary(version), home: tempfile::tempdir().expect("tempdir"), kubeconfig: server.kubeconfig() }
     }
 
-    /// Runs kubectl with `stdin` (if any) under a 30-second limit; (exit code, stdout, stderr).
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-        let mut child = Command::new("timeout")
-            .arg("30")
+    /// Starts kubectl with `args` under a `seconds` limit (coreutils' `timeout`), stdin piped
+    /// when `stdin` is true, stdout and stderr piped.
+    fn start(&self, seconds: u32, args: &[&str], stdin: bool) -> std::process::Child {
+        Command::new("timeout")
+            .arg(seconds.to_string())
             .arg(&self.binary)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
             .env("HOME", self.home.path())
             .env_remove("KUBECONFIG")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run kubectl");
+            .expect("start kubectl")
+    }
+
+    /// Runs kubectl with `stdin` (if any) under a 30-second limit; (exit code, stdout, stderr).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut child = self.start(30, args, stdin.is_some());
         if let Some(input) = stdin {
             use std::io::Write;
             child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
@@ -56,18 +62,7 @@ impl Kubectl {
 
     /// Starts kubectl in the background under a `seconds` limit, with its output piped.
     fn spawn(&self, seconds: u32, args: &[&str]) -> std::process::Child {
-        Command::new("timeout")
-            .arg(seconds.to_string())
-            .arg(&self.binary)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.home.path())
-            .env_remove("KUBECONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kubectl")
+        self.start(seconds, args, false)
     }
 
     /// Runs kubectl and expects success; returns stdout.

@@ -100,12 +100,16 @@ pub struct Informer {
 
 impl Informer {
     pub fn new(info: &'static ResourceInfo) -> Arc<Self> {
-        Arc::new(Self { info, field_selector: None, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
+        Self::selecting(info, None)
     }
 
     /// An informer of only the objects `field_selector` matches (`type=kubernetes.io/tls`).
     pub fn with_field_selector(info: &'static ResourceInfo, field_selector: &str) -> Arc<Self> {
-        Arc::new(Self { info, field_selector: Some(field_selector.to_owned()), contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
+        Self::selecting(info, Some(field_selector.to_owned()))
+    }
+
+    fn selecting(info: &'static ResourceInfo, field_selector: Option<String>) -> Arc<Self> {
+        Arc::new(Self { info, field_selector, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
     }
 
     /// Registers a change handler. Handlers run on the informer's task and must not block.
