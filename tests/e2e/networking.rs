@@ -340,7 +340,7 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
     std::fs::write(script.path(), "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 2048)\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n").expect("write the wrk script");
     let load = |extra: &[&str]| {
         Command::new("wrk")
-            .args(["-t1", "-c8", "-d30s", "-H", "Host: web.test"])
+            .args(["-t1", "-c8", "-d45s", "-H", "Host: web.test"])
             .args(extra)
             .arg(format!("http://{ingress_1}/"))
             .stdout(Stdio::piped())
@@ -357,13 +357,13 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
     let (code, body) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/web", Some(("application/merge-patch+json", patch))).await;
     assert_eq!(code, 200, "{body}");
     let started = Instant::now();
-    wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/web", 60, "the rollout to finish", |d| {
+    wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/web", 90, "the rollout to finish", |d| {
         let status = &d["status"];
         status["observedGeneration"] == d["metadata"]["generation"] && status["updatedReplicas"] == 10 && status["replicas"] == 10 && status["availableReplicas"] == 10
     })
     .await;
     let rollout = started.elapsed();
-    assert!(rollout < Duration::from_secs(27), "the rollout ({rollout:?}) must finish while wrk is still running, or the test proves nothing");
+    assert!(rollout < Duration::from_secs(42), "the rollout ({rollout:?}) must finish while wrk is still running, or the test proves nothing");
     for (what, wrk) in [("GET", gets), ("POST", posts)] {
         let output = wrk.wait_with_output().expect("wrk ran");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
