@@ -8,6 +8,7 @@ pub mod admission;
 pub mod apply;
 pub mod defaults;
 pub mod error;
+pub mod ingress;
 pub mod meta;
 pub mod openapi;
 pub mod patch;

@@ -85,10 +85,14 @@ fn git_version() -> String {
     format!("v{major}.{minor}.{patch}+shoal.{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The OpenAPI v3 documents, generated once on first use.
-fn openapi() -> &'static shoal_api::openapi::OpenApi {
+/// The OpenAPI v3 documents, generated once on first use (off the async workers) and served
+/// from then on without copying.
+async fn openapi_documents() -> Option<&'static shoal_api::openapi::OpenApi> {
     static DOCUMENTS: std::sync::OnceLock<shoal_api::openapi::OpenApi> = std::sync::OnceLock::new();
-    DOCUMENTS.get_or_init(|| shoal_api::openapi::generate(&git_version()))
+    if let Some(documents) = DOCUMENTS.get() {
+        return Some(documents);
+    }
+    tokio::task::spawn_blocking(|| DOCUMENTS.get_or_init(|| shoal_api::openapi::generate(&git_version()))).await.ok()
 }
 
 /// `GET /openapi/v3`: the group versions and their documents' hashed URLs.
@@ -96,8 +100,8 @@ pub async fn openapi_index(State(state): State<Arc<AppState>>, headers: HeaderMa
     if !authenticated(&state, &headers) {
         return error_response(&ApiError::unauthorized());
     }
-    let index = tokio::task::spawn_blocking(|| openapi().index.clone()).await.unwrap_or_default();
-    let mut response = Response::new(Body::from(index));
+    let Some(documents) = openapi_documents().await else { return error_response(&ApiError::internal("generating the OpenAPI documents failed")) };
+    let mut response = Response::new(Body::from(documents.index.as_slice()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
@@ -110,8 +114,9 @@ pub async fn openapi_document(State(state): State<Arc<AppState>>, uri: Uri, head
     }
     let path = uri.path().trim_start_matches("/openapi/v3/").trim_end_matches('/').to_owned();
     let requested_hash = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("hash=")).map(str::to_owned);
-    let found = tokio::task::spawn_blocking(move || openapi().documents.get(&path).map(|d| (d.body.clone(), d.hash.clone()))).await.ok().flatten();
-    let Some((body, hash)) = found else { return error_response(&ApiError::path_not_found()) };
+    let Some(documents) = openapi_documents().await else { return error_response(&ApiError::internal("generating the OpenAPI documents failed")) };
+    let Some(document) = documents.documents.get(&path) else { return error_response(&ApiError::path_not_found()) };
+    let (body, hash) = (document.body.as_slice(), &document.hash);
     let etag = format!("\"{hash}\"");
     let cache = if requested_hash.as_deref() == Some(hash.as_str()) { "public, immutable, max-age=31536000" } else { "no-cache, private" };
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {

@@ -798,10 +798,6 @@ async fn teardown(state: &Arc<AppState>, namespace: &str) {
     }
 }
 
-/// Creates the namespaces every cluster has, and resumes teardown of terminating namespaces.
-/// The IngressClass every node's router serves, created at first start as the default class.
-pub const INGRESS_CLASS: &str = "shoal";
-
 /// Creates `object` unless an object of that name exists (bootstrap objects are made once).
 async fn create_if_missing(state: &AppState, info: &'static ResourceInfo, namespace: Option<&str>, object: Value) -> Result<(), ApiError> {
     if state.store.get(&key(info, namespace, meta::name(&object))).map_err(store_error)?.is_some() {
@@ -849,6 +845,8 @@ async fn kubernetes_service(state: &AppState, api_host: &str, api_port: u16) -> 
     Ok(())
 }
 
+/// Creates the objects every cluster has (namespaces, the `shoal` IngressClass, the
+/// `kubernetes` Service), and resumes teardown of terminating namespaces.
 pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> Result<(), ApiError> {
     let namespaces = resources::by_name("namespaces").expect("namespaces are served");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -857,8 +855,8 @@ pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> 
     // Every node's ingress router serves the `shoal` class, the default one.
     let classes = resources::by_name("ingressclasses").expect("ingress classes are served");
     let class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-        "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
-        "spec": {"controller": "shoal.dev/ingress"}});
+        "metadata": {"name": shoal_api::ingress::CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": shoal_api::ingress::CONTROLLER}});
     create_if_missing(state, classes, None, class).await?;
     kubernetes_service(state, api_host, api_port).await?;
     let listed = state.store.list(&namespaces.group_resource(), None, None, None, &|o| !o["metadata"]["deletionTimestamp"].is_null()).map_err(store_error)?;

@@ -399,7 +399,7 @@ mod tests {
         let slices = desired_slices(&service(json!("http")), &groups);
         let sizes: Vec<usize> = slices.iter().map(|s| s["endpoints"].as_array().map_or(0, Vec::len)).collect();
         assert_eq!(sizes, [100, 100, 50]);
-        let names: Vec<&str> = slices.iter().map(|s| meta::name(s)).collect();
+        let names: Vec<&str> = slices.iter().map(meta::name).collect();
         assert!(names[1] == format!("{}-2", names[0]) && names[2] == format!("{}-3", names[0]), "{names:?}");
         let empty = desired_slices(&service(json!("http")), &plan(&service(json!("http")), &[]));
         assert_eq!(empty.len(), 1, "a Service without endpoints keeps one empty slice");

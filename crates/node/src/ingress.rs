@@ -35,8 +35,6 @@ use shoal_runtime_wasm::HttpError;
 use crate::Shared;
 use crate::proxy::{ProxyBody, text};
 
-pub const CLASS: &str = "shoal";
-pub const CONTROLLER: &str = "shoal.dev/ingress";
 pub const BODY_SIZE_ANNOTATION: &str = "shoal.dev/proxy-body-size";
 pub const TIMEOUT_ANNOTATION: &str = "shoal.dev/proxy-timeout-seconds";
 const DEFAULT_BODY_LIMIT: u64 = 64 * 1024 * 1024;
@@ -88,17 +86,6 @@ pub struct Routes {
     default: Option<Backend>,
 }
 
-/// Whether an Ingress is served here: its class is `shoal`, or any class whose controller is
-/// Shoal's, or none at all (the default class).
-fn is_ours(ingress: &Value, classes: &[Arc<Value>]) -> bool {
-    let class = ingress["spec"]["ingressClassName"].as_str().or(ingress["metadata"]["annotations"]["kubernetes.io/ingress.class"].as_str());
-    match class {
-        None => true,
-        Some(CLASS) => true,
-        Some(name) => classes.iter().any(|c| meta::name(c) == name && c["spec"]["controller"] == CONTROLLER),
-    }
-}
-
 fn backend_of(ingress: &Value, backend: &Value) -> Option<Backend> {
     let service = &backend["service"];
     let name = service["name"].as_str()?;
@@ -120,7 +107,7 @@ fn normalized(path: &str) -> String {
 
 impl Routes {
     pub fn build(ingresses: &[Arc<Value>], classes: &[Arc<Value>]) -> Self {
-        let mut ordered: Vec<&Arc<Value>> = ingresses.iter().filter(|i| is_ours(i, classes) && i["metadata"]["deletionTimestamp"].is_null()).collect();
+        let mut ordered: Vec<&Arc<Value>> = ingresses.iter().filter(|i| shoal_api::ingress::served_by_shoal(i, classes) && i["metadata"]["deletionTimestamp"].is_null()).collect();
         ordered.sort_by(|a, b| (a["metadata"]["creationTimestamp"].as_str(), meta::name(a)).cmp(&(b["metadata"]["creationTimestamp"].as_str(), meta::name(b))));
         let mut routes = Self::default();
         for ingress in ordered {
@@ -260,7 +247,7 @@ impl Router {
         let classes = classes.list();
         let routes = Routes::build(&ingresses, &classes);
         let mut certificates = HashMap::new();
-        for ingress in ingresses.iter().filter(|i| is_ours(i, &classes)) {
+        for ingress in ingresses.iter().filter(|i| shoal_api::ingress::served_by_shoal(i, &classes)) {
             for tls in ingress["spec"]["tls"].as_array().into_iter().flatten() {
                 let Some(secret_name) = tls["secretName"].as_str() else { continue };
                 let Some(secret) = secrets.get_named(meta::namespace(ingress), secret_name) else { continue };
@@ -460,7 +447,7 @@ mod tests {
         assert_eq!(service_for(&routes, "b.example.com", "/x"), Some("wild"));
         assert_eq!(service_for(&routes, "deep.b.example.com", "/x"), Some("fallback"), "a wildcard covers one label");
         assert_eq!(service_for(&routes, "n.other.org", "/"), Some("fallback"), "other classes are not served");
-        let ours = [Arc::new(json!({"metadata": {"name": "edge"}, "spec": {"controller": CONTROLLER}}))];
+        let ours = [Arc::new(json!({"metadata": {"name": "edge"}, "spec": {"controller": shoal_api::ingress::CONTROLLER}}))];
         let routes = Routes::build(&[ingress("e", "2026-01-01T00:00:00Z", json!({"ingressClassName": "edge", "rules": [{"http": {"paths": [path("/", "Prefix", "edge")]}}]}))], &ours);
         assert_eq!(service_for(&routes, "anything", "/"), Some("edge"));
     }

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub const DATA_ADDR_ANNOTATION: &str = "shoal.dev/data-addr";
 /// Where this node's ingress router listens (HTTP and HTTPS), for clients and tests.
-pub const INGRESS_ADDR_ANNOTATION: &str = "shoal.dev/ingress-addr";
+pub use shoal_api::ingress::INGRESS_ADDR_ANNOTATION;
 pub const INGRESS_TLS_ADDR_ANNOTATION: &str = "shoal.dev/ingress-tls-addr";
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 const NODE_STATUS_EVERY: Duration = Duration::from_secs(10);
