@@ -18,6 +18,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("joining the cluster through {url}: {detail}")]
+    Join { url: String, detail: String },
     #[error(transparent)]
     Store(#[from] shoal_store::Error),
 }

@@ -44,16 +44,18 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-/// Whether the request carries a valid bearer token.
-fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = headers
+/// The request's bearer token, if it carries one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
-        return false;
-    };
-    let token = token.trim().as_bytes();
+        .map(|token| token.trim().as_bytes())
+}
+
+/// Whether the request carries a valid bearer token.
+fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = bearer_token(headers) else { return false };
     [&state.credentials.admin_token, &state.credentials.node_token].iter().any(|known| constant_time_eq(known.as_bytes(), token))
 }
 
@@ -221,6 +223,13 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             }
             other => Err(ApiError::method_not_allowed(other.as_str())),
         };
+    }
+    // Reads are linearizable (a no-op on a single server): a follower first catches up to the
+    // leader's commit point. `resourceVersion=0` asks for any state, and a watch from a given
+    // revision needs none.
+    let requested_revision = query.get("resourceVersion").unwrap_or("");
+    if *method == Method::GET && requested_revision != "0" && !(query.flag("watch") && !requested_revision.is_empty()) {
+        state.store.read_barrier().await.map_err(objects::store_error)?;
     }
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace),

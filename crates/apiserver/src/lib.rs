@@ -3,6 +3,7 @@
 //! [`start`] opens the store (a Raft group over redb), creates or loads the cluster's
 //! credentials, writes the admin kubeconfig, and serves the API until the shutdown token fires.
 
+pub mod cluster;
 pub mod error;
 mod handlers;
 pub mod objects;
@@ -42,11 +43,32 @@ pub struct ApiServerConfig {
     pub registry_max_artifact_bytes: u64,
     /// The range Services' cluster IPs come from.
     pub service_cidr: services::Cidr,
+    /// The host peers and clients reach this server at (default: the listen address, or
+    /// 127.0.0.1 when that is unspecified). It is recorded in the group's membership.
+    pub advertise_host: Option<String>,
+    /// Join an existing cluster through this member instead of starting a new one.
+    pub join: Option<JoinConfig>,
+}
+
+/// Where and how a new server joins a cluster.
+#[derive(Clone)]
+pub struct JoinConfig {
+    /// A member's API URL (`https://HOST:PORT`).
+    pub url: String,
+    /// The cluster's server token (`DATA_DIR/server-token` on a member).
+    pub token: String,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 /// Shared by every request.
 pub struct AppState {
     pub store: Store,
+    pub(crate) data_dir: PathBuf,
     pub credentials: Credentials,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -104,6 +126,18 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     let listener = TcpListener::bind(&config.api_addr).await.map_err(|source| Error::Bind { addr: config.api_addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.api_addr.clone(), source })?;
     let host = config.api_addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']']).to_owned()).unwrap_or_default();
+    let host = config.advertise_host.clone().unwrap_or(host);
+    // A joining server takes the cluster's CA and tokens first, so that its serving certificate
+    // comes from the same CA and every kubeconfig works against every server.
+    let joining = match &config.join {
+        Some(join) if !config.data_dir.join("pki").join("ca.key").exists() => {
+            let shared = cluster::fetch_shared(&join.url, &join.token).await?;
+            pki::install_shared(&config.data_dir, &shared)?;
+            true
+        }
+        Some(_) => !config.data_dir.join("store").join("raft-log.redb").exists(),
+        None => false,
+    };
     let credentials = pki::ensure(&config.data_dir, std::slice::from_ref(&host))?;
     let url_host = match host.as_str() {
         "" | "0.0.0.0" => "127.0.0.1".to_owned(),
@@ -113,11 +147,16 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     };
     let url = format!("https://{url_host}:{}", local_addr.port());
 
-    let mut store_config = StoreConfig::new(config.data_dir.join("store"), 1, url.clone());
+    let member_id = member_id(&config.data_dir, config.join.is_some())?;
+    let mut store_config = StoreConfig::new(config.data_dir.join("store"), member_id, url.clone());
     store_config.history = config.watch_history.clone();
+    store_config.bootstrap = config.join.is_none();
+    store_config.ca_pem = Some(credentials.ca_pem.clone());
+    store_config.server_token = credentials.server_token.clone();
     let store = Store::open(store_config).await?;
     let state = Arc::new(AppState {
         store,
+        data_dir: config.data_dir.clone(),
         credentials: credentials.clone(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
@@ -127,13 +166,6 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });
-    let api_host = match url_host.trim_matches(['[', ']']) {
-        "localhost" => "127.0.0.1".to_owned(),
-        other => other.to_owned(),
-    };
-    objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
-    pki::write_kubeconfig(&credentials, &url)?;
-
     let router = Router::new()
         .route("/healthz", get(handlers::health))
         .route("/readyz", get(handlers::health))
@@ -141,13 +173,42 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         .route("/version", get(handlers::version))
         .route("/openapi/v3", get(handlers::openapi_index))
         .route("/openapi/v3/{*group_version}", get(handlers::openapi_document))
+        .route("/internal/{*rest}", axum::routing::any(cluster::internal))
         .fallback(handlers::api)
         .with_state(Arc::clone(&state));
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&credentials)?));
     let tasks = state.tasks.clone();
+    // Serve before joining and bootstrapping: the group reaches a joining server through it.
     tasks.spawn(serve(listener, acceptor, router, shutdown, state.tasks.clone()));
-    tracing::info!(%url, "API server listening");
+    if joining && let Some(join) = &config.join {
+        tracing::info!(member = member_id, through = %join.url, "joining the control-plane group");
+        let member = shoal_store::MemberRequest { id: member_id, addr: url.clone() };
+        cluster::request_membership(&join.url, &credentials.ca_pem, &credentials.server_token, &member).await?;
+        tracing::info!(member = member_id, "joined the control-plane group");
+    }
+    let api_host = match url_host.trim_matches(['[', ']']) {
+        "localhost" => "127.0.0.1".to_owned(),
+        other => other.to_owned(),
+    };
+    objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
+    pki::write_kubeconfig(&credentials, &url)?;
+    tracing::info!(%url, member = member_id, "API server listening");
     Ok(ApiServer { local_addr, credentials, url, state })
+}
+
+/// This server's member id in the control-plane group, kept in the data dir: 1 for the server
+/// that starts a cluster, a random one for a joining server.
+fn member_id(data_dir: &std::path::Path, joining: bool) -> Result<u64> {
+    let path = data_dir.join("member-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| Error::Io { path: path.clone(), source: std::io::Error::other("not a member id") }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = if joining { rand::random_range(2..=u64::from(u32::MAX)) } else { 1 };
+            pki::write_private(&path, &id.to_string())?;
+            Ok(id)
+        }
+        Err(source) => Err(Error::Io { path, source }),
+    }
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router, shutdown: CancellationToken, tasks: TaskTracker) {

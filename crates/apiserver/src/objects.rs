@@ -26,7 +26,7 @@ pub fn now() -> String {
     meta::format_time(jiff::Timestamp::now())
 }
 
-fn store_error(error: shoal_store::Error) -> ApiError {
+pub(crate) fn store_error(error: shoal_store::Error) -> ApiError {
     match error {
         shoal_store::Error::NotLeader(message) => ApiError::unavailable(format!("the control plane cannot accept writes right now: {message}")),
         other => ApiError::internal(other.to_string()),
@@ -834,7 +834,10 @@ async fn kubernetes_service(state: &AppState, api_host: &str, api_port: u16) -> 
             None => create_if_missing(state, info, Some("default"), desired).await?,
             Some(current) => {
                 let same = ["endpoints", "ports", "subsets"].iter().all(|field| current[*field] == desired[*field]);
-                if !same {
+                // In a group of several servers the first server's address stays (the servers
+                // would otherwise overwrite one another at each start).
+                let shared = state.store.status().members.len() > 1;
+                if !same && !shared {
                     desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     let precondition = Precondition { resource_version: meta::resource_version(&current), uid: None };
                     update(state, info, Some("default"), "kubernetes", &current, desired, UpdateScope::Main, precondition, FieldValidation::Strict, false).await?;

@@ -18,7 +18,66 @@ pub struct Credentials {
     pub server_key_pem: String,
     pub admin_token: String,
     pub node_token: String,
+    /// The token servers present to one another and a joining server presents to join:
+    /// `K1<sha256 of the CA certificate, hex>::<secret>`, so that the joiner can check the CA it
+    /// is handed before trusting it (as k3s's tokens do).
+    pub server_token: String,
     pub kubeconfig_path: PathBuf,
+}
+
+/// What every server of a cluster shares: the CA (with its key, to issue each server's serving
+/// certificate) and the tokens. A joining server receives it from a member.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct SharedCredentials {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub admin_token: String,
+    pub node_token: String,
+    pub server_token: String,
+}
+
+impl std::fmt::Debug for SharedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedCredentials { .. }")
+    }
+}
+
+/// The hex SHA-256 of a CA certificate's PEM text, as join tokens carry it.
+pub fn ca_hash(ca_pem: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(ca_pem.trim().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CA hash a join token pins, if it has the `K1<hash>::<secret>` form.
+pub fn token_ca_hash(token: &str) -> Option<&str> {
+    let (head, secret) = token.strip_prefix("K1")?.split_once("::")?;
+    (head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some(head)
+}
+
+/// Reads the shared credentials from a member's data dir (to hand to a joining server).
+pub fn shared(data_dir: &Path, credentials: &Credentials) -> Result<SharedCredentials> {
+    let path = data_dir.join("pki").join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&path).map_err(|source| Error::Io { path, source })?;
+    Ok(SharedCredentials {
+        ca_pem: credentials.ca_pem.clone(),
+        ca_key_pem,
+        admin_token: credentials.admin_token.clone(),
+        node_token: credentials.node_token.clone(),
+        server_token: credentials.server_token.clone(),
+    })
+}
+
+/// Installs a cluster's shared credentials in a new server's data dir, before [`ensure`] issues
+/// its serving certificate from that CA.
+pub fn install_shared(data_dir: &Path, shared: &SharedCredentials) -> Result<()> {
+    let pki = data_dir.join("pki");
+    std::fs::create_dir_all(&pki).map_err(|source| Error::Io { path: pki.clone(), source })?;
+    write_private(&pki.join("ca.key"), &shared.ca_key_pem)?;
+    write_private(&pki.join("ca.crt"), &shared.ca_pem)?;
+    write_private(&data_dir.join("admin-token"), &shared.admin_token)?;
+    write_private(&data_dir.join("node-token"), &shared.node_token)?;
+    write_private(&data_dir.join("server-token"), &shared.server_token)?;
+    Ok(())
 }
 
 fn random_token() -> String {
@@ -123,7 +182,16 @@ pub fn ensure(data_dir: &Path, extra_names: &[String]) -> Result<Credentials> {
     };
     let admin_token = read_or_create(&data_dir.join("admin-token"), || Ok(random_token()))?;
     let node_token = read_or_create(&data_dir.join("node-token"), || Ok(random_token()))?;
-    Ok(Credentials { ca_pem, server_cert_pem, server_key_pem, admin_token, node_token, kubeconfig_path: data_dir.join("admin.kubeconfig") })
+    let server_token = read_or_create(&data_dir.join("server-token"), || Ok(format!("K1{}::{}", ca_hash(&ca_pem), random_token())))?;
+    Ok(Credentials {
+        ca_pem,
+        server_cert_pem,
+        server_key_pem,
+        admin_token,
+        node_token,
+        server_token,
+        kubeconfig_path: data_dir.join("admin.kubeconfig"),
+    })
 }
 
 /// Writes the admin kubeconfig for `server_url` (usable by `shoal` and kubectl alike).

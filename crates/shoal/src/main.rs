@@ -2,6 +2,7 @@
 
 mod apply;
 mod artifact;
+mod cluster;
 mod deploy;
 mod describe;
 mod get;
@@ -80,6 +81,11 @@ enum Command {
     Uncordon(workloads::NodeArgs),
     /// Cordon a node and evict its pods (their owners recreate them elsewhere).
     Drain(workloads::DrainArgs),
+    /// Show or change the control-plane group (highly-available servers).
+    Cluster {
+        #[command(subcommand)]
+        what: cluster::ClusterCommand,
+    },
     /// Create an object imperatively.
     Create {
         #[command(subcommand)]
@@ -159,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, true).await,
         Command::Uncordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, false).await,
         Command::Drain(args) => workloads::drain(&client(cli.kubeconfig, server)?, args).await,
+        Command::Cluster { what } => cluster::cluster(&client(cli.kubeconfig, server)?, what).await,
         Command::Artifact { what } => artifact::artifact(&kubeconfig_path(cli.kubeconfig), server, what).await,
         Command::Create { what: CreateCommand::Namespace { name } } => {
             let client = client(cli.kubeconfig, server)?;

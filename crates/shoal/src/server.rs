@@ -43,6 +43,18 @@ pub struct ServerArgs {
     /// The range Services' cluster IPs are given from.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = shoal_apiserver::services::Cidr::parse)]
     service_cidr: shoal_apiserver::services::Cidr,
+    /// The host (name or address) peers, agents and clients reach this server at; it is named
+    /// in the serving certificate and recorded in the control-plane membership (default: the
+    /// host of --api-addr, or 127.0.0.1 when that is 0.0.0.0).
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// Join the cluster of the server at this URL (https://HOST:PORT) instead of starting a new
+    /// one; needs --token.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The cluster's server token for --join (DATA_DIR/server-token on a member).
+    #[arg(long, env = "SHOAL_SERVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Watch history: events always kept (at least).
     #[arg(long, default_value_t = 10_000, hide = true)]
     watch_history_min_events: usize,
@@ -140,6 +152,11 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
         api_addr: args.api_addr.clone(),
         registry_max_artifact_bytes: args.registry_max_artifact_bytes,
         service_cidr: args.service_cidr,
+        advertise_host: args.advertise_address.clone(),
+        join: match (&args.join, &args.token) {
+            (Some(url), Some(token)) => Some(shoal_apiserver::JoinConfig { url: url.clone(), token: token.clone() }),
+            _ => None,
+        },
         watch_history: shoal_apiserver::HistoryLimits {
             min_events: args.watch_history_min_events,
             min_age: std::time::Duration::from_secs(args.watch_history_min_age_seconds),

@@ -1,72 +1,228 @@
-//! Raft transport between control-plane servers.
+//! Raft transport between control-plane servers, and the other server-to-server calls of the
+//! store (forwarded writes, read indexes, membership changes).
 //!
-//! A single-member group (the only shape `shoal server` creates today) never sends an RPC. The
-//! authenticated HTTPS transport between servers belongs to the highly-available control plane
-//! work; until then every peer is reported unreachable, so an attempt to replicate fails loudly
-//! in the logs instead of silently.
+//! Every call is an HTTPS `POST` of a JSON body to the peer's API listener under
+//! `/internal/…`, authenticated with the cluster's server token and verified against the
+//! cluster CA, which all servers share. The answer is JSON too: `Result<response, error>` for the
+//! Raft RPCs, so a peer's Raft error reaches openraft as a remote error and a transport failure as
+//! a network error (or `Unreachable` when the peer cannot be connected to, which makes openraft
+//! back off before retrying).
+//!
+//! Connections are pooled per peer by reqwest and negotiate HTTP/2 through ALPN, so concurrent
+//! calls to a peer share one TLS connection. openraft pipelines AppendEntries itself (one
+//! outstanding batch per follower); the store's group commit above Raft makes each entry a batch.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
 use openraft::BasicNode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::TypeConfig;
 
 type NodeId = u64;
 
-/// Creates connections to peers; see the module note.
-#[derive(Clone, Default)]
-pub struct NetworkFactory;
+/// The paths of the internal API, served by the API server.
+pub mod paths {
+    pub const APPEND: &str = "/internal/raft/append";
+    pub const VOTE: &str = "/internal/raft/vote";
+    pub const SNAPSHOT: &str = "/internal/raft/snapshot";
+    pub const WRITE: &str = "/internal/store/write";
+    pub const READ_INDEX: &str = "/internal/store/read-index";
+    pub const MEMBERS: &str = "/internal/cluster/members";
+    pub const STATUS: &str = "/internal/cluster/status";
+}
 
-/// A connection to one peer.
+/// How the servers reach one another: an HTTPS client that trusts only the cluster CA, and the
+/// server token it presents.
+#[derive(Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    token: Arc<str>,
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The peer could not be connected to: the request was certainly not delivered.
+    #[error("cannot connect to {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// The request may or may not have been delivered and acted on.
+    #[error("calling {url}: {detail}")]
+    Failed { url: String, detail: String },
+}
+
+impl Transport {
+    /// A transport trusting `ca_pem` (the cluster CA) and presenting `token`. Without a CA (a
+    /// single server that never calls a peer) the client trusts nothing.
+    pub fn new(ca_pem: Option<&str>, token: &str) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("shoal-server/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = ca_pem {
+            let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("the cluster CA: {e}"))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder.build().map_err(|e| format!("building the peer client: {e}"))?;
+        Ok(Self { http, token: Arc::from(token) })
+    }
+
+    /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(&self, base: &str, path: &str, body: &Q, timeout: Duration) -> Result<A, CallError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let body = serde_json::to_vec(body).map_err(|e| CallError::Failed { url: url.clone(), detail: format!("encoding: {e}") })?;
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&*self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable { url: url.clone(), detail: error_chain(&e) }
+                } else {
+                    CallError::Failed { url: url.clone(), detail: error_chain(&e) }
+                }
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| CallError::Failed { url: url.clone(), detail: error_chain(&e) })?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+            return Err(CallError::Failed { url, detail: format!("HTTP {status}: {text}") });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Failed { url, detail: format!("decoding the answer: {e}") })
+    }
+}
+
+/// An error with its sources, which reqwest keeps apart ("error sending request" alone says
+/// nothing).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Creates connections to peers.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    transport: Transport,
+}
+
+impl NetworkFactory {
+    pub fn new(transport: Transport) -> Self {
+        Self { transport }
+    }
+}
+
+/// A connection to one peer: its id and the base URL of its API.
 pub struct PeerConnection {
+    transport: Transport,
     target: NodeId,
+    url: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerConnection {
-        PeerConnection { target }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection { transport: self.transport.clone(), target, url: node.addr.clone() }
     }
 }
 
 impl PeerConnection {
-    fn unavailable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let error = std::io::Error::other(format!(
-            "no transport to control-plane peer {}: multi-server groups are not supported by this build",
-            self.target
-        ));
-        RPCError::Network(NetworkError::new(&error))
+    async fn rpc<Q, A, E>(&self, path: &str, request: &Q, option: &RPCOption) -> Result<A, RPCError<NodeId, BasicNode, E>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<A, E> = self.transport.call(&self.url, path, request, option.hard_ttl()).await.map_err(|error| match error {
+            CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+            CallError::Failed { .. } => RPCError::Network(NetworkError::new(&error)),
+        })?;
+        answer.map_err(|remote| RPCError::RemoteError(RemoteError::new(self.target, remote)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unavailable())
+        self.rpc(paths::APPEND, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        Err(self.unavailable())
+        self.rpc(paths::SNAPSHOT, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unavailable())
+        self.rpc(paths::VOTE, &rpc, &option).await
+    }
+}
+
+/// Which Raft RPC a peer called.
+#[derive(Clone, Copy, Debug)]
+pub enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Rpc {
+    /// The RPC served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            paths::APPEND => Some(Self::Append),
+            paths::VOTE => Some(Self::Vote),
+            paths::SNAPSHOT => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// Serves a peer's Raft RPC: decodes the JSON request, hands it to this member's Raft and
+/// encodes `Result<response, RaftError>` for the caller. A body that does not decode is the
+/// caller's error (`Err`, answered with 400).
+pub async fn serve(raft: &crate::Raft, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(value).map_err(|e| format!("encoding the answer: {e}"))
+    }
+    fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(body).map_err(|e| format!("decoding the request: {e}"))
+    }
+    match rpc {
+        Rpc::Append => encode(&raft.append_entries(decode::<AppendEntriesRequest<TypeConfig>>(body)?).await),
+        Rpc::Vote => encode(&raft.vote(decode::<VoteRequest<NodeId>>(body)?).await),
+        Rpc::Snapshot => encode(&raft.install_snapshot(decode::<InstallSnapshotRequest<TypeConfig>>(body)?).await),
     }
 }

@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::{Command, CommandResponse, ObjectKey, WriteError};
 use crate::error::{Error, Result};
 use crate::history::{HistoryLimits, WatchError, Watcher};
 use crate::log_store::LogStore;
-use crate::network::NetworkFactory;
+use crate::network::{CallError, NetworkFactory, Transport, paths};
 use crate::state_machine::{StateMachine, StateShared};
 use crate::Raft;
 
@@ -30,6 +31,13 @@ pub struct StoreConfig {
     pub snapshot_log_bytes: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging peer can catch up from the log.
     pub entries_kept_after_snapshot: u64,
+    /// Start a new single-member group here when the store holds none (the first server).
+    /// A joining server sets this to false and waits to be added by the group.
+    pub bootstrap: bool,
+    /// The cluster CA, which peers' serving certificates are checked against.
+    pub ca_pem: Option<String>,
+    /// The server token this server presents to its peers.
+    pub server_token: String,
 }
 
 impl StoreConfig {
@@ -44,6 +52,9 @@ impl StoreConfig {
             snapshot_every: 100_000,
             snapshot_log_bytes: 64 * 1024 * 1024,
             entries_kept_after_snapshot: 1_000,
+            bootstrap: true,
+            ca_pem: None,
+            server_token: String::new(),
         }
     }
 }
@@ -56,7 +67,70 @@ pub struct ListResult {
     pub continue_after: Option<String>,
 }
 
-type Proposal = (Command, tokio::sync::oneshot::Sender<Result<CommandResponse>>);
+/// A write's answer and the index of the log entry that carried it.
+type Indexed = (CommandResponse, u64);
+type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Indexed>>);
+
+/// How long a write may wait for a leader (an election, a moving leader, a lost quorum) before it
+/// fails with 503.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+/// How long a linearizable read may wait for its read index.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// What a peer answers when it cannot act on a forwarded call.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireError {
+    /// The peer is not the leader (any more): the call was not acted on; ask the leader.
+    NotLeader(String),
+    /// It was not acted on because another change is under way (a membership change): retry.
+    Busy(String),
+    /// It failed there; the message says why.
+    Failed(String),
+}
+
+/// The answer to a forwarded write.
+pub type WriteAnswer = std::result::Result<(CommandResponse, u64), WireError>;
+
+/// A member joining the group: its id and the base URL of its API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberRequest {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// One member as `shoal cluster status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// The last log index known replicated to it (from the leader's view).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// A server's view of the control-plane group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering server.
+    pub id: u64,
+    /// Leader, Follower, Candidate or Learner.
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// The leader's commit index is not exported by openraft 0.9; the applied index trails it by
+    /// at most the entries being applied.
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// Milliseconds since a quorum last acknowledged this server as leader (leaders only).
+    pub millis_since_quorum_ack: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    /// The store's revision (the last `resourceVersion`).
+    pub revision: u64,
+}
 
 /// How many Raft writes the proposer keeps in flight at once.
 const PROPOSALS_IN_FLIGHT: usize = 2;
@@ -66,15 +140,19 @@ const MAX_BATCH: usize = 512;
 /// The replicated object store. Cloning shares it.
 #[derive(Clone)]
 pub struct Store {
+    id: u64,
     raft: Raft,
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     state: Arc<StateShared>,
+    transport: Transport,
     log_writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
-    /// Opens the store in `data_dir`, starting the Raft group and, on first start, initialising
-    /// it as a single-member group with this server as its voter. Returns once this server leads.
+    /// Opens the store in `data_dir` and starts its Raft member. On first start with
+    /// `bootstrap`, it initialises a single-member group with this server as its voter. When this
+    /// server is the group's only voter, returns once it leads; otherwise at once (a joining
+    /// server is added by the group, a restarted member of a larger group rejoins it).
     pub async fn open(config: StoreConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let (log_store, log_writer) = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
@@ -88,40 +166,284 @@ impl Store {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
             purge_batch_size: 1,
+            // Chunks travel as JSON between servers: keep each request moderate.
+            snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft(e.to_string()))?);
+        let transport = Transport::new(config.ca_pem.as_deref(), &config.server_token).map_err(Error::Raft)?;
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            NetworkFactory,
+            NetworkFactory::new(transport.clone()),
             log_store,
             StateMachine::new(Arc::clone(&state)),
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+        if config.bootstrap && !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             let mut members = BTreeMap::new();
             members.insert(config.node_id, BasicNode { addr: config.advertise_addr.clone() });
             raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))?;
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .state(ServerState::Leader, "the single-member group elects this server")
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        let alone = {
+            let metrics = raft.metrics().borrow().clone();
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            voters == [config.node_id]
+        };
+        if alone {
+            raft.wait(Some(Duration::from_secs(30)))
+                .state(ServerState::Leader, "the single-member group elects this server")
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
         tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), queue));
-        Ok(Self { raft, proposals, state, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+    }
+
+    /// This server's member id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The Raft handle, for the internal API that serves peers' RPCs.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The leader this server knows of, with the base URL of its API.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    /// Whether this server is the only voter (the single-server default), where every read is
+    /// linearizable without a round and no write is ever forwarded.
+    fn alone(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let mut voters = metrics.membership_config.membership().voter_ids();
+        voters.next() == Some(self.id) && voters.next().is_none() && metrics.current_leader == Some(self.id)
+    }
+
+    /// Waits until some leader is known (or `until` passes).
+    async fn await_leader(&self, until: tokio::time::Instant) -> bool {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader.is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, metrics.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until this server has applied log index `index` (bounded by `wait`).
+    async fn await_applied(&self, index: u64, wait: Duration) -> Result<()> {
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "catching up to a write or read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::NotLeader(format!("this server has not caught up with the leader within {wait:?}: {e}")))
+    }
+
+    /// Writes `command` through the group from any member: proposed here when this server
+    /// leads, otherwise forwarded to the leader, then awaited until applied here too, so that a
+    /// client reading from this server next sees its own write. A write that finds no leader (an
+    /// election, a lost quorum) waits up to [`WRITE_WAIT`] for one; one whose fate is unknown (the
+    /// leader went away after receiving it) fails and says so, never retried blindly.
+    pub async fn write_indexed(&self, command: Command) -> Result<Indexed> {
+        if self.alone() {
+            return self.propose(command).await;
+        }
+        let until = tokio::time::Instant::now() + WRITE_WAIT;
+        let mut last_problem = String::from("no leader is known");
+        loop {
+            match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    match tokio::time::timeout_at(until, self.propose(command.clone())).await {
+                        Err(_) => {
+                            return Err(Error::NotLeader(format!(
+                                "this server leads but no majority of the control plane acknowledged the write within {WRITE_WAIT:?}; it may still be applied if the majority returns"
+                            )));
+                        }
+                        Ok(Err(Error::NotLeader(message))) => last_problem = message,
+                        Ok(outcome) => return outcome,
+                    }
+                }
+                Some((leader, url)) => {
+                    let remaining = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
+                    match self.transport.call::<_, WriteAnswer>(&url, paths::WRITE, &command, remaining).await {
+                        Ok(Ok((response, index))) => {
+                            if let Err(error) = self.await_applied(index, READ_WAIT).await {
+                                tracing::debug!(%error, "a forwarded write is not applied here yet");
+                            }
+                            return Ok((response, index));
+                        }
+                        Ok(Err(WireError::NotLeader(message) | WireError::Busy(message))) => last_problem = format!("member {leader}: {message}"),
+                        Ok(Err(WireError::Failed(message))) => return Err(Error::Raft(format!("the leader (member {leader}) failed the write: {message}"))),
+                        Err(error @ CallError::Unreachable { .. }) => last_problem = format!("the leader (member {leader}) is unreachable: {error}"),
+                        Err(error) => {
+                            return Err(Error::NotLeader(format!(
+                                "forwarding the write to the leader (member {leader}) failed, so its outcome is unknown: {error}"
+                            )));
+                        }
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::NotLeader(format!("no leader accepted the write within {WRITE_WAIT:?} ({last_problem})")));
+            }
+            // Give an election or a moving leader a moment, or wake as soon as one is known.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.await_leader(until).await;
+        }
+    }
+
+    /// Proposes on this server (which must lead) through the group-commit proposer.
+    async fn propose(&self, command: Command) -> Result<Indexed> {
+        let (reply, response) = tokio::sync::oneshot::channel();
+        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
+        response.await.map_err(|_| Error::Raft("the store is shut down".into()))?
+    }
+
+    /// Serves a write forwarded by a peer: applied only when this server leads.
+    pub async fn write_forwarded(&self, command: Command) -> WriteAnswer {
+        if self.leader().is_none_or(|(leader, _)| leader != self.id) {
+            return Err(WireError::NotLeader(format!("member {} is not the leader", self.id)));
+        }
+        match tokio::time::timeout(WRITE_WAIT, self.propose(command)).await {
+            Err(_) => Err(WireError::Failed(format!("no majority acknowledged the write within {WRITE_WAIT:?}"))),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(Error::NotLeader(message))) => Err(WireError::NotLeader(message)),
+            Ok(Err(other)) => Err(WireError::Failed(other.to_string())),
+        }
+    }
+
+    /// Serves a peer's read-index request: confirms leadership with a quorum and returns the
+    /// log index a linearizable read must wait for.
+    pub async fn read_index(&self) -> std::result::Result<u64, WireError> {
+        match tokio::time::timeout(READ_WAIT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(WireError::Failed(format!("no majority confirmed this leader within {READ_WAIT:?}"))),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |id| id.index)),
+            Ok(Err(error)) => Err(WireError::NotLeader(error.to_string())),
+        }
+    }
+
+    /// Adds a member: as a learner first, blocking until it has caught up with the log, then as
+    /// a voter. Forwarded to the leader from other members.
+    pub async fn add_member(&self, member: MemberRequest) -> std::result::Result<(), WireError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => {
+                let node = BasicNode { addr: member.addr.clone() };
+                self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
+                let voters = std::collections::BTreeSet::from([member.id]);
+                self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false).await.map_err(membership_error)?;
+                tracing::info!(id = member.id, addr = %member.addr, "added a control-plane member");
+                Ok(())
+            }
+            Some((_, url)) => self
+                .transport
+                .call::<_, std::result::Result<(), WireError>>(&url, paths::MEMBERS, &member, Duration::from_secs(300))
+                .await
+                .map_err(|e| WireError::Failed(e.to_string()))?,
+            None => Err(WireError::NotLeader("no leader is known; try again when the group has elected one".into())),
+        }
+    }
+
+    /// Removes a member (voter or learner) from the group. Forwarded to the leader from other
+    /// members. The removed server stops receiving the log; its writes then fail with 503.
+    pub async fn remove_member(&self, id: u64) -> std::result::Result<(), WireError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => {
+                let metrics = self.raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                let ids = std::collections::BTreeSet::from([id]);
+                let change = if membership.voter_ids().any(|voter| voter == id) {
+                    ChangeMembers::RemoveVoters(ids)
+                } else if membership.get_node(&id).is_some() {
+                    ChangeMembers::RemoveNodes(ids)
+                } else {
+                    return Err(WireError::Failed(format!("member {id} is not in the group")));
+                };
+                self.raft.change_membership(change, false).await.map_err(membership_error)?;
+                tracing::info!(id, "removed a control-plane member");
+                Ok(())
+            }
+            Some((_, url)) => {
+                let path = format!("{}/{id}/remove", paths::MEMBERS);
+                self.transport.call::<_, std::result::Result<(), WireError>>(&url, &path, &(), Duration::from_secs(60)).await.map_err(|e| WireError::Failed(e.to_string()))?
+            }
+            None => Err(WireError::NotLeader("no leader is known; try again when the group has elected one".into())),
+        }
+    }
+
+    /// This server's view of the group (replication progress only when it leads).
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let last = metrics.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched_index = match &metrics.replication {
+                    Some(replication) => replication.get(id).copied().flatten().map(|log_id| log_id.index),
+                    None if *id == metrics.id => metrics.last_log_index,
+                    None => None,
+                };
+                let lag = match (&metrics.replication, matched_index) {
+                    (Some(_), Some(matched)) => last.map(|last| last.saturating_sub(matched)),
+                    (Some(_), None) if *id == metrics.id => Some(0),
+                    _ => None,
+                };
+                MemberStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                    matched_index: if *id == metrics.id { metrics.last_log_index } else { matched_index },
+                    lag: if *id == metrics.id && metrics.replication.is_some() { Some(0) } else { lag },
+                }
+            })
+            .collect();
+        ClusterStatus {
+            id: metrics.id,
+            state: format!("{:?}", metrics.state),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            members,
+            revision: self.state.revision(),
+        }
+    }
+
+    /// The leader's view of the group when it can be had (it alone knows replication progress),
+    /// else this server's own.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        if let Some((leader, url)) = self.leader()
+            && leader != self.id
+            && let Ok(status) = self.transport.call::<_, ClusterStatus>(&url, paths::STATUS, &(), Duration::from_secs(3)).await
+        {
+            return status;
+        }
+        self.status()
     }
 
     /// Proposes `command` and waits until it is durable in the log and applied. The inner
     /// result is the state machine's verdict. Concurrent writes share log entries (see
     /// [`propose`]).
     pub async fn write(&self, command: Command) -> Result<Result<(u64, Value), WriteError>> {
-        let (reply, response) = tokio::sync::oneshot::channel();
-        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
-        match response.await.map_err(|_| Error::Raft("the store is shut down".into()))?? {
+        match self.write_indexed(command).await?.0 {
             CommandResponse::Written { revision, object } => Ok(Ok((revision, object))),
             CommandResponse::Rejected(error) => Ok(Err(error)),
             CommandResponse::Batch(_) | CommandResponse::BlobDone | CommandResponse::None => {
@@ -132,9 +454,7 @@ impl Store {
 
     /// Replicates one blob chunk (or a chunk deletion) and waits until it is applied.
     pub async fn write_blob(&self, command: Command) -> Result<()> {
-        let (reply, response) = tokio::sync::oneshot::channel();
-        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
-        match response.await.map_err(|_| Error::Raft("the store is shut down".into()))?? {
+        match self.write_indexed(command).await?.0 {
             CommandResponse::BlobDone => Ok(()),
             other => Err(Error::Raft(format!("a blob write produced {other:?}"))),
         }
@@ -145,11 +465,37 @@ impl Store {
         self.state.blob_chunk(digest, index)
     }
 
-    /// Waits until this server's state reflects every write committed before the call
-    /// (Raft read-index), so the reads that follow are linearizable.
+    /// Waits until this server's state reflects every write committed before the call, so the
+    /// reads that follow are linearizable (Raft read-index: the leader confirms its leadership
+    /// with a quorum and names its commit point; a follower asks the leader for it and waits
+    /// until it has applied that far). Free on a single-server group.
     pub async fn read_barrier(&self) -> Result<()> {
-        self.raft.ensure_linearizable().await.map_err(|e| Error::NotLeader(e.to_string()))?;
-        Ok(())
+        if self.alone() {
+            return Ok(());
+        }
+        let until = tokio::time::Instant::now() + READ_WAIT;
+        loop {
+            let problem = match self.leader() {
+                Some((leader, _)) if leader == self.id => match self.read_index().await {
+                    Ok(_) => return Ok(()),
+                    Err(WireError::NotLeader(message) | WireError::Busy(message) | WireError::Failed(message)) => message,
+                },
+                Some((leader, url)) => {
+                    let remaining = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
+                    match self.transport.call::<_, std::result::Result<u64, WireError>>(&url, paths::READ_INDEX, &(), remaining).await {
+                        Ok(Ok(index)) => return self.await_applied(index, until.saturating_duration_since(tokio::time::Instant::now())).await,
+                        Ok(Err(WireError::NotLeader(message) | WireError::Busy(message) | WireError::Failed(message))) => format!("member {leader}: {message}"),
+                        Err(error) => format!("member {leader}: {error}"),
+                    }
+                }
+                None => "no leader is known".into(),
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::NotLeader(format!("a linearizable read needs the leader, and none answered within {READ_WAIT:?} ({problem})")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.await_leader(until).await;
+        }
     }
 
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -204,6 +550,18 @@ impl Store {
     }
 }
 
+fn membership_error(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>) -> WireError {
+    match error {
+        openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
+            WireError::NotLeader(format!("leader is {:?}", forward.leader_id))
+        }
+        openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(progress),
+        )) => WireError::Busy(progress.to_string()),
+        other => WireError::Failed(other.to_string()),
+    }
+}
+
 fn raft_error(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>) -> Error {
     match error {
         openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
@@ -233,7 +591,7 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
             let _permit = permit;
             if batch.len() == 1 {
                 let (command, reply) = batch.pop().expect("one proposal");
-                let outcome = raft.client_write(command).await.map(|r| r.data).map_err(raft_error);
+                let outcome = raft.client_write(command).await.map(|r| (r.data, r.log_id.index)).map_err(raft_error);
                 let _ = reply.send(outcome);
                 return;
             }
@@ -241,8 +599,9 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
             match raft.client_write(Command::Batch(commands)).await {
                 Ok(response) => match response.data {
                     CommandResponse::Batch(responses) => {
+                        let index = response.log_id.index;
                         for (reply, response) in replies.into_iter().zip(responses) {
-                            let _ = reply.send(Ok(response));
+                            let _ = reply.send(Ok((response, index)));
                         }
                     }
                     other => {

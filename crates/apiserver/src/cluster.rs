@@ -1,0 +1,206 @@
+//! The servers' internal API under `/internal/`, and how a new server joins a cluster.
+//!
+//! Peers call it with the server token (see [`crate::pki::Credentials::server_token`]): Raft's
+//! RPCs, writes forwarded to the leader, read indexes, and membership changes. The admin token
+//! may read the status and remove members (`shoal cluster status|remove`). The CA certificate
+//! is public, so a joining server can fetch it and check it against the hash its token pins
+//! before it trusts anything the cluster says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use shoal_api::ApiError;
+use shoal_store::network::{Rpc, paths};
+use shoal_store::{Command, MemberRequest};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::handlers::{bearer_token, constant_time_eq, error_response};
+use crate::pki::{self, SharedCredentials};
+
+/// The largest internal request: an AppendEntries batch may carry many registry chunks.
+const MAX_INTERNAL_BODY: usize = 512 * 1024 * 1024;
+
+/// `GET /internal/cluster/ca`: the public CA certificate.
+pub const CA_PATH: &str = "/internal/cluster/ca";
+/// `POST /internal/cluster/join`: the shared credentials, for a server holding the server token.
+pub const JOIN_PATH: &str = "/internal/cluster/join";
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => bytes_response(StatusCode::OK, body, "application/json"),
+        Err(error) => error_response(&ApiError::internal(format!("encoding the answer: {error}"))),
+    }
+}
+
+fn bytes_response(code: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[derive(PartialEq)]
+enum Caller {
+    Server,
+    Admin,
+}
+
+fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
+    let token = bearer_token(headers)?;
+    if constant_time_eq(state.credentials.server_token.as_bytes(), token) {
+        Some(Caller::Server)
+    } else if constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
+        Some(Caller::Admin)
+    } else {
+        None
+    }
+}
+
+/// Every `/internal/…` request.
+pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let path = uri.path();
+    if path == CA_PATH && method == Method::GET {
+        return bytes_response(StatusCode::OK, state.credentials.ca_pem.clone().into_bytes(), "application/x-pem-file");
+    }
+    let Some(caller) = caller(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
+    let body = match http_body_util::Limited::new(body, MAX_INTERNAL_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return error_response(&ApiError::bad_request(format!("reading the request body: {error}"))),
+    };
+    let store = &state.store;
+    let server_only = || error_response(&ApiError::forbidden("this call is for control-plane servers (the server token)"));
+    let decode_error = |error: serde_json::Error| error_response(&ApiError::bad_request(format!("decoding the request: {error}")));
+    match (method, path) {
+        (Method::POST, _) if let Some(rpc) = Rpc::from_path(path) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            match shoal_store::network::serve(store.raft(), rpc, &body).await {
+                Ok(answer) => bytes_response(StatusCode::OK, answer, "application/json"),
+                Err(message) => error_response(&ApiError::bad_request(message)),
+            }
+        }
+        (Method::POST, paths::WRITE) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            match serde_json::from_slice::<Command>(&body) {
+                Ok(command) => json(&store.write_forwarded(command).await),
+                Err(error) => decode_error(error),
+            }
+        }
+        (Method::POST, paths::READ_INDEX) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            json(&store.read_index().await)
+        }
+        (Method::POST, paths::STATUS) => json(&store.status()),
+        (Method::GET, paths::STATUS) => json(&store.cluster_status().await),
+        (Method::POST, paths::MEMBERS) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            match serde_json::from_slice::<MemberRequest>(&body) {
+                Ok(member) => json(&store.add_member(member).await),
+                Err(error) => decode_error(error),
+            }
+        }
+        (Method::POST, _) if let Some(id) = path.strip_prefix(paths::MEMBERS).and_then(|rest| rest.strip_prefix('/')).and_then(|rest| rest.strip_suffix("/remove")) => {
+            match id.parse::<u64>() {
+                Ok(id) => json(&store.remove_member(id).await),
+                Err(_) => error_response(&ApiError::bad_request(format!("{id:?} is not a member id"))),
+            }
+        }
+        (Method::POST, JOIN_PATH) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            match pki::shared(&state.data_dir, &state.credentials) {
+                Ok(shared) => json(&shared),
+                Err(error) => error_response(&ApiError::internal(format!("reading the cluster credentials: {error}"))),
+            }
+        }
+        _ => error_response(&ApiError::path_not_found()),
+    }
+}
+
+/// Fetches the cluster's shared credentials from the member at `url` with a join token. The CA
+/// is fetched first without trusting the connection, checked against the hash the token pins,
+/// and from then on is the only root trusted.
+pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
+    let join_error = |detail: String| Error::Join { url: url.to_owned(), detail };
+    let pinned = pki::token_ca_hash(token).ok_or_else(|| {
+        join_error("the token is not a server join token (K1<CA hash>::<secret>, from DATA_DIR/server-token on a server)".into())
+    })?;
+    let base = url.trim_end_matches('/');
+    let untrusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| join_error(e.to_string()))?;
+    let ca_pem = untrusted
+        .get(format!("{base}{CA_PATH}"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| join_error(format!("fetching the CA: {e}")))?
+        .text()
+        .await
+        .map_err(|e| join_error(format!("fetching the CA: {e}")))?;
+    if pki::ca_hash(&ca_pem) != pinned {
+        return Err(join_error("the server's CA does not match the hash in the token: refusing to trust it".into()));
+    }
+    let certificate = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| join_error(format!("the CA: {e}")))?;
+    let trusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(certificate)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| join_error(e.to_string()))?;
+    let response = trusted
+        .post(format!("{base}{JOIN_PATH}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| join_error(format!("asking to join: {e}")))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(join_error(format!("asking to join: HTTP {status}: {}", text.chars().take(300).collect::<String>())));
+    }
+    response.json::<SharedCredentials>().await.map_err(|e| join_error(format!("decoding the credentials: {e}")))
+}
+
+/// Asks the group (through the member at `url`) to add this server, and waits until it has: the
+/// leader adds it as a learner, streams it the log (or a snapshot), then makes it a voter.
+/// Retries while the group is electing a leader.
+pub async fn request_membership(url: &str, ca_pem: &str, server_token: &str, member: &MemberRequest) -> Result<()> {
+    let transport = shoal_store::network::Transport::new(Some(ca_pem), server_token).map_err(|detail| Error::Join { url: url.to_owned(), detail })?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = transport
+            .call::<_, std::result::Result<(), shoal_store::WireError>>(url, paths::MEMBERS, member, Duration::from_secs(300))
+            .await;
+        let problem = match answer {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(shoal_store::WireError::NotLeader(message) | shoal_store::WireError::Busy(message))) => message,
+            Ok(Err(shoal_store::WireError::Failed(message))) => return Err(Error::Join { url: url.to_owned(), detail: message }),
+            Err(error) => error.to_string(),
+        };
+        if tokio::time::Instant::now() >= until {
+            return Err(Error::Join { url: url.to_owned(), detail: format!("the group did not add this server within 120 s: {problem}") });
+        }
+        tracing::info!(%problem, "waiting to be added to the control-plane group");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
