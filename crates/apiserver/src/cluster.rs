@@ -76,6 +76,15 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
     };
     let store = &state.store;
     let server_only = || error_response(&ApiError::forbidden("this call is for control-plane servers (the server token)"));
+    // Writes and read indexes are served only for current members: a removed server must not
+    // keep writing through the leader as if it were still in the group.
+    let calling_member = headers.get(shoal_store::network::MEMBER_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let not_a_member = |id: Option<u64>| {
+        json(&std::result::Result::<(), shoal_store::WireError>::Err(shoal_store::WireError::Failed(format!(
+            "server {} is not a member of the control-plane group (it was removed, or never joined); it cannot write or read through the group",
+            id.map_or("(unnamed)".into(), |id| id.to_string())
+        ))))
+    };
     let decode_error = |error: serde_json::Error| error_response(&ApiError::bad_request(format!("decoding the request: {error}")));
     match (method, path) {
         (Method::POST, _) if let Some(rpc) = Rpc::from_path(path) => {
@@ -91,6 +100,9 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
             if caller != Caller::Server {
                 return server_only();
             }
+            if !calling_member.is_some_and(|id| store.is_member(id)) {
+                return not_a_member(calling_member);
+            }
             match serde_json::from_slice::<Command>(&body) {
                 Ok(command) => json(&store.write_forwarded(command).await),
                 Err(error) => decode_error(error),
@@ -99,6 +111,9 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
         (Method::POST, paths::READ_INDEX) => {
             if caller != Caller::Server {
                 return server_only();
+            }
+            if !calling_member.is_some_and(|id| store.is_member(id)) {
+                return not_a_member(calling_member);
             }
             json(&store.read_index().await)
         }
@@ -185,7 +200,7 @@ pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
 /// leader adds it as a learner, streams it the log (or a snapshot), then makes it a voter.
 /// Retries while the group is electing a leader.
 pub async fn request_membership(url: &str, ca_pem: &str, server_token: &str, member: &MemberRequest) -> Result<()> {
-    let transport = shoal_store::network::Transport::new(Some(ca_pem), server_token).map_err(|detail| Error::Join { url: url.to_owned(), detail })?;
+    let transport = shoal_store::network::Transport::new(Some(ca_pem), server_token, member.id).map_err(|detail| Error::Join { url: url.to_owned(), detail })?;
     let until = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let answer = transport

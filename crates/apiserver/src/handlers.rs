@@ -188,6 +188,15 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         Some("status") => UpdateScope::Status,
         _ => UpdateScope::Main,
     };
+    // Reads are linearizable (a no-op on a single server): a follower first catches up to the
+    // leader's commit point. So do writes, which read the current object (no-op detection,
+    // patches, defaults from the old object). `resourceVersion=0` asks for any state, and a
+    // watch from a given revision needs none.
+    let requested_revision = query.get("resourceVersion").unwrap_or("");
+    let any_state = *method == Method::GET && (requested_revision == "0" || (query.flag("watch") && !requested_revision.is_empty()));
+    if !any_state {
+        state.store.read_barrier().await.map_err(objects::store_error)?;
+    }
     if target.subresource.as_deref() == Some("log") {
         return match (method.clone(), target.name.as_deref()) {
             (Method::GET, Some(name)) => pod_log(state, namespace.unwrap_or("default"), name, query).await,
@@ -223,13 +232,6 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             }
             other => Err(ApiError::method_not_allowed(other.as_str())),
         };
-    }
-    // Reads are linearizable (a no-op on a single server): a follower first catches up to the
-    // leader's commit point. `resourceVersion=0` asks for any state, and a watch from a given
-    // revision needs none.
-    let requested_revision = query.get("resourceVersion").unwrap_or("");
-    if *method == Method::GET && requested_revision != "0" && !(query.flag("watch") && !requested_revision.is_empty()) {
-        state.store.read_barrier().await.map_err(objects::store_error)?;
     }
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace),

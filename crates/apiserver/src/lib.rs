@@ -48,6 +48,10 @@ pub struct ApiServerConfig {
     pub advertise_host: Option<String>,
     /// Join an existing cluster through this member instead of starting a new one.
     pub join: Option<JoinConfig>,
+    /// Snapshot (and compact the Raft log) every this many entries (default 100,000).
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging peers (default 1,000).
+    pub entries_kept_after_snapshot: Option<u64>,
 }
 
 /// Where and how a new server joins a cluster.
@@ -151,6 +155,12 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     let mut store_config = StoreConfig::new(config.data_dir.join("store"), member_id, url.clone());
     store_config.history = config.watch_history.clone();
     store_config.bootstrap = config.join.is_none();
+    if let Some(every) = config.snapshot_every {
+        store_config.snapshot_every = every.max(1);
+    }
+    if let Some(kept) = config.entries_kept_after_snapshot {
+        store_config.entries_kept_after_snapshot = kept;
+    }
     store_config.ca_pem = Some(credentials.ca_pem.clone());
     store_config.server_token = credentials.server_token.clone();
     let store = Store::open(store_config).await?;
@@ -190,7 +200,34 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         "localhost" => "127.0.0.1".to_owned(),
         other => other.to_owned(),
     };
-    objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
+    if state.store.is_alone() {
+        objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
+    } else {
+        // A member of a larger group may start before a majority is up (a whole cluster
+        // restarting): serve at once and create the bootstrap objects once the group can write.
+        let state = Arc::clone(&state);
+        let port = local_addr.port();
+        state.tasks.clone().spawn(async move {
+            loop {
+                let attempt = async {
+                    state.store.read_barrier().await.map_err(|e| e.to_string())?;
+                    objects::bootstrap(&state, &api_host, port).await.map_err(|e| e.to_string())
+                };
+                let outcome = tokio::select! {
+                    outcome = attempt => outcome,
+                    _ = state.shutdown.cancelled() => return,
+                };
+                match outcome {
+                    Ok(()) => return,
+                    Err(error) => tracing::info!(%error, "the cluster's bootstrap objects wait for a writable group"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
     pki::write_kubeconfig(&credentials, &url)?;
     tracing::info!(%url, member = member_id, "API server listening");
     Ok(ApiServer { local_addr, credentials, url, state })

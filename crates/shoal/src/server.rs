@@ -55,6 +55,12 @@ pub struct ServerArgs {
     /// The cluster's server token for --join (DATA_DIR/server-token on a member).
     #[arg(long, env = "SHOAL_SERVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Raft: snapshot the store and compact the log every this many entries.
+    #[arg(long, hide = true)]
+    raft_snapshot_entries: Option<u64>,
+    /// Raft: log entries kept behind a snapshot, for peers that lag briefly.
+    #[arg(long, hide = true)]
+    raft_kept_entries: Option<u64>,
     /// Watch history: events always kept (at least).
     #[arg(long, default_value_t = 10_000, hide = true)]
     watch_history_min_events: usize,
@@ -153,6 +159,8 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
         registry_max_artifact_bytes: args.registry_max_artifact_bytes,
         service_cidr: args.service_cidr,
         advertise_host: args.advertise_address.clone(),
+        snapshot_every: args.raft_snapshot_entries,
+        entries_kept_after_snapshot: args.raft_kept_entries,
         join: match (&args.join, &args.token) {
             (Some(url), Some(token)) => Some(shoal_apiserver::JoinConfig { url: url.clone(), token: token.clone() }),
             _ => None,

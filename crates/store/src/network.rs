@@ -46,7 +46,13 @@ pub mod paths {
 pub struct Transport {
     http: reqwest::Client,
     token: Arc<str>,
+    /// The calling server's member id, sent as [`MEMBER_HEADER`] (0 before it has one).
+    member: u64,
 }
+
+/// The header naming the calling server's member id, so that the leader can refuse to act for a
+/// server that is no longer in the group.
+pub const MEMBER_HEADER: &str = "x-shoal-member";
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +68,7 @@ pub enum CallError {
 impl Transport {
     /// A transport trusting `ca_pem` (the cluster CA) and presenting `token`. Without a CA (a
     /// single server that never calls a peer) the client trusts nothing.
-    pub fn new(ca_pem: Option<&str>, token: &str) -> Result<Self, String> {
+    pub fn new(ca_pem: Option<&str>, token: &str, member: u64) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -75,7 +81,7 @@ impl Transport {
             builder = builder.add_root_certificate(certificate);
         }
         let http = builder.build().map_err(|e| format!("building the peer client: {e}"))?;
-        Ok(Self { http, token: Arc::from(token) })
+        Ok(Self { http, token: Arc::from(token), member })
     }
 
     /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer.
@@ -86,6 +92,7 @@ impl Transport {
             .http
             .post(&url)
             .bearer_auth(&*self.token)
+            .header(MEMBER_HEADER, self.member)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(timeout)
             .body(body)

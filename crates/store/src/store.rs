@@ -171,7 +171,7 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft(e.to_string()))?);
-        let transport = Transport::new(config.ca_pem.as_deref(), &config.server_token).map_err(Error::Raft)?;
+        let transport = Transport::new(config.ca_pem.as_deref(), &config.server_token, config.node_id).map_err(Error::Raft)?;
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -219,6 +219,16 @@ impl Store {
         let leader = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
+    }
+
+    /// Whether `id` is a member (voter or learner) of the group as this server knows it.
+    pub fn is_member(&self, id: u64) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
+    }
+
+    /// Whether this server is the group's only voter, and leads it (the single-server default).
+    pub fn is_alone(&self) -> bool {
+        self.alone()
     }
 
     /// Whether this server is the only voter (the single-server default), where every read is
@@ -287,7 +297,7 @@ impl Store {
                             return Ok((response, index));
                         }
                         Ok(Err(WireError::NotLeader(message) | WireError::Busy(message))) => last_problem = format!("member {leader}: {message}"),
-                        Ok(Err(WireError::Failed(message))) => return Err(Error::Raft(format!("the leader (member {leader}) failed the write: {message}"))),
+                        Ok(Err(WireError::Failed(message))) => return Err(Error::NotLeader(format!("the leader (member {leader}) refused the write: {message}"))),
                         Err(error @ CallError::Unreachable { .. }) => last_problem = format!("the leader (member {leader}) is unreachable: {error}"),
                         Err(error) => {
                             return Err(Error::NotLeader(format!(
@@ -484,7 +494,8 @@ impl Store {
                     let remaining = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
                     match self.transport.call::<_, std::result::Result<u64, WireError>>(&url, paths::READ_INDEX, &(), remaining).await {
                         Ok(Ok(index)) => return self.await_applied(index, until.saturating_duration_since(tokio::time::Instant::now())).await,
-                        Ok(Err(WireError::NotLeader(message) | WireError::Busy(message) | WireError::Failed(message))) => format!("member {leader}: {message}"),
+                        Ok(Err(WireError::Failed(message))) => return Err(Error::NotLeader(format!("the leader (member {leader}) refused a read index: {message}"))),
+                        Ok(Err(WireError::NotLeader(message) | WireError::Busy(message))) => format!("member {leader}: {message}"),
                         Err(error) => format!("member {leader}: {error}"),
                     }
                 }

@@ -1,0 +1,519 @@
+//! The highly-available control plane: several real `shoal server` processes in one Raft group
+//! on loopback, joined with the server token, and the faults they must survive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, shoal_binary};
+use crate::linearizable::{self, Kind, Operation};
+
+/// Starts `count` servers without nodes: the first one starts the cluster, the others join it
+/// through the first one with its server token. `extra` goes to every server.
+async fn cluster(count: usize, extra: &[&str]) -> Vec<Server> {
+    let mut first_args = vec!["--disable-node"];
+    first_args.extend_from_slice(extra);
+    let first = Server::start_with(&first_args).await;
+    let token = std::fs::read_to_string(first.data_dir.join("server-token")).expect("server token").trim().to_owned();
+    let url = first.url.clone();
+    let mut servers = vec![first];
+    for _ in 1..count {
+        let mut args = vec!["--disable-node", "--join", &url, "--token", &token];
+        args.extend_from_slice(extra);
+        servers.push(Server::start_with(&args).await);
+    }
+    servers
+}
+
+async fn status(server: &Server) -> Value {
+    let (code, status) = server.get("/internal/cluster/status").await;
+    assert_eq!(code, 200, "cluster status: {status}");
+    status
+}
+
+/// Waits until every live server names the same leader and sees `voters` voters; returns the
+/// leader's index in `servers`.
+async fn agreed_leader(servers: &[&Server], voters: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        let mut counts = Vec::new();
+        for server in servers {
+            let (code, local) = server.request(reqwest::Method::POST, "/internal/cluster/status", Some(("application/json", b"null".to_vec()))).await;
+            if code == 200 {
+                leaders.push(local["leader"].as_u64());
+                counts.push(local["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "voter").count()));
+            }
+        }
+        let leader = leaders.first().copied().flatten();
+        if leaders.len() == servers.len() && leader.is_some() && leaders.iter().all(|l| *l == leader) && counts.iter().all(|c| *c == voters) {
+            let leader = leader.expect("checked");
+            for (index, server) in servers.iter().enumerate() {
+                if status_id(server).await == leader {
+                    return index;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the servers did not agree on a leader with {voters} voters: leaders {leaders:?}, voters {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status_id(server: &Server) -> u64 {
+    let (_, local) = server.request(reqwest::Method::POST, "/internal/cluster/status", Some(("application/json", b"null".to_vec()))).await;
+    local["id"].as_u64().expect("member id")
+}
+
+fn config_map(name: &str, value: &str, resource_version: Option<&str>) -> Value {
+    let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"v": value}});
+    if let Some(rv) = resource_version {
+        object["metadata"]["resourceVersion"] = json!(rv);
+    }
+    object
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_join_one_group_where_any_server_serves_linearizable_reads_and_writes() {
+    let servers = cluster(3, &["--disable-controllers"]).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    agreed_leader(&all, 3).await;
+    let status = status(&servers[2]).await;
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+    assert!(status["members"].as_array().expect("members").iter().all(|m| m["lag"].is_number()), "the leader reports every member's lag: {status}");
+
+    // A write through any server is read back at once from every server.
+    let (_, listed) = servers[0].get("/api/v1/namespaces/default/configmaps").await;
+    let start = listed["metadata"]["resourceVersion"].as_str().expect("list revision").to_owned();
+    for (index, writer) in servers.iter().enumerate() {
+        let name = format!("via-{index}");
+        let (code, created) = writer.post("/api/v1/namespaces/default/configmaps", &config_map(&name, "x", None)).await;
+        assert_eq!(code, 201, "create through server {index}: {created}");
+        for (reader_index, reader) in servers.iter().enumerate() {
+            let (code, read) = reader.get(&format!("/api/v1/namespaces/default/configmaps/{name}")).await;
+            assert_eq!(code, 200, "server {reader_index} reads {name}, written through server {index}, at once: {read}");
+            assert_eq!(read["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+        }
+    }
+
+    // Every server's watch from the same revision tells the same story, with the same revisions.
+    let mut stories = Vec::new();
+    for server in &servers {
+        let response = server
+            .http
+            .get(format!("{}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={start}&timeoutSeconds=1", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .expect("watch");
+        let text = response.text().await.expect("watch body");
+        let story: Vec<(String, String, String)> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|event| {
+                let object = &event["object"];
+                (event["type"].as_str().unwrap_or("").to_owned(), object["metadata"]["name"].as_str().unwrap_or("").to_owned(), object["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned())
+            })
+            .collect();
+        stories.push(story);
+    }
+    assert_eq!(stories[0].len(), 3, "three creations since {start}: {:?}", stories[0]);
+    assert!(stories.iter().all(|story| *story == stories[0]), "watches differ between servers: {stories:?}");
+
+    // The first server's kubeconfig works against the others with --server.
+    let output = std::process::Command::new(shoal_binary())
+        .args(["--kubeconfig"])
+        .arg(servers[0].kubeconfig())
+        .args(["--server", &servers[2].url, "get", "configmaps"])
+        .output()
+        .expect("shoal get");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("via-0") && stdout.contains("via-2"), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+
+    // `shoal cluster status` names the leader and every member.
+    let output = std::process::Command::new(shoal_binary()).args(["--kubeconfig"]).arg(servers[1].kubeconfig()).args(["cluster", "status"]).output().expect("shoal cluster status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|line| line.contains("voter")).count(), 3, "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.contains(" * ") || line.contains("   *   ")).count(), 1, "one leader is marked: {stdout}");
+
+    // Removing a follower: the others carry on; the removed server refuses writes and says why.
+    let leader = agreed_leader(&all, 3).await;
+    let removed = (leader + 1) % 3;
+    let removed_id = status_id(&servers[removed]).await;
+    let output = std::process::Command::new(shoal_binary())
+        .args(["--kubeconfig"])
+        .arg(servers[0].kubeconfig())
+        .args(["cluster", "remove", &removed_id.to_string()])
+        .output()
+        .expect("shoal cluster remove");
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let remaining: Vec<&Server> = servers.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, s)| s).collect();
+    agreed_leader(&remaining, 2).await;
+    let (code, created) = remaining[1].post("/api/v1/namespaces/default/configmaps", &config_map("after-removal", "x", None)).await;
+    assert_eq!(code, 201, "{created}");
+    let (code, refused) = servers[removed].post("/api/v1/namespaces/default/configmaps", &config_map("from-the-removed", "x", None)).await;
+    assert_eq!(code, 503, "a removed server refuses writes: {refused}");
+    assert!(refused["message"].as_str().unwrap_or("").contains("not a member"), "and says why: {refused}");
+}
+
+/// One recorded operation of the fault workload.
+struct Record {
+    key: usize,
+    operation: Operation,
+    /// The revision an acknowledged write produced.
+    revision: Option<u64>,
+}
+
+enum Outcome {
+    /// The server answered; its status and body.
+    Answered(u16, Value),
+    /// The request never reached a server (connection refused): it had no effect.
+    NotSent,
+    /// It may or may not have taken effect (timeout, connection lost mid-request).
+    Unknown,
+}
+
+async fn call(http: &reqwest::Client, token: &str, method: reqwest::Method, url: String, body: Option<&Value>) -> Outcome {
+    let mut request = http.request(method, url).bearer_auth(token).timeout(Duration::from_secs(20));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            match response.bytes().await {
+                Ok(bytes) => Outcome::Answered(code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
+                Err(_) => Outcome::Unknown,
+            }
+        }
+        Err(error) if error.is_connect() => Outcome::NotSent,
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+const KEYS: usize = 3;
+const WORKERS: usize = 6;
+
+/// A client of the fault test: random reads, writes and compare-and-swaps on a few keys,
+/// through whichever server it last reached, moving to the next one when a server fails it.
+async fn worker(id: usize, urls: Arc<Vec<String>>, http: reqwest::Client, token: String, epoch: Instant, stop: Arc<AtomicBool>, records: Arc<Mutex<Vec<Record>>>) {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (id as u64 + 1);
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut server = id % urls.len();
+    let mut counter = 0u64;
+    let now = |epoch: Instant| epoch.elapsed().as_micros() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = (random() % KEYS as u64) as usize;
+        let path = format!("/api/v1/namespaces/default/configmaps/lin-{key}");
+        let choice = random() % 10;
+        // Every operation starts with a read (a compare-and-swap needs the current revision).
+        let invoked = now(epoch);
+        let outcome = call(&http, &token, reqwest::Method::GET, format!("{}{path}", urls[server]), None).await;
+        let returned = now(epoch);
+        let current = match outcome {
+            Outcome::Answered(200, object) => {
+                let value = object["data"]["v"].as_str().map(str::to_owned);
+                let revision = object["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+                records.lock().expect("records").push(Record { key, operation: Operation { invoked, returned: Some(returned), kind: Kind::Read(value.clone()) }, revision: None });
+                value.zip(revision)
+            }
+            _ => {
+                server = (server + 1) % urls.len();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if choice < 4 {
+            continue;
+        }
+        counter += 1;
+        let new = format!("w{id}-{counter}");
+        let (kind, body) = match (&current, choice < 7) {
+            (_, true) => (Kind::Write(new.clone()), config_map(&format!("lin-{key}"), &new, None)),
+            (Some((value, revision)), false) => (
+                Kind::Cas { expected: value.clone(), new: new.clone(), swapped: true },
+                config_map(&format!("lin-{key}"), &new, Some(revision)),
+            ),
+            (None, false) => continue,
+        };
+        let invoked = now(epoch);
+        let outcome = call(&http, &token, reqwest::Method::PUT, format!("{}{path}", urls[server]), Some(&body)).await;
+        let returned = now(epoch);
+        let record = match outcome {
+            Outcome::Answered(200, object) => Some(Record {
+                key,
+                operation: Operation { invoked, returned: Some(returned), kind },
+                revision: object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()),
+            }),
+            Outcome::Answered(409, _) => match kind {
+                Kind::Cas { expected, new, .. } => {
+                    Some(Record { key, operation: Operation { invoked, returned: Some(returned), kind: Kind::Cas { expected, new, swapped: false } }, revision: None })
+                }
+                other => panic!("an unconditional write got a conflict: {other:?}"),
+            },
+            Outcome::NotSent => None,
+            // A 5xx or a lost connection: the write may still take effect.
+            Outcome::Answered(..) | Outcome::Unknown => Some(Record { key, operation: Operation { invoked, returned: None, kind }, revision: None }),
+        };
+        if let Some(record) = record {
+            let failed = record.operation.returned.is_none();
+            records.lock().expect("records").push(record);
+            if failed {
+                server = (server + 1) % urls.len();
+            }
+        } else {
+            server = (server + 1) % urls.len();
+        }
+    }
+}
+
+/// A watch of the test's ConfigMaps that follows every change from `from`, moving to another
+/// server (from the last revision it saw) when its server fails it, as informers do.
+async fn follow(first: usize, urls: Arc<Vec<String>>, http: reqwest::Client, token: String, from: u64, stop: Arc<AtomicBool>) -> Vec<(u64, String, String)> {
+    let mut seen: Vec<(u64, String, String)> = Vec::new();
+    let mut server = first;
+    let mut last = from;
+    while !stop.load(Ordering::Relaxed) {
+        let url = format!("{}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={last}&timeoutSeconds=5", urls[server]);
+        let response = match http.get(url).bearer_auth(&token).send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                let code = response.status();
+                assert_ne!(code.as_u16(), 410, "a watch from revision {last} expired: events were lost");
+                server = (server + 1) % urls.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(_) => {
+                server = (server + 1) % urls.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut stream = response.bytes_stream();
+        let mut buffer = Vec::new();
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.next() => chunk,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if stop.load(Ordering::Relaxed) { break } else { continue }
+                }
+            };
+            let Some(Ok(chunk)) = chunk else {
+                // The stream ended (timeout) or broke (the server died): carry on elsewhere if
+                // it broke, here if it merely timed out.
+                if chunk.is_some() {
+                    server = (server + 1) % urls.len();
+                }
+                break;
+            };
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let Ok(event) = serde_json::from_slice::<Value>(&line) else { continue };
+                assert_ne!(event["type"], "ERROR", "the watch failed: {event}");
+                let object = &event["object"];
+                let revision: u64 = object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).expect("event revision");
+                let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                let value = object["data"]["v"].as_str().unwrap_or("").to_owned();
+                seen.push((revision, name, value));
+                last = revision;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_write_and_the_history_stays_linearizable() {
+    let mut servers = cluster(3, &["--disable-controllers"]).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    let leader = agreed_leader(&all, 3).await;
+    let urls = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
+    let (http, token) = (servers[0].http.clone(), servers[0].token.clone());
+    let mut initial = HashMap::new();
+    for key in 0..KEYS {
+        let (code, created) = servers[0].post("/api/v1/namespaces/default/configmaps", &config_map(&format!("lin-{key}"), "initial", None)).await;
+        assert_eq!(code, 201, "{created}");
+        initial.insert(key, Some("initial".to_owned()));
+    }
+    let (_, listed) = servers[0].get("/api/v1/namespaces/default/configmaps").await;
+    let from: u64 = listed["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).expect("list revision");
+
+    let epoch = Instant::now();
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    let stop_watches = Arc::new(AtomicBool::new(false));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let watches: Vec<_> = (0..servers.len())
+        .map(|first| tokio::spawn(follow(first, Arc::clone(&urls), http.clone(), token.clone(), from, Arc::clone(&stop_watches))))
+        .collect();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|id| tokio::spawn(worker(id, Arc::clone(&urls), http.clone(), token.clone(), epoch, Arc::clone(&stop_workers), Arc::clone(&records))))
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = epoch.elapsed().as_micros() as u64;
+    servers[leader].kill();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop_workers.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+
+    // The old leader comes back as a follower and catches up with the same history.
+    let address = servers[leader].url.trim_start_matches("https://").to_owned();
+    servers[leader].restart_on_the_same_port(&["--disable-node", "--disable-controllers"]).await;
+    assert_eq!(servers[leader].url.trim_start_matches("https://"), address);
+    let all: Vec<&Server> = servers.iter().collect();
+    let new_leader = agreed_leader(&all, 3).await;
+    assert_ne!(new_leader, leader, "another server leads after the kill");
+
+    // Final reads from every server close the history.
+    let mut records = std::mem::take(&mut *records.lock().expect("records"));
+    for server in &servers {
+        for key in 0..KEYS {
+            let invoked = epoch.elapsed().as_micros() as u64;
+            let (code, object) = server.get(&format!("/api/v1/namespaces/default/configmaps/lin-{key}")).await;
+            assert_eq!(code, 200, "{object}");
+            let returned = epoch.elapsed().as_micros() as u64;
+            let value = object["data"]["v"].as_str().map(str::to_owned);
+            records.push(Record { key, operation: Operation { invoked, returned: Some(returned), kind: Kind::Read(value) }, revision: None });
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_watches.store(true, Ordering::Relaxed);
+    let mut stories = Vec::new();
+    for watch in watches {
+        stories.push(watch.await.expect("watch"));
+    }
+
+    // A new leader accepted writes within 3 s of the kill.
+    let first_write_after_kill = records
+        .iter()
+        .filter(|r| r.revision.is_some() && r.operation.returned.is_some_and(|t| t > killed_at))
+        .filter_map(|r| r.operation.returned)
+        .min()
+        .expect("writes were acknowledged after the kill");
+    let failover = Duration::from_micros(first_write_after_kill - killed_at);
+    assert!(failover <= Duration::from_secs(3), "the first write after killing the leader was acknowledged {failover:?} later");
+
+    // Every key's history is linearizable (so no acknowledged write was lost either: the final
+    // reads would contradict it).
+    let acknowledged = records.iter().filter(|r| r.revision.is_some()).count();
+    let unknown = records.iter().filter(|r| r.operation.returned.is_none()).count();
+    assert!(acknowledged > 50, "the workload made progress: {acknowledged} acknowledged writes");
+    eprintln!(
+        "fault history: {} operations, {acknowledged} acknowledged writes, {unknown} with unknown outcome; first write {failover:?} after the kill",
+        records.len()
+    );
+    for key in 0..KEYS {
+        let history: Vec<Operation> = records.iter().filter(|r| r.key == key).map(|r| r.operation.clone()).collect();
+        if let Err(error) = linearizable::check(&history, initial[&key].clone()) {
+            panic!("key lin-{key} ({} operations, {unknown} of all with unknown outcome): {error}", history.len());
+        }
+    }
+
+    // Every watch saw revisions only go forward, saw every acknowledged write, and agreed with
+    // the others on what each revision was.
+    let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    for (index, story) in stories.iter().enumerate() {
+        assert!(story.windows(2).all(|pair| pair[0].0 < pair[1].0), "watch {index} went backwards or repeated: {story:?}");
+        for (revision, name, value) in story {
+            let entry = by_revision.entry(*revision).or_insert_with(|| (name.clone(), value.clone()));
+            assert_eq!(entry, &(name.clone(), value.clone()), "watches disagree about revision {revision}");
+        }
+    }
+    for record in records.iter().filter(|r| r.revision.is_some()) {
+        let revision = record.revision.expect("filtered");
+        for (index, story) in stories.iter().enumerate() {
+            assert!(story.iter().any(|(r, _, _)| *r == revision), "watch {index} missed the acknowledged write at revision {revision}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_was_down_catches_up_through_a_snapshot() {
+    let extra = ["--disable-controllers", "--raft-snapshot-entries", "100", "--raft-kept-entries", "10"];
+    let mut servers = cluster(3, &extra).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    let leader = agreed_leader(&all, 3).await;
+    let follower = (leader + 1) % 3;
+    servers[follower].kill();
+    // One write per log entry (sequential), enough for the leader to snapshot and purge its log
+    // past what the follower has.
+    for index in 0..250 {
+        let (code, created) = servers[leader].post("/api/v1/namespaces/default/configmaps", &config_map(&format!("while-down-{index}"), "x", None)).await;
+        assert_eq!(code, 201, "{created}");
+    }
+    let leader_status = status(&servers[leader]).await;
+    let leader_snapshot = leader_status["snapshot_index"].as_u64().expect("the leader has snapshotted");
+    let mut args = vec!["--disable-node"];
+    args.extend_from_slice(&extra);
+    servers[follower].restart_on_the_same_port(&args).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, local) = servers[follower].request(reqwest::Method::POST, "/internal/cluster/status", Some(("application/json", b"null".to_vec()))).await;
+        if local["snapshot_index"].as_u64().is_some_and(|index| index >= leader_snapshot) && local["applied_index"].as_u64() >= leader_status["last_log_index"].as_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower did not install the leader's snapshot (index {leader_snapshot}): {local}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for index in [0, 124, 249] {
+        let (code, read) = servers[follower].get(&format!("/api/v1/namespaces/default/configmaps/while-down-{index}")).await;
+        assert_eq!(code, 200, "{read}");
+    }
+    let (_, listed) = servers[follower].get("/api/v1/namespaces/default/configmaps").await;
+    let (_, on_leader) = servers[leader].get("/api/v1/namespaces/default/configmaps").await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), on_leader["items"].as_array().map(Vec::len));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_move_to_another_server_when_theirs_dies() {
+    let mut servers = cluster(3, &[]).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    agreed_leader(&all, 3).await;
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/shoal-controller-manager";
+    let holder_of = |lease: &Value| lease["spec"]["holderIdentity"].as_str().unwrap_or("").to_owned();
+    let identities: Vec<String> =
+        servers.iter().map(|s| std::fs::read_to_string(s.data_dir.join("controller-identity")).expect("controller identity").trim().to_owned()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let (code, lease) = servers[0].get(lease_path).await;
+        if code == 200
+            && let Some(index) = identities.iter().position(|id| *id == holder_of(&lease))
+        {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no server took the controller Lease: {lease}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    servers[holder].kill();
+    let survivor = (holder + 1) % 3;
+    let killed_at = Instant::now();
+    let deadline = killed_at + Duration::from_secs(40);
+    loop {
+        let (code, lease) = servers[survivor].get(lease_path).await;
+        if code == 200 && identities.iter().position(|id| *id == holder_of(&lease)).is_some_and(|index| index != holder) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the controller Lease did not move off the dead server: {lease}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The controllers now run elsewhere: a Deployment gets its ReplicaSet.
+    let (code, created) = servers[survivor].post("/apis/apps/v1/namespaces/default/deployments", &crate::harness::deployment("after-failover")).await;
+    assert_eq!(code, 201, "{created}");
+    crate::harness::wait_until(&servers[survivor], "/apis/apps/v1/namespaces/default/replicasets", 30, "a ReplicaSet from the new controller manager", |list| {
+        list["items"].as_array().is_some_and(|items| items.iter().any(|rs| rs["metadata"]["ownerReferences"][0]["name"] == "after-failover"))
+    })
+    .await;
+}
