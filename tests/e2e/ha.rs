@@ -1,8 +1,8 @@
 //! The highly-available control plane: several real `shoal server` processes in one Raft group
 //! on loopback, joined with the server token, and the faults they must survive.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -277,12 +277,22 @@ async fn worker(id: usize, urls: Arc<Vec<String>>, http: reqwest::Client, token:
 }
 
 /// A watch of the test's ConfigMaps that follows every change from `from`, moving to another
-/// server (from the last revision it saw) when its server fails it, as informers do.
-async fn follow(first: usize, urls: Arc<Vec<String>>, http: reqwest::Client, token: String, from: u64, stop: Arc<AtomicBool>) -> Vec<(u64, String, String)> {
+/// server (from the last revision it saw) when its server fails it, as informers do. It stops
+/// once it has seen revision `until` (when that is set, non-zero), or 30 s after it was set.
+async fn follow(first: usize, urls: Arc<Vec<String>>, http: reqwest::Client, token: String, from: u64, until: Arc<AtomicU64>) -> Vec<(u64, String, String)> {
     let mut seen: Vec<(u64, String, String)> = Vec::new();
     let mut server = first;
     let mut last = from;
-    while !stop.load(Ordering::Relaxed) {
+    let mut give_up: Option<Instant> = None;
+    let stop = |last: u64, give_up: &mut Option<Instant>| {
+        let target = until.load(Ordering::Relaxed);
+        if target == 0 {
+            return false;
+        }
+        let deadline = *give_up.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+        last >= target || Instant::now() >= deadline
+    };
+    while !stop(last, &mut give_up) {
         let url = format!("{}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={last}&timeoutSeconds=5", urls[server]);
         let response = match http.get(url).bearer_auth(&token).send().await {
             Ok(response) if response.status().is_success() => response,
@@ -305,7 +315,7 @@ async fn follow(first: usize, urls: Arc<Vec<String>>, http: reqwest::Client, tok
             let chunk = tokio::select! {
                 chunk = stream.next() => chunk,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if stop.load(Ordering::Relaxed) { break } else { continue }
+                    if stop(last, &mut give_up) { break } else { continue }
                 }
             };
             let Some(Ok(chunk)) = chunk else {
@@ -333,41 +343,132 @@ async fn follow(first: usize, urls: Arc<Vec<String>>, http: reqwest::Client, tok
     seen
 }
 
+/// The concurrent client workload of a fault test: workers doing reads, writes and
+/// compare-and-swaps on a few keys, and one watch per server, all recorded.
+struct Workload {
+    epoch: Instant,
+    initial: Option<String>,
+    stop_workers: Arc<AtomicBool>,
+    /// The revision every watch must reach before it stops (0: not yet known).
+    watch_until: Arc<AtomicU64>,
+    records: Arc<Mutex<Vec<Record>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    watches: Vec<tokio::task::JoinHandle<Vec<(u64, String, String)>>>,
+}
+
+/// What a finished workload saw.
+struct Summary {
+    records: Vec<Record>,
+}
+
+impl Summary {
+    /// When the first write acknowledged after `at` (µs since the epoch) returned.
+    fn first_write_after(&self, at: u64) -> Duration {
+        let first = self
+            .records
+            .iter()
+            .filter(|r| r.revision.is_some() && r.operation.returned.is_some_and(|t| t > at))
+            .filter_map(|r| r.operation.returned)
+            .min()
+            .expect("writes were acknowledged after the fault");
+        Duration::from_micros(first - at)
+    }
+}
+
+impl Workload {
+    /// Creates the keys through `servers[0]` and starts the clients against every server.
+    async fn start(servers: &[Server]) -> Self {
+        for key in 0..KEYS {
+            let (code, created) = servers[0].post("/api/v1/namespaces/default/configmaps", &config_map(&format!("lin-{key}"), "initial", None)).await;
+            assert_eq!(code, 201, "{created}");
+        }
+        let (_, listed) = servers[0].get("/api/v1/namespaces/default/configmaps").await;
+        let from: u64 = listed["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).expect("list revision");
+        let urls = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
+        let (http, token) = (servers[0].http.clone(), servers[0].token.clone());
+        let epoch = Instant::now();
+        let stop_workers = Arc::new(AtomicBool::new(false));
+        let watch_until = Arc::new(AtomicU64::new(0));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let watches = (0..servers.len())
+            .map(|first| tokio::spawn(follow(first, Arc::clone(&urls), http.clone(), token.clone(), from, Arc::clone(&watch_until))))
+            .collect();
+        let workers = (0..WORKERS)
+            .map(|id| tokio::spawn(worker(id, Arc::clone(&urls), http.clone(), token.clone(), epoch, Arc::clone(&stop_workers), Arc::clone(&records))))
+            .collect();
+        Self { epoch, initial: Some("initial".into()), stop_workers, watch_until, records, workers, watches }
+    }
+
+    /// Microseconds since the workload started (the history's clock).
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Stops the clients, reads every key from each of `readers` to close the history, and
+    /// checks it: every key's history is linearizable (so no acknowledged write was lost: the
+    /// final reads would contradict it), and every watch saw revisions only go forward, saw
+    /// every acknowledged write, and agreed with the others on what each revision was.
+    async fn finish(self, readers: &[&Server]) -> Summary {
+        self.stop_workers.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.expect("worker");
+        }
+        let mut records = std::mem::take(&mut *self.records.lock().expect("records"));
+        for server in readers {
+            for key in 0..KEYS {
+                let invoked = self.epoch.elapsed().as_micros() as u64;
+                let (code, object) = server.get(&format!("/api/v1/namespaces/default/configmaps/lin-{key}")).await;
+                assert_eq!(code, 200, "{object}");
+                let returned = self.epoch.elapsed().as_micros() as u64;
+                let value = object["data"]["v"].as_str().map(str::to_owned);
+                records.push(Record { key, operation: Operation { invoked, returned: Some(returned), kind: Kind::Read(value) }, revision: None });
+            }
+        }
+        let last_acknowledged = records.iter().filter_map(|r| r.revision).max().unwrap_or(1);
+        self.watch_until.store(last_acknowledged, Ordering::Relaxed);
+        let mut stories = Vec::new();
+        for watch in self.watches {
+            stories.push(watch.await.expect("watch"));
+        }
+
+        let acknowledged = records.iter().filter(|r| r.revision.is_some()).count();
+        let unknown = records.iter().filter(|r| r.operation.returned.is_none()).count();
+        assert!(acknowledged > 50, "the workload made progress: {acknowledged} acknowledged writes");
+        eprintln!("fault history: {} operations, {acknowledged} acknowledged writes, {unknown} with unknown outcome", records.len());
+        for key in 0..KEYS {
+            let history: Vec<Operation> = records.iter().filter(|r| r.key == key).map(|r| r.operation.clone()).collect();
+            if let Err(error) = linearizable::check(&history, self.initial.clone()) {
+                panic!("key lin-{key} ({} operations, {unknown} of all with unknown outcome): {error}", history.len());
+            }
+        }
+        let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        for (index, story) in stories.iter().enumerate() {
+            assert!(story.windows(2).all(|pair| pair[0].0 < pair[1].0), "watch {index} went backwards or repeated: {story:?}");
+            for (revision, name, value) in story {
+                let entry = by_revision.entry(*revision).or_insert_with(|| (name.clone(), value.clone()));
+                assert_eq!(entry, &(name.clone(), value.clone()), "watches disagree about revision {revision}");
+            }
+        }
+        for record in records.iter().filter(|r| r.revision.is_some()) {
+            let revision = record.revision.expect("filtered");
+            for (index, story) in stories.iter().enumerate() {
+                assert!(story.iter().any(|(r, _, _)| *r == revision), "watch {index} missed the acknowledged write at revision {revision}");
+            }
+        }
+        Summary { records }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_under_load_loses_no_acknowledged_write_and_the_history_stays_linearizable() {
     let mut servers = cluster(3, &["--disable-controllers"]).await;
     let all: Vec<&Server> = servers.iter().collect();
     let leader = agreed_leader(&all, 3).await;
-    let urls = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
-    let (http, token) = (servers[0].http.clone(), servers[0].token.clone());
-    let mut initial = HashMap::new();
-    for key in 0..KEYS {
-        let (code, created) = servers[0].post("/api/v1/namespaces/default/configmaps", &config_map(&format!("lin-{key}"), "initial", None)).await;
-        assert_eq!(code, 201, "{created}");
-        initial.insert(key, Some("initial".to_owned()));
-    }
-    let (_, listed) = servers[0].get("/api/v1/namespaces/default/configmaps").await;
-    let from: u64 = listed["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).expect("list revision");
-
-    let epoch = Instant::now();
-    let stop_workers = Arc::new(AtomicBool::new(false));
-    let stop_watches = Arc::new(AtomicBool::new(false));
-    let records = Arc::new(Mutex::new(Vec::new()));
-    let watches: Vec<_> = (0..servers.len())
-        .map(|first| tokio::spawn(follow(first, Arc::clone(&urls), http.clone(), token.clone(), from, Arc::clone(&stop_watches))))
-        .collect();
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|id| tokio::spawn(worker(id, Arc::clone(&urls), http.clone(), token.clone(), epoch, Arc::clone(&stop_workers), Arc::clone(&records))))
-        .collect();
-
+    let workload = Workload::start(&servers).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let killed_at = epoch.elapsed().as_micros() as u64;
+    let killed_at = workload.now();
     servers[leader].kill();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    stop_workers.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("worker");
-    }
 
     // The old leader comes back as a follower and catches up with the same history.
     let address = servers[leader].url.trim_start_matches("https://").to_owned();
@@ -376,68 +477,191 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write_and_the_histo
     let all: Vec<&Server> = servers.iter().collect();
     let new_leader = agreed_leader(&all, 3).await;
     assert_ne!(new_leader, leader, "another server leads after the kill");
-
-    // Final reads from every server close the history.
-    let mut records = std::mem::take(&mut *records.lock().expect("records"));
-    for server in &servers {
-        for key in 0..KEYS {
-            let invoked = epoch.elapsed().as_micros() as u64;
-            let (code, object) = server.get(&format!("/api/v1/namespaces/default/configmaps/lin-{key}")).await;
-            assert_eq!(code, 200, "{object}");
-            let returned = epoch.elapsed().as_micros() as u64;
-            let value = object["data"]["v"].as_str().map(str::to_owned);
-            records.push(Record { key, operation: Operation { invoked, returned: Some(returned), kind: Kind::Read(value) }, revision: None });
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop_watches.store(true, Ordering::Relaxed);
-    let mut stories = Vec::new();
-    for watch in watches {
-        stories.push(watch.await.expect("watch"));
-    }
-
-    // A new leader accepted writes within 3 s of the kill.
-    let first_write_after_kill = records
-        .iter()
-        .filter(|r| r.revision.is_some() && r.operation.returned.is_some_and(|t| t > killed_at))
-        .filter_map(|r| r.operation.returned)
-        .min()
-        .expect("writes were acknowledged after the kill");
-    let failover = Duration::from_micros(first_write_after_kill - killed_at);
+    let summary = workload.finish(&all).await;
+    let failover = summary.first_write_after(killed_at);
+    eprintln!("first write acknowledged {failover:?} after killing the leader");
     assert!(failover <= Duration::from_secs(3), "the first write after killing the leader was acknowledged {failover:?} later");
+}
 
-    // Every key's history is linearizable (so no acknowledged write was lost either: the final
-    // reads would contradict it).
-    let acknowledged = records.iter().filter(|r| r.revision.is_some()).count();
-    let unknown = records.iter().filter(|r| r.operation.returned.is_none()).count();
-    assert!(acknowledged > 50, "the workload made progress: {acknowledged} acknowledged writes");
-    eprintln!(
-        "fault history: {} operations, {acknowledged} acknowledged writes, {unknown} with unknown outcome; first write {failover:?} after the kill",
-        records.len()
-    );
-    for key in 0..KEYS {
-        let history: Vec<Operation> = records.iter().filter(|r| r.key == key).map(|r| r.operation.clone()).collect();
-        if let Err(error) = linearizable::check(&history, initial[&key].clone()) {
-            panic!("key lin-{key} ({} operations, {unknown} of all with unknown outcome): {error}", history.len());
+/// A private network of network namespaces on a bridge, one per server, so that a server can be
+/// cut off from its peers (iptables in its namespace) while the test, in the root namespace,
+/// still reaches every server.
+struct Network {
+    bridge: String,
+    namespaces: Vec<String>,
+    subnet: u8,
+}
+
+fn sh(command: &str) {
+    let status = std::process::Command::new("sh").args(["-c", command]).status().expect("sh");
+    assert!(status.success(), "{command} failed with {status}");
+}
+
+impl Network {
+    fn new(hosts: usize) -> Self {
+        let id = std::process::id() % 10_000;
+        let subnet = 100 + (id % 100) as u8;
+        let bridge = format!("shb{id}");
+        let _ = std::process::Command::new("ip").args(["link", "del", &bridge]).status();
+        sh(&format!("ip link add {bridge} type bridge && ip addr add 10.{subnet}.0.1/24 dev {bridge} && ip link set {bridge} up"));
+        // Docker's FORWARD policy drops bridged traffic (br_netfilter): let this bridge's through.
+        sh(&format!("iptables -I FORWARD 1 -i {bridge} -o {bridge} -j ACCEPT"));
+        let mut namespaces = Vec::new();
+        for host in 0..hosts {
+            let namespace = format!("shoal-{id}-{host}");
+            let veth = format!("shv{id}x{host}");
+            let _ = std::process::Command::new("ip").args(["netns", "del", &namespace]).status();
+            sh(&format!(
+                "ip netns add {namespace} && ip link add {veth} type veth peer name {veth}p && ip link set {veth} master {bridge} && ip link set {veth} up \
+                 && ip link set {veth}p netns {namespace} && ip netns exec {namespace} ip addr add 10.{subnet}.0.{}/24 dev {veth}p \
+                 && ip netns exec {namespace} ip link set {veth}p up && ip netns exec {namespace} ip link set lo up",
+                10 + host
+            ));
+            namespaces.push(namespace);
+        }
+        Self { bridge, namespaces, subnet }
+    }
+
+    fn address(&self, host: usize) -> String {
+        format!("10.{}.0.{}", self.subnet, 10 + host)
+    }
+
+    /// Cuts `host` off from every other host (both directions); the root namespace still
+    /// reaches it.
+    fn isolate(&self, host: usize) {
+        for other in (0..self.namespaces.len()).filter(|o| *o != host) {
+            let peer = self.address(other);
+            sh(&format!(
+                "ip netns exec {ns} iptables -A INPUT -s {peer} -j DROP && ip netns exec {ns} iptables -A OUTPUT -d {peer} -j DROP",
+                ns = self.namespaces[host]
+            ));
         }
     }
 
-    // Every watch saw revisions only go forward, saw every acknowledged write, and agreed with
-    // the others on what each revision was.
-    let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
-    for (index, story) in stories.iter().enumerate() {
-        assert!(story.windows(2).all(|pair| pair[0].0 < pair[1].0), "watch {index} went backwards or repeated: {story:?}");
-        for (revision, name, value) in story {
-            let entry = by_revision.entry(*revision).or_insert_with(|| (name.clone(), value.clone()));
-            assert_eq!(entry, &(name.clone(), value.clone()), "watches disagree about revision {revision}");
-        }
+    fn heal(&self, host: usize) {
+        sh(&format!("ip netns exec {} iptables -F", self.namespaces[host]));
     }
-    for record in records.iter().filter(|r| r.revision.is_some()) {
-        let revision = record.revision.expect("filtered");
-        for (index, story) in stories.iter().enumerate() {
-            assert!(story.iter().any(|(r, _, _)| *r == revision), "watch {index} missed the acknowledged write at revision {revision}");
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for namespace in &self.namespaces {
+            let _ = std::process::Command::new("ip").args(["netns", "del", namespace]).status();
         }
+        let _ = std::process::Command::new("iptables").args(["-D", "FORWARD", "-i", &self.bridge, "-o", &self.bridge, "-j", "ACCEPT"]).status();
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_partitioned_into_a_minority_stops_writing_and_rejoins_with_the_majoritys_log() {
+    let network = Network::new(3);
+    let mut servers: Vec<Server> = Vec::new();
+    for host in 0..3 {
+        let prefix = ["ip", "netns", "exec", network.namespaces[host].as_str()];
+        let api_addr = format!("{}:6443", network.address(host));
+        let mut args = vec!["--disable-node", "--disable-controllers", "--api-addr", api_addr.as_str()];
+        let join;
+        let token;
+        if host > 0 {
+            join = servers[0].url.clone();
+            token = std::fs::read_to_string(servers[0].data_dir.join("server-token")).expect("server token").trim().to_owned();
+            args.extend(["--join", join.as_str(), "--token", token.as_str()]);
+        }
+        servers.push(Server::start_under(&prefix, &args).await);
+    }
+    // Servers' processes must stop before the network goes away.
+    let all: Vec<&Server> = servers.iter().collect();
+    let leader = agreed_leader(&all, 3).await;
+    let workload = Workload::start(&servers).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut_at = workload.now();
+    network.isolate(leader);
+
+    // The majority elects a new leader and goes on accepting writes.
+    let majority: Vec<&Server> = servers.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, s)| s).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, local) = majority[0].request(reqwest::Method::POST, "/internal/cluster/status", Some(("application/json", b"null".to_vec()))).await;
+        let old_leader_id = status_id(&servers[leader]).await;
+        if code == 200 && local["leader"].as_u64().is_some_and(|l| l != old_leader_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the majority did not elect a new leader: {local}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, written) = majority[1].post("/api/v1/namespaces/default/configmaps", &config_map("by-the-majority", "x", None)).await;
+    assert_eq!(code, 201, "{written}");
+
+    // The old leader refuses writes and linearizable reads, and says why.
+    let (code, refused) = servers[leader].post("/api/v1/namespaces/default/configmaps", &config_map("by-the-minority", "x", None)).await;
+    assert_eq!(code, 503, "a minority leader refuses writes: {refused}");
+    assert!(refused["message"].as_str().unwrap_or("").contains("majority"), "and says why: {refused}");
+    let (code, refused) = servers[leader].get("/api/v1/namespaces/default/configmaps/by-the-majority").await;
+    assert_eq!(code, 503, "a minority leader serves no stale reads: {refused}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Healed, it follows the new leader and ends with the same log.
+    network.heal(leader);
+    let new_leader = agreed_leader(&all, 3).await;
+    assert_ne!(new_leader, leader);
+    let summary = workload.finish(&all).await;
+    eprintln!("first write acknowledged {:?} after the partition", summary.first_write_after(cut_at));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut positions = Vec::new();
+        for server in &servers {
+            let (_, local) = server.request(reqwest::Method::POST, "/internal/cluster/status", Some(("application/json", b"null".to_vec()))).await;
+            positions.push((local["last_log_index"].clone(), local["applied_index"].clone(), local["revision"].clone()));
+        }
+        if positions.iter().all(|p| *p == positions[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the servers' logs did not converge: {positions:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut listings = Vec::new();
+    for server in &servers {
+        let (_, listed) = server.get("/api/v1/namespaces/default/configmaps").await;
+        let mut names: Vec<(String, String)> = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|cm| (cm["metadata"]["name"].as_str().unwrap_or("").to_owned(), cm["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        names.sort();
+        listings.push(names);
+    }
+    assert!(listings.iter().all(|l| *l == listings[0]), "the servers hold different objects: {listings:?}");
+    for server in &mut servers {
+        server.kill();
+    }
+    drop(network);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_and_removing_members_under_load_keeps_the_history_linearizable() {
+    let servers = cluster(3, &["--disable-controllers"]).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    agreed_leader(&all, 3).await;
+    let workload = Workload::start(&servers).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A fourth server joins under load (learner, catch-up, voter)...
+    let token = std::fs::read_to_string(servers[0].data_dir.join("server-token")).expect("server token").trim().to_owned();
+    let fourth = Server::start_with(&["--disable-node", "--disable-controllers", "--join", &servers[1].url, "--token", &token]).await;
+    let four: Vec<&Server> = servers.iter().chain(std::iter::once(&fourth)).collect();
+    let leader = agreed_leader(&four, 4).await;
+    // ...then a member other than the leader (and other than the new one) is removed.
+    let removed = (0..3).find(|i| *i != leader).expect("a follower");
+    let removed_id = status_id(&servers[removed]).await;
+    let (code, answer) = servers[leader].request(reqwest::Method::POST, &format!("/internal/cluster/members/{removed_id}/remove"), Some(("application/json", b"null".to_vec()))).await;
+    assert_eq!((code, answer.get("Err")), (200, None), "removing member {removed_id}: {answer}");
+    let remaining: Vec<&Server> = four.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, s)| *s).collect();
+    agreed_leader(&remaining, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    workload.finish(&remaining).await;
+    let (code, read) = fourth.get("/api/v1/namespaces/default/configmaps/lin-0").await;
+    assert_eq!(code, 200, "the new member serves reads: {read}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

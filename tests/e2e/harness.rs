@@ -14,6 +14,8 @@ pub struct Server {
     pub token: String,
     pub http: reqwest::Client,
     extra_args: Vec<String>,
+    /// A command the server runs under (`ip netns exec NS`), if any.
+    prefix: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -27,14 +29,21 @@ impl Server {
     }
 
     pub async fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_under(&[], extra_args).await
+    }
+
+    /// Starts a server under `prefix` (for example `ip netns exec NS`, to run it in a network
+    /// namespace), with `extra_args`.
+    pub async fn start_under(prefix: &[&str], extra_args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("tempdir");
         let data_dir = temp.path().join("data");
-        let mut server = Self::launch(data_dir, extra_args.iter().map(|s| s.to_string()).collect()).await;
+        let prefix = prefix.iter().map(|s| s.to_string()).collect();
+        let mut server = Self::launch(prefix, data_dir, extra_args.iter().map(|s| s.to_string()).collect()).await;
         server._temp = Some(temp);
         server
     }
 
-    async fn launch(data_dir: PathBuf, extra_args: Vec<String>) -> Self {
+    async fn launch(prefix: Vec<String>, data_dir: PathBuf, extra_args: Vec<String>) -> Self {
         let kubeconfig = data_dir.join("admin.kubeconfig");
         let _ = std::fs::remove_file(&kubeconfig);
         let log = std::fs::OpenOptions::new()
@@ -42,7 +51,15 @@ impl Server {
             .append(true)
             .open(data_dir.parent().unwrap_or(Path::new("/tmp")).join("server.log"))
             .expect("log file");
-        let child = Command::new(shoal_binary())
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(shoal_binary());
+                command
+            }
+            None => Command::new(shoal_binary()),
+        };
+        let child = command
             .args(["server", "--data-dir"])
             .arg(&data_dir)
             .args(if extra_args.iter().any(|a| a == "--api-addr") { &[][..] } else { &["--api-addr", "127.0.0.1:0"][..] })
@@ -68,7 +85,7 @@ impl Server {
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
             .build()
             .expect("client");
-        let server = Self { child: Some(child), data_dir, url, token, http, extra_args, _temp: None };
+        let server = Self { child: Some(child), data_dir, url, token, http, extra_args, prefix, _temp: None };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(response) = server.http.get(format!("{}/readyz", server.url)).send().await
@@ -113,7 +130,7 @@ impl Server {
     /// Starts the server again on the same data dir (a new port).
     pub async fn restart(&mut self) {
         let temp = self._temp.take();
-        let mut restarted = Self::launch(self.data_dir.clone(), self.extra_args.clone()).await;
+        let mut restarted = Self::launch(self.prefix.clone(), self.data_dir.clone(), self.extra_args.clone()).await;
         restarted._temp = temp;
         *self = restarted;
     }
@@ -126,7 +143,7 @@ impl Server {
         let mut args: Vec<String> = vec!["--api-addr".into(), address];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let temp = self._temp.take();
-        let mut restarted = Self::launch(self.data_dir.clone(), args).await;
+        let mut restarted = Self::launch(self.prefix.clone(), self.data_dir.clone(), args).await;
         restarted._temp = temp;
         *self = restarted;
     }

@@ -190,10 +190,10 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
     };
     // Reads are linearizable (a no-op on a single server): a follower first catches up to the
     // leader's commit point. So do writes, which read the current object (no-op detection,
-    // patches, defaults from the old object). `resourceVersion=0` asks for any state, and a
-    // watch from a given revision needs none.
-    let requested_revision = query.get("resourceVersion").unwrap_or("");
-    let any_state = *method == Method::GET && (requested_revision == "0" || (query.flag("watch") && !requested_revision.is_empty()));
+    // patches, defaults from the old object), and watches, so that a server cut off from the
+    // group (partitioned, or removed) refuses new watches instead of serving silence and its
+    // clients move to another server. Only a `resourceVersion=0` read asks for any state.
+    let any_state = *method == Method::GET && query.get("resourceVersion") == Some("0") && !query.flag("watch");
     if !any_state {
         state.store.read_barrier().await.map_err(objects::store_error)?;
     }
@@ -462,6 +462,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
     let watcher = state.store.watch(start).map(|w| w.only(resource.clone()));
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let shutdown = state.shutdown.clone();
+    let mut in_step = state.store.in_step();
     state.tasks.spawn(async move {
         let encode = |event_type: &str, object: Value| -> Bytes {
             let object = if as_table { table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true) } else { object };
@@ -489,6 +490,13 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = shutdown.cancelled() => return,
+                // Cut off from the group, this server ends its watches so that their clients
+                // resume from another server instead of hearing silence.
+                changed = in_step.changed() => {
+                    if changed.is_err() || !*in_step.borrow() {
+                        return;
+                    }
+                }
                 _ = sender.closed() => return,
                 _ = bookmark_timer.tick(), if bookmarks => {
                     let revision = watcher.last_revision();

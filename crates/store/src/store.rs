@@ -141,6 +141,7 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Store {
     id: u64,
+    in_step: tokio::sync::watch::Receiver<bool>,
     raft: Raft,
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     state: Arc<StateShared>,
@@ -200,7 +201,9 @@ impl Store {
         tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), queue));
-        Ok(Self { id: config.node_id, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
+        tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
+        Ok(Self { id: config.node_id, in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// This server's member id.
@@ -219,6 +222,14 @@ impl Store {
         let leader = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
+    }
+
+    /// True while this server is in step with a majority of the group (always, alone): it
+    /// turns false within a few seconds of the server losing contact with the leader or the
+    /// leader with its quorum (a partition, a removal). Watches end when it does, so that their
+    /// clients reconnect to a server that is in step, as etcd's require-leader watches do.
+    pub fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.in_step.clone()
     }
 
     /// Whether `id` is a member (voter or learner) of the group as this server knows it.
@@ -488,7 +499,9 @@ impl Store {
             let problem = match self.leader() {
                 Some((leader, _)) if leader == self.id => match self.read_index().await {
                     Ok(_) => return Ok(()),
-                    Err(WireError::NotLeader(message) | WireError::Busy(message) | WireError::Failed(message)) => message,
+                    Err(WireError::NotLeader(message) | WireError::Busy(message) | WireError::Failed(message)) => {
+                        format!("this server leads but no majority confirmed it: {message}")
+                    }
                 },
                 Some((leader, url)) => {
                     let remaining = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
@@ -502,7 +515,9 @@ impl Store {
                 None => "no leader is known".into(),
             };
             if tokio::time::Instant::now() >= until {
-                return Err(Error::NotLeader(format!("a linearizable read needs the leader, and none answered within {READ_WAIT:?} ({problem})")));
+                return Err(Error::NotLeader(format!(
+                    "this server could not confirm the group's current state with a majority of the control plane within {READ_WAIT:?} ({problem})"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.await_leader(until).await;
@@ -633,6 +648,47 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
                 }
             }
         });
+    }
+}
+
+/// Checks every second that this server is in step with the group: the leader confirms its
+/// leadership with a quorum, a follower gets a read index from the leader. Two failures in a row
+/// mark it out of step (see [`Store::in_step`]); one success marks it in step again.
+async fn monitor_group(raft: Raft, transport: Transport, id: u64, in_step: tokio::sync::watch::Sender<bool>) {
+    const PROBE_WAIT: Duration = Duration::from_secs(2);
+    let mut failures = 0u32;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.running_state.is_err() || in_step.is_closed() {
+            return;
+        }
+        let membership = metrics.membership_config.membership();
+        let mut voters = membership.voter_ids();
+        let alone = voters.next() == Some(id) && voters.next().is_none();
+        let healthy = if alone {
+            true
+        } else {
+            match metrics.current_leader {
+                Some(leader) if leader == id => matches!(tokio::time::timeout(PROBE_WAIT, raft.ensure_linearizable()).await, Ok(Ok(_))),
+                Some(leader) => match membership.get_node(&leader) {
+                    Some(node) => matches!(transport.call::<_, std::result::Result<u64, WireError>>(&node.addr, paths::READ_INDEX, &(), PROBE_WAIT).await, Ok(Ok(_))),
+                    None => false,
+                },
+                None => false,
+            }
+        };
+        failures = if healthy { 0 } else { failures + 1 };
+        let now = failures < 2;
+        if *in_step.borrow() != now {
+            if now {
+                tracing::info!("in step with the control-plane group again");
+            } else {
+                tracing::warn!("out of step with the control-plane group (no leader in contact with a majority): refusing reads and writes, ending watches");
+            }
+            in_step.send_replace(now);
+        }
     }
 }
 
