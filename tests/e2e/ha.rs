@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, shoal_binary};
+use crate::harness::{Agent, Server, shoal_binary};
 use crate::linearizable::{self, Kind, Operation};
 
 /// Starts `count` servers without nodes: the first one starts the cluster, the others join it
@@ -740,4 +740,71 @@ async fn the_controllers_move_to_another_server_when_theirs_dies() {
         list["items"].as_array().is_some_and(|items| items.iter().any(|rs| rs["metadata"]["ownerReferences"][0]["name"] == "after-failover"))
     })
     .await;
+}
+
+/// Fetches `http://hello.localhost/` through a node's ingress listener.
+async fn hello_through(ingress: &str) -> Option<String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let response = client.get(format!("http://{ingress}/")).header("Host", "hello.localhost").send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+/// The README's multi-process recipe: three servers, two agents, the sample app. Killing the
+/// leader (the server the agents were given) stops neither `shoal apply` for more than 3 s nor
+/// the app; the agents move to the surviving servers and run the new pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_and_two_agents_serve_the_sample_through_the_death_of_the_leader() {
+    let mut servers = cluster(3, &[]).await;
+    let all: Vec<&Server> = servers.iter().collect();
+    let leader = agreed_leader(&all, 3).await;
+    // The agents are given only the leader; they learn the other servers from it.
+    let agents = [
+        Agent::start_through(&servers[leader].url, &servers[0], "agent-a", "127.0.0.2"),
+        Agent::start_through(&servers[leader].url, &servers[0], "agent-b", "127.0.0.3"),
+    ];
+    let other = (leader + 1) % 3;
+    crate::harness::push(&servers[other], "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    let manifest = crate::harness::repository().join("samples/hello/hello.yaml");
+    let (code, _, stderr) = servers[other].cli(&["apply", "-f", manifest.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{stderr}");
+    crate::harness::wait_until(&servers[other], "/apis/apps/v1/namespaces/default/deployments/hello", 90, "the sample's rollout", |d| d["status"]["readyReplicas"] == 2).await;
+    let (ingress_a, _) = crate::harness::ingress_of(&servers[other], "agent-a").await;
+    let (ingress_b, _) = crate::harness::ingress_of(&servers[other], "agent-b").await;
+    for ingress in [&ingress_a, &ingress_b] {
+        let body = hello_through(ingress).await;
+        assert!(body.as_deref().is_some_and(|b| b.contains("hello from shoal")), "the sample answers through {ingress}: {body:?}");
+    }
+    // Let the agents learn the servers (they ask at start).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    servers[leader].kill();
+    let killed = Instant::now();
+    let scaled = std::fs::read_to_string(&manifest).expect("manifest").replace("replicas: 2", "replicas: 4");
+    let scaled_path = servers[other].data_dir.join("hello-4.yaml");
+    std::fs::write(&scaled_path, scaled).expect("write manifest");
+    let (code, stdout, stderr) = servers[other].cli(&["apply", "-f", scaled_path.to_str().expect("utf-8")]);
+    let applied_after = killed.elapsed();
+    assert_eq!(code, 0, "shoal apply right after the leader died: {stdout}{stderr}");
+    eprintln!("shoal apply finished {applied_after:?} after the leader was killed");
+    assert!(applied_after <= Duration::from_secs(3), "shoal apply took {applied_after:?} after the leader died");
+
+    // The agents run the new pods through the surviving servers, and stay Ready.
+    crate::harness::wait_until(&servers[other], "/apis/apps/v1/namespaces/default/deployments/hello", 90, "four ready replicas after the failover", |d| d["status"]["readyReplicas"] == 4).await;
+    let (_, pods) = servers[other].get("/api/v1/namespaces/default/pods?labelSelector=app%3Dhello").await;
+    let nodes: std::collections::BTreeSet<&str> = pods["items"].as_array().expect("pods").iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    assert_eq!(nodes.len(), 2, "both agents run the sample's pods: {nodes:?}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, listed) = servers[other].get("/api/v1/nodes").await;
+    for node in listed["items"].as_array().expect("nodes") {
+        let ready = node["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").map(|c| c["status"].clone());
+        assert_eq!(ready, Some(json!("True")), "node {} stays Ready through the failover: {node}", node["metadata"]["name"]);
+    }
+    for ingress in [&ingress_a, &ingress_b] {
+        let body = hello_through(ingress).await;
+        assert!(body.as_deref().is_some_and(|b| b.contains("hello from shoal")), "the sample still answers through {ingress}: {body:?}");
+    }
+    drop(agents);
 }

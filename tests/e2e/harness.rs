@@ -197,11 +197,18 @@ impl Agent {
     /// An agent whose data plane, ingress and node ports listen on `ip` (another loopback
     /// address, so two nodes on one machine can both open the same node port).
     pub fn start_at(server: &Server, name: &str, ip: &str) -> Self {
+        Self::start_through(&server.url, server, name, ip)
+    }
+
+    /// An agent given `urls` (one server, or several separated by commas), with the node token
+    /// and CA of `credentials`.
+    pub fn start_through(urls: &str, credentials: &Server, name: &str, ip: &str) -> Self {
+        let server = credentials;
         let temp = tempfile::tempdir().expect("tempdir");
         let token = std::fs::read_to_string(server.data_dir.join("node-token")).expect("node token");
         let log = std::fs::File::create(temp.path().join("agent.log")).expect("log file");
         let child = Command::new(shoal_binary())
-            .args(["agent", "--server", &server.url, "--token", token.trim(), "--ca-file"])
+            .args(["agent", "--server", urls, "--token", token.trim(), "--ca-file"])
             .arg(server.data_dir.join("pki/ca.crt"))
             .arg("--data-dir")
             .arg(temp.path().join("data"))

@@ -50,6 +50,8 @@ fn bytes_response(code: StatusCode, body: Vec<u8>, content_type: &'static str) -
 enum Caller {
     Server,
     Admin,
+    /// A node agent: it may read the status, to learn the servers.
+    Node,
 }
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
@@ -58,6 +60,8 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
         Some(Caller::Server)
     } else if constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
         Some(Caller::Admin)
+    } else if constant_time_eq(state.credentials.node_token.as_bytes(), token) {
+        Some(Caller::Node)
     } else {
         None
     }
@@ -128,6 +132,7 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
                 Err(error) => decode_error(error),
             }
         }
+        _ if caller == Caller::Node => error_response(&ApiError::forbidden("nodes may only read the cluster status")),
         (Method::POST, _) if let Some(id) = path.strip_prefix(paths::MEMBERS).and_then(|rest| rest.strip_prefix('/')).and_then(|rest| rest.strip_suffix("/remove")) => {
             match id.parse::<u64>() {
                 Ok(id) => json(&store.remove_member(id).await),

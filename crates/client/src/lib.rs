@@ -7,6 +7,7 @@ pub mod informer;
 mod kubeconfig;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -76,11 +77,14 @@ impl ListOptions {
     }
 }
 
-/// A client for one API server.
+/// A client for the API, through one server or any of several (the servers of a
+/// highly-available control plane): it moves to the next server when its current one cannot be
+/// connected to, or answers a read with 503 (a server cut off from its group).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    server: String,
+    servers: Arc<std::sync::RwLock<Vec<String>>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     /// The kubeconfig context's namespace (default `default`).
     pub default_namespace: String,
@@ -105,7 +109,7 @@ impl Client {
         }
         let http = builder.build().map_err(|e| Error::Config { path: path.to_owned(), detail: e.to_string() })?;
         let server = server_override.unwrap_or(&config.server).trim_end_matches('/').to_owned();
-        Ok(Self { http, server, token: config.token, default_namespace: config.namespace })
+        Ok(Self::assemble(http, vec![server], config.token, config.namespace))
     }
 
     /// A client for `server` trusting `ca_pem` (or the system roots when `None`), sending
@@ -118,7 +122,52 @@ impl Client {
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(certificate);
         }
         let http = builder.build().map_err(|e| Error::Config { path: PathBuf::from("(client)"), detail: e.to_string() })?;
-        Ok(Self { http, server: server.trim_end_matches('/').to_owned(), token, default_namespace: "default".into() })
+        let servers = server.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect();
+        Ok(Self::assemble(http, servers, token, "default".into()))
+    }
+
+    fn assemble(http: reqwest::Client, servers: Vec<String>, token: Option<String>, default_namespace: String) -> Self {
+        Self {
+            http,
+            servers: Arc::new(std::sync::RwLock::new(servers)),
+            current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            token,
+            default_namespace,
+        }
+    }
+
+    fn server_list(&self) -> Vec<String> {
+        self.servers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Moves to the server after `failed` (unless another request already moved on).
+    fn move_on(&self, failed: &str) {
+        let servers = self.server_list();
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        if servers.get(current % servers.len().max(1)).is_some_and(|s| s == failed) {
+            let _ = self.current.compare_exchange(current, current + 1, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(failed, "moving to another API server");
+        }
+    }
+
+    /// Learns the control plane's members from the server (`/internal/cluster/status`) and
+    /// uses all of them from now on, keeping the current server first. Returns how many
+    /// servers the client knows.
+    pub async fn discover_servers(&self) -> Result<usize> {
+        let status = self.request(reqwest::Method::GET, "/internal/cluster/status", &[], None).await?;
+        let current = self.server();
+        let mut servers = vec![current.clone()];
+        for member in status["members"].as_array().into_iter().flatten() {
+            if let Some(addr) = member["addr"].as_str().map(|a| a.trim_end_matches('/').to_owned())
+                && !servers.contains(&addr)
+            {
+                servers.push(addr);
+            }
+        }
+        let count = servers.len();
+        *self.servers.write().unwrap_or_else(|p| p.into_inner()) = servers;
+        self.current.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(count)
     }
 
     /// The underlying HTTP client and token, for streaming requests this client does not wrap.
@@ -130,12 +179,15 @@ impl Client {
         }
     }
 
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The server requests go to now.
+    pub fn server(&self) -> String {
+        let servers = self.servers.read().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        servers.get(current % servers.len().max(1)).cloned().unwrap_or_default()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
+        format!("{}{path}", self.server())
     }
 
     fn transport(&self, error: reqwest::Error) -> Error {
@@ -145,19 +197,34 @@ impl Client {
             detail = format!("{detail}: {cause}");
             source = cause.source();
         }
-        Error::Transport { url: self.server.clone(), detail }
+        Error::Transport { url: self.server(), detail }
     }
 
     /// Sends one request and decodes the JSON answer, turning `Status` errors into [`Error::Api`].
     pub async fn request(&self, method: reqwest::Method, path: &str, query: &[(&str, String)], body: Option<(&str, Vec<u8>)>) -> Result<Value> {
-        let mut request = self.http.request(method, self.url(path)).query(query).header("Accept", "application/json");
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some((content_type, bytes)) = body {
-            request = request.header("Content-Type", content_type).body(bytes);
-        }
-        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let attempts = self.servers.read().unwrap_or_else(|p| p.into_inner()).len().max(1);
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let server = self.server();
+            let mut request = self.http.request(method.clone(), format!("{server}{path}")).query(query).header("Accept", "application/json");
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            if let Some((content_type, bytes)) = &body {
+                request = request.header("Content-Type", *content_type).body(bytes.clone());
+            }
+            match request.send().await {
+                // Never sent: safe to send to another server.
+                Err(error) if error.is_connect() && attempt < attempts => self.move_on(&server),
+                Err(error) => return Err(self.transport(error)),
+                // A read refused by a server cut off from its group: another may serve it.
+                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && method == reqwest::Method::GET && attempt < attempts => {
+                    self.move_on(&server)
+                }
+                Ok(response) => break response,
+            }
+        };
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -228,18 +295,30 @@ impl Client {
 
     /// Opens a watch. The stream ends when the server closes it.
     pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
-        let mut request = self.http.get(self.url(&info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
+        let server = self.server();
+        let mut request = self.http.get(format!("{server}{}", info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                // The caller (an informer) retries; the retry goes to the next server.
+                if error.is_connect() {
+                    self.move_on(&server);
+                }
+                return Err(self.transport(error));
+            }
+        };
         let status = response.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            self.move_on(&server);
+        }
         if !status.is_success() {
             let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
             let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
         }
-        let server = self.server.clone();
         let chunks = response.bytes_stream();
         let lines = futures::stream::unfold((chunks, Vec::<u8>::new(), server), |(mut chunks, mut buffer, server)| async move {
             loop {

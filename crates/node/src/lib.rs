@@ -93,7 +93,8 @@ pub struct Shared {
     pub(crate) host_ip: String,
     pub(crate) token: String,
     /// The built-in registry, reached with the node token (one client, shared by every pull).
-    pub(crate) builtin_registry: Arc<shoal_oci::client::RegistryClient>,
+    /// The HTTPS client (cluster CA) for the built-in registry, served by every API server.
+    pub(crate) builtin_registry_http: reqwest::Client,
     /// Running pod workers by uid.
     pub(crate) pods: Mutex<HashMap<String, pods::PodHandle>>,
     /// HTTP routes by (namespace, pod name): one per HTTP container.
@@ -157,9 +158,9 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     let client = Client::new(&config.server, config.ca_pem.as_deref(), Some(config.token.clone()))?;
     let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("compiled")))?;
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
-    let builtin_registry = Arc::new(builtin_registry(&config)?);
+    let builtin_registry_http = builtin_registry_http(&config)?;
     let shared = Arc::new(Shared {
-        builtin_registry,
+        builtin_registry_http,
         client,
         runtime,
         cache,
@@ -188,6 +189,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     }
     register(&shared, data_addr, ingress_addr, ingress_tls_addr).await?;
     shared.tasks.spawn(heartbeats(Arc::clone(&shared), data_addr));
+    shared.tasks.spawn(discover_servers(shared.client.clone(), shared.shutdown.clone()));
     shared.tasks.spawn(pod_loop(Arc::clone(&shared)));
     tracing::info!(node = %shared.config.node_name, %data_addr, ?ingress_addr, ?ingress_tls_addr, "node agent running");
     Ok(NodeAgent { data_addr, ingress_addr, ingress_tls_addr, shared })
@@ -212,15 +214,34 @@ fn start_networking(shared: &Arc<Shared>, data_addr: SocketAddr) {
 
 /// A client for the cluster's built-in registry: the API server's URL, the cluster CA, the node
 /// token.
-fn builtin_registry(config: &NodeConfig) -> Result<shoal_oci::client::RegistryClient> {
+/// Learns the control plane's servers now and every 30 s, so that the node moves to another
+/// server within seconds when its own dies (a highly-available control plane).
+async fn discover_servers(client: Client, shutdown: tokio_util::sync::CancellationToken) {
+    let mut known = 0;
+    loop {
+        match client.discover_servers().await {
+            Ok(count) if count != known => {
+                known = count;
+                tracing::info!(servers = count, "control-plane servers known");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "learning the control-plane servers"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn builtin_registry_http(config: &NodeConfig) -> Result<reqwest::Client> {
     let transport = |detail: String| shoal_oci::Error::Transport { registry: shoal_oci::BUILT_IN_REGISTRY.into(), detail };
     let mut builder = reqwest::Client::builder().use_rustls_tls();
     if let Some(ca) = &config.ca_pem {
         let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| transport(e.to_string()))?;
         builder = builder.tls_built_in_root_certs(false).add_root_certificate(certificate);
     }
-    let http = builder.build().map_err(|e| transport(e.to_string()))?;
-    Ok(shoal_oci::client::RegistryClient::new(http, config.server.clone(), shoal_oci::BUILT_IN_REGISTRY, shoal_oci::client::Auth::Bearer(config.token.clone())))
+    Ok(builder.build().map_err(|e| transport(e.to_string()))?)
 }
 
 fn node_object(shared: &Shared, data_addr: SocketAddr, ingress: Option<SocketAddr>, ingress_tls: Option<SocketAddr>) -> Value {

@@ -180,7 +180,10 @@ impl Reporter {
 /// one for an external registry with the pod's pull secrets.
 async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Result<Arc<RegistryClient>, String> {
     if reference.is_built_in() {
-        return Ok(Arc::clone(&shared.builtin_registry));
+        // Every API server serves the built-in registry: use the one the node's client uses
+        // now, so that pulls follow it to another server when one dies.
+        let auth = Auth::Bearer(shared.token.clone());
+        return Ok(Arc::new(RegistryClient::new(shared.builtin_registry_http.clone(), shared.client.server(), shoal_oci::BUILT_IN_REGISTRY, auth)));
     }
     let mut auth = Auth::Anonymous;
     let secrets = resources::by_name("secrets").expect("secrets are served");

@@ -105,7 +105,8 @@ impl NodeArgs {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The API server's URL.
+    /// The API server's URL, or several servers' URLs separated by commas (a highly-available
+    /// control plane; the agent also learns the others from the first it reaches).
     #[arg(long)]
     server: String,
     /// The node token (`DATA_DIR/node-token` on the server).
