@@ -672,6 +672,9 @@ async fn a_follower_that_was_down_catches_up_through_a_snapshot() {
     let leader = agreed_leader(&all, 3).await;
     let follower = (leader + 1) % 3;
     servers[follower].kill();
+    // An artifact pushed while the follower is down: its chunks travel in log entries that the
+    // leader compacts away, and snapshots carry no chunks.
+    crate::harness::push(&servers[leader], "hello/hello.wasm", "shoal.local/samples/hello:latest");
     // One write per log entry (sequential), enough for the leader to snapshot and purge its log
     // past what the follower has.
     for index in 0..250 {
@@ -699,6 +702,12 @@ async fn a_follower_that_was_down_catches_up_through_a_snapshot() {
     let (_, listed) = servers[follower].get("/api/v1/namespaces/default/configmaps").await;
     let (_, on_leader) = servers[leader].get("/api/v1/namespaces/default/configmaps").await;
     assert_eq!(listed["items"].as_array().map(Vec::len), on_leader["items"].as_array().map(Vec::len));
+    // The follower serves the artifact, reading the chunks it never received from a peer.
+    let pulled = servers[follower].data_dir.join("pulled.wasm");
+    let (code, _, stderr) = servers[follower].cli(&["--server", &servers[follower].url, "pull", "shoal.local/samples/hello:latest", "-o", pulled.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "pull through the caught-up follower: {stderr}");
+    let original = std::fs::read(crate::harness::repository().join("samples/hello/hello.wasm")).expect("hello.wasm");
+    assert_eq!(std::fs::read(&pulled).expect("pulled"), original, "the same bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,21 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
             }
             json(&store.read_index().await)
         }
+        (Method::POST, paths::BLOB_CHUNK) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            match serde_json::from_slice::<(String, u32)>(&body) {
+                Ok((digest, index)) => match store.blob_chunk(&digest, index) {
+                    Ok(chunk) => {
+                        use base64::Engine;
+                        json(&chunk.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)))
+                    }
+                    Err(error) => error_response(&ApiError::internal(error.to_string())),
+                },
+                Err(error) => decode_error(error),
+            }
+        }
         (Method::POST, paths::STATUS) => json(&store.status()),
         (Method::GET, paths::STATUS) => json(&store.cluster_status().await),
         (Method::POST, paths::MEMBERS) => {

@@ -231,7 +231,7 @@ async fn dispatch(state: &Arc<AppState>, method: &Method, uri: &Uri, headers: &H
         (Route::Uploads(repository, Some(session)), Method::PUT) => finish_upload(state, &repository, &session, &parameters, body).await,
         (Route::Uploads(repository, Some(session)), Method::GET) => upload_status(state, &repository, &session),
         (Route::Uploads(repository, Some(session)), Method::DELETE) => cancel_upload(state, &repository, &session),
-        (Route::Blob(repository, digest), Method::GET | Method::HEAD) => get_blob(state, &repository, &digest, *method == Method::HEAD),
+        (Route::Blob(repository, digest), Method::GET | Method::HEAD) => get_blob(state, &repository, &digest, *method == Method::HEAD).await,
         (Route::Manifest(repository, reference), Method::PUT) => put_manifest(state, &repository, &reference, headers, body).await,
         (Route::Manifest(repository, reference), Method::GET | Method::HEAD) => get_manifest(state, &repository, &reference, *method == Method::HEAD),
         (Route::Manifest(repository, reference), Method::DELETE) => delete_manifest(state, &repository, &reference).await,
@@ -311,15 +311,16 @@ async fn store_blob(state: &AppState, digest: &Digest, bytes: &[u8]) -> OciResul
     put_object(state, blob_key(digest), json!({"digest": digest.to_string(), "size": bytes.len(), "chunks": chunks, "created": created})).await
 }
 
-/// The whole blob, as replicated to this server.
-fn read_blob(state: &AppState, digest: &Digest) -> OciResult<Option<Vec<u8>>> {
+/// The whole blob (its chunks from this server, or from a peer that has them).
+async fn read_blob(state: &AppState, digest: &Digest) -> OciResult<Option<Vec<u8>>> {
     let Some(meta) = get_object(state, &blob_key(digest))? else { return Ok(None) };
     let chunks = meta["chunks"].as_u64().unwrap_or(0) as u32;
     let mut bytes = Vec::with_capacity(meta["size"].as_u64().unwrap_or(0) as usize);
     for index in 0..chunks {
         let chunk = state
             .store
-            .blob_chunk(digest.as_str(), index)
+            .blob_chunk_anywhere(digest.as_str(), index)
+            .await
             .map_err(internal)?
             .ok_or_else(|| internal(format!("chunk {index} of {digest} is missing on this server")))?;
         bytes.extend_from_slice(&chunk);
@@ -424,7 +425,7 @@ fn cancel_upload(state: &AppState, repository: &str, session: &str) -> OciResult
     }
 }
 
-fn get_blob(state: &AppState, repository: &str, digest: &str, head: bool) -> OciResult<Response> {
+async fn get_blob(state: &AppState, repository: &str, digest: &str, head: bool) -> OciResult<Response> {
     let digest = parse_digest(digest)?;
     let unknown = || oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("blob {digest} is not in {repository}"));
     let meta = get_object(state, &blob_key(&digest))?.ok_or_else(unknown)?;
@@ -433,7 +434,7 @@ fn get_blob(state: &AppState, repository: &str, digest: &str, head: bool) -> Oci
     if head {
         return Ok(empty(StatusCode::OK, &headers));
     }
-    let bytes = read_blob(state, &digest)?.ok_or_else(unknown)?;
+    let bytes = read_blob(state, &digest).await?.ok_or_else(unknown)?;
     let mut response = empty(StatusCode::OK, &headers);
     *response.body_mut() = Body::from(bytes);
     Ok(response)
@@ -492,7 +493,7 @@ async fn put_manifest(state: &Arc<AppState>, repository: &str, reference: &str, 
         });
         for layer in wasm_layers {
             let layer_digest = parse_digest(&layer.digest)?;
-            let wasm_bytes = read_blob(state, &layer_digest)?.ok_or_else(|| internal(format!("blob {layer_digest} vanished")))?;
+            let wasm_bytes = read_blob(state, &layer_digest).await?.ok_or_else(|| internal(format!("blob {layer_digest} vanished")))?;
             let info = wasm::inspect(&wasm_bytes).map_err(|e| invalid(format!("layer {layer_digest} is not valid Wasm: {e}")))?;
             summary["world"] = json!(info.world.as_str());
             summary["component"] = json!(info.is_component);

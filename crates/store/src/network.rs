@@ -38,6 +38,7 @@ pub mod paths {
     pub const READ_INDEX: &str = "/internal/store/read-index";
     pub const MEMBERS: &str = "/internal/cluster/members";
     pub const STATUS: &str = "/internal/cluster/status";
+    pub const BLOB_CHUNK: &str = "/internal/store/blob-chunk";
 }
 
 /// How the servers reach one another: an HTTPS client that trusts only the cluster CA, and the

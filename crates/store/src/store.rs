@@ -486,6 +486,46 @@ impl Store {
         self.state.blob_chunk(digest, index)
     }
 
+    /// Chunk `index` of blob `digest`, from this server or else from a peer. Snapshots carry
+    /// objects, not registry chunks, so a server that joined (or caught up through a snapshot)
+    /// after the log entries carrying a blob were compacted has the blob's record but not its
+    /// chunks; it reads them from a member that has them.
+    pub async fn blob_chunk_anywhere(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>> {
+        if let Some(chunk) = self.state.blob_chunk(digest, index)? {
+            return Ok(Some(chunk));
+        }
+        if self.alone() {
+            return Ok(None);
+        }
+        let peers: Vec<String> = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let mut peers: Vec<(bool, String)> = metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, node)| (Some(*id) != metrics.current_leader, node.addr.clone()))
+                .collect();
+            // The leader first: it has every chunk not yet compacted away from all.
+            peers.sort();
+            peers.into_iter().map(|(_, addr)| addr).collect()
+        };
+        for peer in peers {
+            match self.transport.call::<_, Option<String>>(&peer, paths::BLOB_CHUNK, &(digest, index), Duration::from_secs(30)).await {
+                Ok(Some(encoded)) => {
+                    use base64::Engine;
+                    let chunk = base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .map_err(|e| Error::Raft(format!("a peer sent chunk {index} of {digest} in bad base64: {e}")))?;
+                    return Ok(Some(chunk));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "reading a blob chunk from a peer"),
+            }
+        }
+        Ok(None)
+    }
+
     /// Waits until this server's state reflects every write committed before the call, so the
     /// reads that follow are linearizable (Raft read-index: the leader confirms its leadership
     /// with a quorum and names its commit point; a follower asks the leader for it and waits
