@@ -817,3 +817,80 @@ async fn three_servers_and_two_agents_serve_the_sample_through_the_death_of_the_
     }
     drop(agents);
 }
+
+/// Starts `shoal agent` with only a server URL and a token (no CA file).
+fn agent_with_token(url: &str, token: &str, name: &str, directory: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(directory.join(format!("{name}.log"))).expect("log file");
+    std::process::Command::new(shoal_binary())
+        .args(["agent", "--server", url, "--token", token, "--data-dir"])
+        .arg(directory.join(name))
+        .args(["--node-name", name, "--data-addr", "127.0.0.1:0", "--disable-ingress"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start shoal agent")
+}
+
+/// A fixed deployment's secrets (`--token`, `--agent-token` on the first server) and join tokens
+/// (`shoal token create`): servers and agents join with either, agents fetch the CA themselves,
+/// and an expired token joins nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_and_agents_join_with_preset_secrets_and_join_tokens_until_they_expire() {
+    let first = Server::start_with(&["--disable-node", "--disable-controllers", "--token", "preset-server-secret", "--agent-token", "preset-agent-secret"]).await;
+    let server_token = std::fs::read_to_string(first.data_dir.join("server-token")).expect("server token");
+    assert!(server_token.trim().ends_with("::preset-server-secret"), "the preset secret, under the CA's hash: {server_token}");
+    // A bare secret joins (trusting the CA on first use)...
+    let second = Server::start_with(&["--disable-node", "--disable-controllers", "--join", &first.url, "--token", "preset-server-secret"]).await;
+    // ...and so does a join token made for servers.
+    let (code, created, stderr) = first.cli(&["token", "create", "--role", "server", "--ttl", "1h"]);
+    assert_eq!(code, 0, "{stderr}");
+    let join_token = created.trim().to_owned();
+    assert!(join_token.starts_with("K1") && join_token.contains("::"), "{join_token}");
+    let third = Server::start_with(&["--disable-node", "--disable-controllers", "--join", &second.url, "--token", &join_token]).await;
+    agreed_leader(&[&first, &second, &third], 3).await;
+
+    // Agents: one with the bare agent secret, one with a node join token; neither has a CA file.
+    let (code, node_join, stderr) = first.cli(&["token", "create", "--role", "node"]);
+    assert_eq!(code, 0, "{stderr}");
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mut agents = vec![
+        agent_with_token(&third.url, "preset-agent-secret", "by-secret", directory.path()),
+        agent_with_token(&second.url, node_join.trim(), "by-join-token", directory.path()),
+    ];
+    for name in ["by-secret", "by-join-token"] {
+        crate::harness::wait_until(&first, &format!("/api/v1/nodes/{name}"), 60, &format!("node {name} registers and is Ready"), |node| {
+            node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .await;
+    }
+    let kept = std::fs::read_to_string(directory.path().join("by-join-token/node-token")).expect("the exchanged node token is kept");
+    assert!(kept.trim().ends_with("::preset-agent-secret"), "the join token was exchanged for the node token");
+
+    // An expired join token joins nothing, and says so.
+    let (code, short, stderr) = first.cli(&["token", "create", "--role", "server", "--ttl", "1s"]);
+    assert_eq!(code, 0, "{stderr}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused_dir = tempfile::tempdir().expect("tempdir");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(shoal_binary())
+            .args(["server", "--data-dir"])
+            .arg(refused_dir.path().join("data"))
+            .args(["--api-addr", "127.0.0.1:0", "--disable-node", "--join", &first.url, "--token", short.trim()])
+            .output(),
+    )
+    .await
+    .expect("the refused server exits")
+    .expect("run shoal server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("401"), "an expired token is refused: {stderr}");
+
+    let (code, listed, stderr) = first.cli(&["token", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(listed.lines().filter(|line| line.contains("server") || line.contains("node")).count(), 3, "{listed}");
+    assert!(!listed.contains(join_token.split("::").nth(1).unwrap_or("-").split('.').nth(1).unwrap_or("-")), "secrets are never listed: {listed}");
+    for agent in &mut agents {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+}

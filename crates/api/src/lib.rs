@@ -17,6 +17,7 @@ pub mod resources;
 pub mod selector;
 pub mod strategic;
 pub mod table;
+pub mod token;
 pub mod validation;
 pub mod yaml;
 

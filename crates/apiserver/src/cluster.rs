@@ -29,8 +29,13 @@ const MAX_INTERNAL_BODY: usize = 512 * 1024 * 1024;
 
 /// `GET /internal/cluster/ca`: the public CA certificate.
 pub const CA_PATH: &str = "/internal/cluster/ca";
-/// `POST /internal/cluster/join`: the shared credentials, for a server holding the server token.
+/// `POST /internal/cluster/join`: the shared credentials, for a server holding the server token
+/// (or a server join token).
 pub const JOIN_PATH: &str = "/internal/cluster/join";
+/// `POST /internal/cluster/node-join`: the node token, for an agent holding a node join token.
+pub const NODE_JOIN_PATH: &str = "/internal/cluster/node-join";
+/// `/internal/tokens`: join tokens (admin).
+pub const TOKENS_PATH: &str = "/internal/tokens";
 
 fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
@@ -56,11 +61,11 @@ enum Caller {
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
     let token = bearer_token(headers)?;
-    if constant_time_eq(state.credentials.server_token.as_bytes(), token) {
+    if shoal_api::token::matches(&state.credentials.server_token, token) {
         Some(Caller::Server)
     } else if constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
         Some(Caller::Admin)
-    } else if constant_time_eq(state.credentials.node_token.as_bytes(), token) {
+    } else if shoal_api::token::matches(&state.credentials.node_token, token) {
         Some(Caller::Node)
     } else {
         None
@@ -72,6 +77,16 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
     let path = uri.path();
     if path == CA_PATH && method == Method::GET {
         return bytes_response(StatusCode::OK, state.credentials.ca_pem.clone().into_bytes(), "application/x-pem-file");
+    }
+    let presented = crate::handlers::bearer_token(&headers).unwrap_or_default().to_vec();
+    // Join tokens (`shoal token create`) open the join calls and nothing else.
+    if method == Method::POST && caller(&state, &headers).is_none() {
+        if path == JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Server) {
+            return shared_credentials(&state);
+        }
+        if path == NODE_JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Node) {
+            return json(&serde_json::json!({"nodeToken": state.credentials.node_token}));
+        }
     }
     let Some(caller) = caller(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
     let body = match http_body_util::Limited::new(body, MAX_INTERNAL_BODY).collect().await {
@@ -90,7 +105,7 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
         ))))
     };
     let decode_error = |error: serde_json::Error| error_response(&ApiError::bad_request(format!("decoding the request: {error}")));
-    match (method, path) {
+    match (method.clone(), path) {
         (Method::POST, _) if let Some(rpc) = Rpc::from_path(path) => {
             if caller != Caller::Server {
                 return server_only();
@@ -158,23 +173,57 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
             if caller != Caller::Server {
                 return server_only();
             }
-            match pki::shared(&state.data_dir, &state.credentials) {
-                Ok(shared) => json(&shared),
-                Err(error) => error_response(&ApiError::internal(format!("reading the cluster credentials: {error}"))),
+            shared_credentials(&state)
+        }
+        (Method::POST, NODE_JOIN_PATH) => json(&serde_json::json!({"nodeToken": state.credentials.node_token})),
+        (_, _) if path == TOKENS_PATH || path.starts_with("/internal/tokens/") => {
+            if caller != Caller::Admin {
+                return error_response(&ApiError::forbidden("join tokens are managed with the admin token"));
+            }
+            match tokens_call(&state, &method, path, &body).await {
+                Ok(answer) => json(&answer),
+                Err(error) => error_response(&error),
             }
         }
         _ => error_response(&ApiError::path_not_found()),
     }
 }
 
-/// Fetches the cluster's shared credentials from the member at `url` with a join token. The CA
-/// is fetched first without trusting the connection, checked against the hash the token pins,
-/// and from then on is the only root trusted.
-pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
+fn shared_credentials(state: &AppState) -> Response {
+    match pki::shared(&state.data_dir, &state.credentials) {
+        Ok(shared) => json(&shared),
+        Err(error) => error_response(&ApiError::internal(format!("reading the cluster credentials: {error}"))),
+    }
+}
+
+/// `POST /internal/tokens` `{"role": "server"|"node", "ttlSeconds": N}` creates a join token;
+/// `GET` lists them; `POST /internal/tokens/ID/delete` deletes one.
+async fn tokens_call(state: &AppState, method: &Method, path: &str, body: &[u8]) -> std::result::Result<serde_json::Value, ApiError> {
+    match (method, path.strip_prefix(TOKENS_PATH).unwrap_or_default()) {
+        (&Method::GET, "" | "/") => Ok(serde_json::json!({"tokens": crate::tokens::list(state)?})),
+        (&Method::POST, "" | "/") => {
+            let request: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("decoding the request: {e}")))?;
+            let role = crate::tokens::Role::parse(request["role"].as_str().unwrap_or_default())?;
+            let ttl = match &request["ttlSeconds"] {
+                serde_json::Value::Null => None,
+                value => Some(value.as_u64().filter(|s| *s > 0).ok_or_else(|| ApiError::bad_request("ttlSeconds must be a positive number"))?),
+            };
+            let (token, record) = crate::tokens::create(state, role, ttl).await?;
+            Ok(serde_json::json!({"token": token, "record": record}))
+        }
+        (&Method::POST, rest) if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/delete")) => {
+            crate::tokens::delete(state, id).await?;
+            Ok(serde_json::json!({"deleted": id}))
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+/// Fetches the cluster CA from the server at `url`. The connection is not trusted (the CA is
+/// what would let it be): the CA is checked against the hash the token pins (`K1<hash>::…`). A
+/// bare secret pins nothing; then the CA is trusted on first use, with a warning.
+pub async fn fetch_ca(url: &str, token: &str) -> Result<String> {
     let join_error = |detail: String| Error::Join { url: url.to_owned(), detail };
-    let pinned = pki::token_ca_hash(token).ok_or_else(|| {
-        join_error("the token is not a server join token (K1<CA hash>::<secret>, from DATA_DIR/server-token on a server)".into())
-    })?;
     let base = url.trim_end_matches('/');
     let untrusted = reqwest::Client::builder()
         .use_rustls_tls()
@@ -191,9 +240,24 @@ pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
         .text()
         .await
         .map_err(|e| join_error(format!("fetching the CA: {e}")))?;
-    if pki::ca_hash(&ca_pem) != pinned {
-        return Err(join_error("the server's CA does not match the hash in the token: refusing to trust it".into()));
+    match shoal_api::token::ca_hash(token) {
+        Some(pinned) if pki::ca_hash(&ca_pem) != pinned => {
+            Err(join_error("the server's CA does not match the hash in the token: refusing to trust it".into()))
+        }
+        Some(_) => Ok(ca_pem),
+        None => {
+            tracing::warn!(%url, "the token pins no CA (it is a bare secret, not K1<CA hash>::<secret>): trusting the server's CA on first use");
+            Ok(ca_pem)
+        }
     }
+}
+
+/// Fetches the cluster's shared credentials from the member at `url` with the server token
+/// (its CA checked by [`fetch_ca`]; from then on the CA is the only root trusted).
+pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
+    let join_error = |detail: String| Error::Join { url: url.to_owned(), detail };
+    let base = url.trim_end_matches('/');
+    let ca_pem = fetch_ca(url, token).await?;
     let certificate = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| join_error(format!("the CA: {e}")))?;
     let trusted = reqwest::Client::builder()
         .use_rustls_tls()

@@ -56,7 +56,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
 /// Whether the request carries a valid bearer token.
 fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = bearer_token(headers) else { return false };
-    [&state.credentials.admin_token, &state.credentials.node_token].iter().any(|known| constant_time_eq(known.as_bytes(), token))
+    constant_time_eq(state.credentials.admin_token.as_bytes(), token) || shoal_api::token::matches(&state.credentials.node_token, token)
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -164,6 +164,18 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         }
         Ok(Route::Discovery { group, version, legacy_core }) if method == Method::GET => discovery(group, version, legacy_core),
         Ok(Route::Discovery { .. }) => Err(ApiError::method_not_allowed(method.as_str())),
+        // Services get their cluster IP and node ports from the stored Services under a lock:
+        // in a group of servers, only the leader allocates, so that two servers never hand out
+        // the same address at once.
+        Ok(Route::Resource(target))
+            if target.info.plural == "services" && matches!(method, Method::POST | Method::PUT | Method::PATCH) && !state.store.is_alone() =>
+        {
+            match state.store.leader() {
+                Some((leader, _)) if leader == state.store.id() => resource(&state, &method, &headers, &query, target, &body).await,
+                Some((_, url)) => forward(&state, &url, &method, &uri, &headers, body).await,
+                None => Err(ApiError::unavailable("the control plane has no leader right now; Services are allocated by the leader")),
+            }
+        }
         Ok(Route::Resource(target)) => resource(&state, &method, &headers, &query, target, &body).await,
         Err(error) => Err(error),
     };
@@ -171,6 +183,30 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
+}
+
+/// Sends the request as it came to the server at `url` (the leader) and relays the answer.
+async fn forward(state: &AppState, url: &str, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let mut request = state.peer_http.request(method.clone(), format!("{}{path_and_query}", url.trim_end_matches('/'))).body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT] {
+        if let Some(value) = headers.get(&name) {
+            request = request.header(name, value);
+        }
+    }
+    let answer = request.send().await.map_err(|e| ApiError::unavailable(format!("forwarding to the leader at {url}: {e}")))?;
+    let code = answer.status();
+    let mut relayed_headers = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::WARNING] {
+        for value in answer.headers().get_all(&name) {
+            relayed_headers.append(name.clone(), value.clone());
+        }
+    }
+    let bytes = answer.bytes().await.map_err(|e| ApiError::unavailable(format!("forwarding to the leader at {url}: {e}")))?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = code;
+    *response.headers_mut() = relayed_headers;
+    Ok(response)
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {

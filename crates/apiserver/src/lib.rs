@@ -11,6 +11,7 @@ pub mod pki;
 pub mod registry;
 pub mod request;
 pub mod services;
+pub mod tokens;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct ApiServerConfig {
     pub advertise_host: Option<String>,
     /// Join an existing cluster through this member instead of starting a new one.
     pub join: Option<JoinConfig>,
+    /// For a new cluster: the server and node token secrets to use instead of random ones.
+    pub presets: pki::Presets,
     /// Snapshot (and compact the Raft log) every this many entries (default 100,000).
     pub snapshot_every: Option<u64>,
     /// Log entries kept behind a snapshot for lagging peers (default 1,000).
@@ -80,6 +83,8 @@ pub struct AppState {
     pub(crate) registry: registry::Registry,
     /// For proxying to nodes' data planes (pod logs).
     pub(crate) http: reqwest::Client,
+    /// For forwarding requests to another server (trusting only the cluster CA).
+    pub(crate) peer_http: reqwest::Client,
     pub(crate) service_cidr: services::Cidr,
 }
 
@@ -142,7 +147,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         Some(_) => !config.data_dir.join("store").join("raft-log.redb").exists(),
         None => false,
     };
-    let credentials = pki::ensure(&config.data_dir, std::slice::from_ref(&host))?;
+    let credentials = pki::ensure(&config.data_dir, std::slice::from_ref(&host), &config.presets)?;
     let url_host = match host.as_str() {
         "" | "0.0.0.0" => "127.0.0.1".to_owned(),
         "::" => "[::1]".to_owned(),
@@ -173,6 +178,12 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         namespace_teardowns: Mutex::new(HashSet::new()),
         service_cidr: config.service_cidr,
         http: reqwest::Client::builder().build().map_err(|e| Error::Tls(e.to_string()))?,
+        peer_http: reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(credentials.ca_pem.as_bytes()).map_err(Error::tls)?)
+            .build()
+            .map_err(Error::tls)?,
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });

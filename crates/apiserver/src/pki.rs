@@ -25,6 +25,21 @@ pub struct Credentials {
     pub kubeconfig_path: PathBuf,
 }
 
+/// Secrets a new cluster's first server takes instead of random ones (`shoal server --token`,
+/// `--agent-token`), so that the servers and agents of a fixed deployment (docker-compose,
+/// systemd units) can be given them up front. Ignored once the tokens exist.
+#[derive(Clone, Default)]
+pub struct Presets {
+    pub server_secret: Option<String>,
+    pub node_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Presets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presets { .. }")
+    }
+}
+
 /// What every server of a cluster shares: the CA (with its key, to issue each server's serving
 /// certificate) and the tokens. A joining server receives it from a member.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -48,11 +63,6 @@ pub fn ca_hash(ca_pem: &str) -> String {
     sha2::Sha256::digest(ca_pem.trim().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The CA hash a join token pins, if it has the `K1<hash>::<secret>` form.
-pub fn token_ca_hash(token: &str) -> Option<&str> {
-    let (head, secret) = token.strip_prefix("K1")?.split_once("::")?;
-    (head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some(head)
-}
 
 /// Reads the shared credentials from a member's data dir (to hand to a joining server).
 pub fn shared(data_dir: &Path, credentials: &Credentials) -> Result<SharedCredentials> {
@@ -124,7 +134,7 @@ fn ca_params() -> Result<CertificateParams> {
 
 /// Loads or creates the credentials in `data_dir`. The serving certificate names `localhost`,
 /// the loopback addresses, the machine's host name, the in-cluster names, and `extra_names`.
-pub fn ensure(data_dir: &Path, extra_names: &[String]) -> Result<Credentials> {
+pub fn ensure(data_dir: &Path, extra_names: &[String], presets: &Presets) -> Result<Credentials> {
     let pki = data_dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|source| Error::Io { path: pki.clone(), source })?;
     let ca_key_pem = read_or_create(&pki.join("ca.key"), || Ok(KeyPair::generate().map_err(Error::tls)?.serialize_pem()))?;
@@ -181,8 +191,10 @@ pub fn ensure(data_dir: &Path, extra_names: &[String]) -> Result<Credentials> {
         (certificate.pem(), key.serialize_pem())
     };
     let admin_token = read_or_create(&data_dir.join("admin-token"), || Ok(random_token()))?;
-    let node_token = read_or_create(&data_dir.join("node-token"), || Ok(random_token()))?;
-    let server_token = read_or_create(&data_dir.join("server-token"), || Ok(format!("K1{}::{}", ca_hash(&ca_pem), random_token())))?;
+    let hash = ca_hash(&ca_pem);
+    let secret_or_random = |preset: &Option<String>| preset.as_deref().map(|s| shoal_api::token::secret(s).to_owned()).unwrap_or_else(random_token);
+    let node_token = read_or_create(&data_dir.join("node-token"), || Ok(shoal_api::token::compose(&hash, &secret_or_random(&presets.node_secret))))?;
+    let server_token = read_or_create(&data_dir.join("server-token"), || Ok(shoal_api::token::compose(&hash, &secret_or_random(&presets.server_secret))))?;
     Ok(Credentials {
         ca_pem,
         server_cert_pem,

@@ -86,7 +86,7 @@ fn format_line(line: &LogLine, timestamps: bool) -> String {
 
 async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
     let token = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-    if token.len() != shared.token.len() || token.bytes().zip(shared.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+    if !shoal_api::token::matches(&shared.token, token.as_bytes()) {
         return text(StatusCode::UNAUTHORIZED, "logs need the node token\n");
     }
     let Some((namespace, name)) = rest.split_once('/') else { return text(StatusCode::NOT_FOUND, "use /_logs/NAMESPACE/NAME\n") };

@@ -86,3 +86,53 @@ pub async fn cluster(client: &Client, command: ClusterCommand) -> anyhow::Result
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it (only its hash is stored: it is shown once).
+    Create {
+        /// What the token joins: `server` (shoal server --join … --token) or `node` (shoal
+        /// agent --token).
+        #[arg(long)]
+        role: String,
+        /// How long the token may be used to join: `90s`, `15m`, `24h`, `7d` (default: forever).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List the join tokens (ids, roles, expiry; never the secrets).
+    List,
+    /// Delete a join token by id.
+    Delete { id: String },
+}
+
+pub async fn token(client: &Client, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create { role, ttl } => {
+            let ttl_seconds = match ttl.as_deref() {
+                Some(text) => Some(shoal_apiserver::tokens::parse_duration(text).ok_or_else(|| anyhow::anyhow!("--ttl {text:?}: use a number with s, m, h or d"))?),
+                None => None,
+            };
+            let body = serde_json::to_vec(&serde_json::json!({"role": role, "ttlSeconds": ttl_seconds}))?;
+            let answer = client.request(reqwest::Method::POST, "/internal/tokens", &[], Some(("application/json", body))).await?;
+            println!("{}", text(&answer["token"]));
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List => {
+            let answer = client.request(reqwest::Method::GET, "/internal/tokens", &[], None).await?;
+            let headers: Vec<String> = ["ID", "ROLE", "CREATED", "EXPIRES"].iter().map(|h| h.to_string()).collect();
+            let rows: Vec<Vec<String>> = answer["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| vec![text(&t["id"]), text(&t["role"]), text(&t["created"]), if t["expires"].is_null() { "never".into() } else { text(&t["expires"]) }])
+                .collect();
+            print_table(&headers, &rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Delete { id } => {
+            client.request(reqwest::Method::POST, &format!("/internal/tokens/{id}/delete"), &[], Some(("application/json", b"null".to_vec()))).await?;
+            println!("token {id} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         what: cluster::ClusterCommand,
     },
+    /// Create, list or delete join tokens for servers and nodes.
+    Token {
+        #[command(subcommand)]
+        what: cluster::TokenCommand,
+    },
     /// Create an object imperatively.
     Create {
         #[command(subcommand)]
@@ -165,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, true).await,
         Command::Uncordon(args) => workloads::cordon(&client(cli.kubeconfig, server)?, args, false).await,
         Command::Drain(args) => workloads::drain(&client(cli.kubeconfig, server)?, args).await,
+        Command::Token { what } => cluster::token(&client(cli.kubeconfig, server)?, what).await,
         Command::Cluster { what } => cluster::cluster(&client(cli.kubeconfig, server)?, what).await,
         Command::Artifact { what } => artifact::artifact(&kubeconfig_path(cli.kubeconfig), server, what).await,
         Command::Create { what: CreateCommand::Namespace { name } } => {

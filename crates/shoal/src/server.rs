@@ -52,9 +52,13 @@ pub struct ServerArgs {
     /// one; needs --token.
     #[arg(long, requires = "token")]
     join: Option<String>,
-    /// The cluster's server token for --join (DATA_DIR/server-token on a member).
+    /// With --join: the cluster's server token (DATA_DIR/server-token on a member, or its bare
+    /// secret). Without: the secret the new cluster's server token takes (default: random).
     #[arg(long, env = "SHOAL_SERVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The secret a new cluster's node token takes (default: random; DATA_DIR/node-token).
+    #[arg(long, env = "SHOAL_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
     /// Raft: snapshot the store and compact the log every this many entries.
     #[arg(long, hide = true)]
     raft_snapshot_entries: Option<u64>,
@@ -109,12 +113,14 @@ pub struct AgentArgs {
     /// control plane; the agent also learns the others from the first it reaches).
     #[arg(long)]
     server: String,
-    /// The node token (`DATA_DIR/node-token` on the server).
+    /// The node token (`DATA_DIR/node-token` on the server, or its bare secret).
     #[arg(long, env = "SHOAL_NODE_TOKEN", hide_env_values = true)]
     token: String,
-    /// The cluster CA (`DATA_DIR/pki/ca.crt` on the server).
+    /// The cluster CA (`DATA_DIR/pki/ca.crt` on the server). Without it, the agent fetches the
+    /// CA from the server, checks it against the hash the token pins (`K1<hash>::…`), and keeps
+    /// it in its data dir.
     #[arg(long)]
-    ca_file: PathBuf,
+    ca_file: Option<PathBuf>,
     #[arg(long, default_value = ".shoal-agent")]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -162,6 +168,10 @@ async fn start(args: &ServerArgs, shutdown: &CancellationToken) -> anyhow::Resul
         advertise_host: args.advertise_address.clone(),
         snapshot_every: args.raft_snapshot_entries,
         entries_kept_after_snapshot: args.raft_kept_entries,
+        presets: shoal_apiserver::pki::Presets {
+            server_secret: if args.join.is_none() { args.token.clone() } else { None },
+            node_secret: args.agent_token.clone(),
+        },
         join: match (&args.join, &args.token) {
             (Some(url), Some(token)) => Some(shoal_apiserver::JoinConfig { url: url.clone(), token: token.clone() }),
             _ => None,
@@ -267,7 +277,9 @@ pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_termination(&shutdown)?;
-    let ca_pem = std::fs::read_to_string(&args.ca_file).with_context(|| format!("reading the cluster CA {}", args.ca_file.display()))?;
+    let ca_pem = agent_ca(&args).await?;
+    let token = agent_token(&args, &ca_pem).await?;
+    let args = AgentArgs { token, ..args };
     if args.hollow_nodes > 0 {
         let client = shoal_client::Client::new(&args.server, Some(&ca_pem), Some(args.token.clone()))?;
         let prefix = args.node.node_name.clone().unwrap_or_else(|| "hollow".into());
@@ -281,6 +293,54 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
     eprintln!("shoal agent: node {} joined {}; data plane at http://{}{}", args.node.name(), args.server, node.data_addr, ingress_note(&node));
     run_until_signal(None, Some(node), None, shutdown).await
+}
+
+/// The node token: `--token` itself, unless it is a node join token (`shoal token create --role
+/// node`), which the agent exchanges once for the node token and keeps in its data dir.
+async fn agent_token(args: &AgentArgs, ca_pem: &str) -> anyhow::Result<String> {
+    if !shoal_api::token::secret(&args.token).contains('.') {
+        return Ok(args.token.clone());
+    }
+    let kept = args.data_dir.join("node-token");
+    if let Ok(token) = std::fs::read_to_string(&kept) {
+        return Ok(token.trim().to_owned());
+    }
+    let server = args.server.split(',').next().unwrap_or_default().trim().trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let response = http
+        .post(format!("{server}{}", shoal_apiserver::cluster::NODE_JOIN_PATH))
+        .bearer_auth(&args.token)
+        .send()
+        .await
+        .with_context(|| format!("joining through {server}"))?;
+    anyhow::ensure!(response.status().is_success(), "joining through {server}: the join token was refused ({}); it may have expired", response.status());
+    let answer: serde_json::Value = response.json().await.context("decoding the join answer")?;
+    let token = answer["nodeToken"].as_str().context("the join answer has no node token")?.to_owned();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    shoal_apiserver::pki::write_private(&kept, &token)?;
+    Ok(token)
+}
+
+/// The cluster CA for an agent: `--ca-file`, else the copy in its data dir, else fetched from
+/// the (first) server and checked against the token.
+async fn agent_ca(args: &AgentArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.ca_file {
+        return std::fs::read_to_string(path).with_context(|| format!("reading the cluster CA {}", path.display()));
+    }
+    let kept = args.data_dir.join("ca.crt");
+    if let Ok(ca) = std::fs::read_to_string(&kept) {
+        return Ok(ca);
+    }
+    let server = args.server.split(',').next().unwrap_or_default().trim();
+    let ca = shoal_apiserver::cluster::fetch_ca(server, &args.token).await?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::write(&kept, &ca).with_context(|| format!("writing {}", kept.display()))?;
+    Ok(ca)
 }
 
 fn ingress_note(node: &shoal_node::NodeAgent) -> String {
