@@ -216,6 +216,11 @@ impl StateShared {
         flushed
     }
 
+    /// The index of the last applied log entry (set before the entry's writes are answered).
+    pub fn applied_index(&self) -> u64 {
+        self.read_memory().applied.last_applied.map_or(0, |id| id.index)
+    }
+
     /// The revision of the last applied write.
     pub fn revision(&self) -> u64 {
         self.read_memory().applied.revision

@@ -76,6 +76,11 @@ type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Indexed>>);
 const WRITE_WAIT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for its read index.
 const READ_WAIT: Duration = Duration::from_secs(5);
+/// How long after a quorum confirmed this leader (counted from before the confirmation was
+/// asked) it serves reads without asking again. Followers that acknowledged the leader refuse to
+/// vote for another for openraft's leader lease (`election_timeout_max`, 600 ms) after hearing
+/// from it, so no other leader can exist within this much shorter window.
+const LEASE_READS: Duration = Duration::from_millis(200);
 
 /// What a peer answers when it cannot act on a forwarded call.
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,6 +146,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Store {
     id: u64,
+    /// When a quorum last confirmed this server's leadership (the time before it asked).
+    lease_from: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     in_step: tokio::sync::watch::Receiver<bool>,
     raft: Raft,
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
@@ -203,7 +210,7 @@ impl Store {
         tokio::spawn(propose(raft.clone(), queue));
         let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
         tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
-        Ok(Self { id: config.node_id, in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// This server's member id.
@@ -348,14 +355,28 @@ impl Store {
         }
     }
 
-    /// Serves a peer's read-index request: confirms leadership with a quorum and returns the
-    /// log index a linearizable read must wait for.
+    /// Serves a read-index request (a peer's, or this leader's own): the log index a
+    /// linearizable read must wait for. Within [`LEASE_READS`] of the last confirmation by a
+    /// quorum it is this server's applied index (every write answered so far was applied here
+    /// first); otherwise the leader confirms its leadership with a quorum first (read-index).
     pub async fn read_index(&self) -> std::result::Result<u64, WireError> {
+        let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
+        if leads && self.lease_valid() {
+            return Ok(self.state.applied_index());
+        }
+        let asked = std::time::Instant::now();
         match tokio::time::timeout(READ_WAIT, self.raft.ensure_linearizable()).await {
             Err(_) => Err(WireError::Failed(format!("no majority confirmed this leader within {READ_WAIT:?}"))),
-            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |id| id.index)),
+            Ok(Ok(log_id)) => {
+                *self.lease_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
+                Ok(log_id.map_or(0, |id| id.index))
+            }
             Ok(Err(error)) => Err(WireError::NotLeader(error.to_string())),
         }
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.lease_from.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|from| from.elapsed() < LEASE_READS)
     }
 
     /// Adds a member: as a learner first, blocking until it has caught up with the log, then as
