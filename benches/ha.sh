@@ -3,7 +3,8 @@
 # throughput and latency (HTTPS, validated, committed by a majority and fsynced) with wrk and 1
 # and 64 connections, to the leader and (with 3 servers) through a follower, which forwards to
 # the leader. Measured in the same run: the fsync floor of this disk and the HTTPS round trip
-# between two processes on loopback (wrk, one connection, GET /healthz). Prints lines for
+# between two processes on loopback (wrk, one connection, GET /healthz), and the peer: a
+# 3-member etcd (Debian's etcd-server) on the same disk. Prints lines for
 # benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -77,3 +78,27 @@ for connections in 1 64; do
   create "$(follower_url)" "$connections"
   stop_all
 done
+
+# The peer: a 3-member etcd (Debian's etcd-server) on loopback, same disk, puts through its v3
+# JSON gateway to the leader over plain HTTP.
+if command -v etcd >/dev/null; then
+  for connections in 1 64; do
+    rm -rf "$work"/etcd*
+    cluster="e0=http://127.0.0.1:23800,e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802"
+    for i in 0 1 2; do
+      etcd --name "e$i" --data-dir "$work/etcd$i" --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+        --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+        --initial-cluster "$cluster" --initial-cluster-state new --log-level error >"$work/etcd$i.log" 2>&1 &
+      pids+=($!)
+    done
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:23790/health >/dev/null && break; sleep 0.1; done
+    leader="$(for i in 0 1 2; do curl -s -X POST "http://127.0.0.1:2379$i/v3/maintenance/status" -d '{}' |
+      python3 -c "import json,sys; s=json.load(sys.stdin); print('$i' if s['leader']==s['header']['member_id'] else '')"; done | tr -d '\n')"
+    threads=1; ((connections > 1)) && threads=2
+    printf 'etcd %s, 3 members, put to the leader, %s connection(s), %s s: ' "$(etcd --version | awk 'NR==1 {print $3}')" "$connections" "$seconds"
+    wrk -t"$threads" -c"$connections" -d"${seconds}s" -s benches/etcd_put.lua "http://127.0.0.1:2379${leader:-0}/v3/kv/put" | tail -1
+    stop_all
+  done
+else
+  echo "etcd is not installed (apt-get install etcd-server): no peer measurement"
+fi

@@ -87,6 +87,7 @@ impl Transport {
 
     /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer.
     pub async fn call<Q: Serialize, A: DeserializeOwned>(&self, base: &str, path: &str, body: &Q, timeout: Duration) -> Result<A, CallError> {
+        let started = std::time::Instant::now();
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let body = serde_json::to_vec(body).map_err(|e| CallError::Failed { url: url.clone(), detail: format!("encoding: {e}") })?;
         let response = self
@@ -112,7 +113,9 @@ impl Transport {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
             return Err(CallError::Failed { url, detail: format!("HTTP {status}: {text}") });
         }
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Failed { url, detail: format!("decoding the answer: {e}") })
+        let answer = serde_json::from_slice(&bytes).map_err(|e| CallError::Failed { url, detail: format!("decoding the answer: {e}") });
+        tracing::debug!(path, micros = started.elapsed().as_micros() as u64, "peer call");
+        answer
     }
 }
 
@@ -228,9 +231,12 @@ pub async fn serve(raft: &crate::Raft, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>,
     fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
         serde_json::from_slice(body).map_err(|e| format!("decoding the request: {e}"))
     }
-    match rpc {
+    let started = std::time::Instant::now();
+    let answer = match rpc {
         Rpc::Append => encode(&raft.append_entries(decode::<AppendEntriesRequest<TypeConfig>>(body)?).await),
         Rpc::Vote => encode(&raft.vote(decode::<VoteRequest<NodeId>>(body)?).await),
         Rpc::Snapshot => encode(&raft.install_snapshot(decode::<InstallSnapshotRequest<TypeConfig>>(body)?).await),
-    }
+    };
+    tracing::debug!(?rpc, bytes = body.len(), micros = started.elapsed().as_micros() as u64, "served a peer's RPC");
+    answer
 }
