@@ -49,9 +49,12 @@ async fn agreed_leader(servers: &[&Server], voters: usize) -> usize {
                 counts.push(local["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "voter").count()));
             }
         }
-        let leader = leaders.first().copied().flatten();
-        if leaders.len() == servers.len() && leader.is_some() && leaders.iter().all(|l| *l == leader) && counts.iter().all(|c| *c == voters) {
-            let leader = leader.expect("checked");
+        let first = leaders.first().copied().flatten();
+        if let Some(leader) = first
+            && leaders.len() == servers.len()
+            && leaders.iter().all(|l| *l == first)
+            && counts.iter().all(|c| *c == voters)
+        {
             for (index, server) in servers.iter().enumerate() {
                 if status_id(server).await == leader {
                     return index;

@@ -151,7 +151,7 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
                 Err(error) => decode_error(error),
             }
         }
-        (Method::POST, paths::STATUS) => json(&store.status()),
+        (Method::POST, paths::STATUS) => json(&store.status().await),
         (Method::GET, paths::STATUS) => json(&store.cluster_status().await),
         (Method::POST, paths::MEMBERS) => {
             if caller != Caller::Server {

@@ -64,8 +64,9 @@ pub async fn cluster(client: &Client, command: ClusterCommand) -> anyhow::Result
                 .collect();
             print_table(&headers, &rows);
             println!(
-                "last log index: {}   applied: {}   snapshot: {}",
+                "last log index: {}   committed: {}   applied: {}   snapshot: {}",
                 text(&status["last_log_index"]),
+                text(&status["commit_index"]),
                 text(&status["applied_index"]),
                 text(&status["snapshot_index"])
             );

@@ -126,8 +126,8 @@ pub struct ClusterStatus {
     pub leader: Option<u64>,
     pub term: u64,
     pub last_log_index: Option<u64>,
-    /// The leader's commit index is not exported by openraft 0.9; the applied index trails it by
-    /// at most the entries being applied.
+    /// The last log index this server knows to be committed.
+    pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     /// Milliseconds since a quorum last acknowledged this server as leader (leaders only).
@@ -428,7 +428,8 @@ impl Store {
     }
 
     /// This server's view of the group (replication progress only when it leads).
-    pub fn status(&self) -> ClusterStatus {
+    pub async fn status(&self) -> ClusterStatus {
+        let commit_index = self.raft.with_raft_state(|state| state.committed.map(|id| id.index)).await.ok().flatten();
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -461,6 +462,7 @@ impl Store {
             leader: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
+            commit_index,
             applied_index: metrics.last_applied.map(|id| id.index),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
@@ -478,7 +480,7 @@ impl Store {
         {
             return status;
         }
-        self.status()
+        self.status().await
     }
 
     /// Proposes `command` and waits until it is durable in the log and applied. The inner
