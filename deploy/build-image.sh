@@ -10,6 +10,8 @@ root="$context/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/tmp" "$root/data" "$root/etc"
 chmod 1777 "$root/tmp"
 cp target/release/shoal "$root/usr/local/bin/shoal"
+# Line tables help a developer's backtraces, not an image: strip them when strip is there.
+command -v strip >/dev/null && strip --strip-debug "$root/usr/local/bin/shoal"
 # The dynamic loader and every library the binary needs, at the same paths.
 for library in $(ldd target/release/shoal | grep -o '/[^ ]*'); do
   mkdir -p "$root$(dirname "$library")"
