@@ -365,12 +365,12 @@ struct Summary {
 }
 
 impl Summary {
-    /// When the first write acknowledged after `at` (µs since the epoch) returned.
+    /// When the first write invoked after `at` (µs since the epoch) and acknowledged returned.
     fn first_write_after(&self, at: u64) -> Duration {
         let first = self
             .records
             .iter()
-            .filter(|r| r.revision.is_some() && r.operation.returned.is_some_and(|t| t > at))
+            .filter(|r| r.revision.is_some() && r.operation.invoked > at)
             .filter_map(|r| r.operation.returned)
             .min()
             .expect("writes were acknowledged after the fault");

@@ -90,6 +90,17 @@ pub struct Client {
     pub default_namespace: String,
 }
 
+/// HTTP/2 pings on every connection: a server that vanished without a reset (a dead machine, a
+/// partition) is noticed within seconds, and its watches and requests fail over, instead of
+/// waiting out TCP's retransmission backoff.
+fn keep_alive(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    builder
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_while_idle(true)
+        .tcp_keepalive(std::time::Duration::from_secs(15))
+}
+
 /// What the client calls itself: the API server names the field manager of a write after it
 /// (`shoal`) when the write names none, as kube-apiserver does with client-go's binary names.
 pub const USER_AGENT: &str = concat!("shoal/", env!("CARGO_PKG_VERSION"));
@@ -98,7 +109,7 @@ impl Client {
     /// Builds a client from a kubeconfig file, with an optional server URL override.
     pub fn from_kubeconfig(path: &Path, server_override: Option<&str>) -> Result<Self> {
         let config = Kubeconfig::load(path)?;
-        let mut builder = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).user_agent(USER_AGENT);
+        let mut builder = keep_alive(reqwest::Client::builder()).use_rustls_tls().tls_built_in_root_certs(false).user_agent(USER_AGENT);
         if let Some(ca) = &config.certificate_authority_pem {
             let certificate = reqwest::Certificate::from_pem(ca.as_bytes())
                 .map_err(|e| Error::Config { path: path.to_owned(), detail: format!("certificate authority: {e}") })?;
@@ -115,7 +126,7 @@ impl Client {
     /// A client for `server` trusting `ca_pem` (or the system roots when `None`), sending
     /// `token` as a bearer token.
     pub fn new(server: &str, ca_pem: Option<&str>, token: Option<String>) -> Result<Self> {
-        let mut builder = reqwest::Client::builder().use_rustls_tls().user_agent(USER_AGENT);
+        let mut builder = keep_alive(reqwest::Client::builder()).use_rustls_tls().user_agent(USER_AGENT);
         if let Some(ca) = ca_pem {
             let certificate = reqwest::Certificate::from_pem(ca.as_bytes())
                 .map_err(|e| Error::Config { path: PathBuf::from("(certificate authority)"), detail: e.to_string() })?;

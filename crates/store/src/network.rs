@@ -76,6 +76,14 @@ impl Transport {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            // A peer cut off without a reset (a partition, a dead machine) leaves a pooled
+            // connection that swallows every request; TCP's retransmission backoff would keep it
+            // dead for minutes after the network heals. HTTP/2 pings find it within 2 s, and the
+            // next call connects afresh.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .http2_keep_alive_timeout(Duration::from_secs(1))
+            .http2_keep_alive_while_idle(true)
+            .tcp_keepalive(Duration::from_secs(10))
             .user_agent(concat!("shoal-server/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = ca_pem {
             let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("the cluster CA: {e}"))?;
@@ -83,6 +91,12 @@ impl Transport {
         }
         let http = builder.build().map_err(|e| format!("building the peer client: {e}"))?;
         Ok(Self { http, token: Arc::from(token), member })
+    }
+
+    /// Whether the server at `base` answers at all (`GET /healthz`) within `timeout`.
+    pub async fn reachable(&self, base: &str, timeout: Duration) -> bool {
+        let url = format!("{}/healthz", base.trim_end_matches('/'));
+        matches!(self.http.get(url).timeout(timeout).send().await, Ok(response) if response.status().is_success())
     }
 
     /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer.

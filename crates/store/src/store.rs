@@ -78,9 +78,18 @@ const WRITE_WAIT: Duration = Duration::from_secs(10);
 const READ_WAIT: Duration = Duration::from_secs(5);
 /// How long after a quorum confirmed this leader (counted from before the confirmation was
 /// asked) it serves reads without asking again. Followers that acknowledged the leader refuse to
-/// vote for another for openraft's leader lease (`election_timeout_max`, 600 ms) after hearing
+/// vote for another for openraft's leader lease (`election_timeout_max`, 800 ms) after hearing
 /// from it, so no other leader can exist within this much shorter window.
 const LEASE_READS: Duration = Duration::from_millis(200);
+
+type ReadIndexAnswer = std::result::Result<std::result::Result<u64, WireError>, CallError>;
+
+/// The reads waiting for the next read-index request, and whether one is in flight.
+#[derive(Default)]
+struct ReadIndexQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<ReadIndexAnswer>>,
+    in_flight: bool,
+}
 
 /// What a peer answers when it cannot act on a forwarded call.
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,6 +155,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Store {
     id: u64,
+    /// Reads on a follower waiting for the leader's read index (see `coalesced_read_index`).
+    read_indexes: Arc<std::sync::Mutex<ReadIndexQueue>>,
     /// When a quorum last confirmed this server's leadership (the time before it asked).
     lease_from: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     in_step: tokio::sync::watch::Receiver<bool>,
@@ -168,9 +179,15 @@ impl Store {
         let state = StateShared::open(&config.data_dir.join("state.redb"), config.history.clone())?;
         let raft_config = Config {
             cluster_name: "shoal".into(),
-            heartbeat_interval: 250,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // A follower starts an election after 400–800 ms without hearing from the leader
+            // (heartbeats every 100 ms). AppendEntries carry at most 64 entries (each may be a
+            // batch of writes), so that a follower catching up after a partition keeps hearing
+            // from the leader between requests instead of timing out in the middle of a long
+            // one and disrupting the group.
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
             purge_batch_size: 1,
@@ -210,7 +227,7 @@ impl Store {
         tokio::spawn(propose(raft.clone(), queue));
         let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
         tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
-        Ok(Self { id: config.node_id, lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, read_indexes: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// This server's member id.
@@ -373,6 +390,50 @@ impl Store {
             }
             Ok(Err(error)) => Err(WireError::NotLeader(error.to_string())),
         }
+    }
+
+    /// Asks the leader for a read index on behalf of every read waiting on this follower: one
+    /// request in flight at a time, answering all the reads that arrived before it was sent
+    /// (a read index fetched after a read began is valid for it), as etcd batches its
+    /// linearizable reads.
+    async fn coalesced_read_index(&self, leader: u64, url: String) -> std::result::Result<std::result::Result<u64, WireError>, CallError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start_driver = {
+            let mut queue = self.read_indexes.lock().unwrap_or_else(|p| p.into_inner());
+            queue.waiting.push(reply);
+            !std::mem::replace(&mut queue.in_flight, true)
+        };
+        if start_driver {
+            let store = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut queue = store.read_indexes.lock().unwrap_or_else(|p| p.into_inner());
+                        let batch = std::mem::take(&mut queue.waiting);
+                        if batch.is_empty() {
+                            queue.in_flight = false;
+                            return;
+                        }
+                        batch
+                    };
+                    // The leader may have changed since the first read asked; ask the current one.
+                    let target = store.leader().filter(|(id, _)| *id != store.id).map_or_else(|| url.clone(), |(_, url)| url);
+                    let outcome = store.transport.call::<_, std::result::Result<u64, WireError>>(&target, paths::READ_INDEX, &(), READ_WAIT).await;
+                    for reply in batch {
+                        let copy = match &outcome {
+                            Ok(Ok(index)) => Ok(Ok(*index)),
+                            Ok(Err(WireError::NotLeader(m))) => Ok(Err(WireError::NotLeader(m.clone()))),
+                            Ok(Err(WireError::Busy(m))) => Ok(Err(WireError::Busy(m.clone()))),
+                            Ok(Err(WireError::Failed(m))) => Ok(Err(WireError::Failed(m.clone()))),
+                            Err(CallError::Unreachable { url, detail }) => Err(CallError::Unreachable { url: url.clone(), detail: detail.clone() }),
+                            Err(CallError::Failed { url, detail }) => Err(CallError::Failed { url: url.clone(), detail: detail.clone() }),
+                        };
+                        let _ = reply.send(copy);
+                    }
+                }
+            });
+        }
+        answer.await.unwrap_or_else(|_| Err(CallError::Failed { url: format!("member {leader}"), detail: "the read-index request was dropped".into() }))
     }
 
     fn lease_valid(&self) -> bool {
@@ -567,8 +628,7 @@ impl Store {
                     }
                 },
                 Some((leader, url)) => {
-                    let remaining = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
-                    match self.transport.call::<_, std::result::Result<u64, WireError>>(&url, paths::READ_INDEX, &(), remaining).await {
+                    match self.coalesced_read_index(leader, url).await {
                         Ok(Ok(index)) => return self.await_applied(index, until.saturating_duration_since(tokio::time::Instant::now())).await,
                         Ok(Err(WireError::Failed(message))) => return Err(Error::NotLeader(format!("the leader (member {leader}) refused a read index: {message}"))),
                         Ok(Err(WireError::NotLeader(message) | WireError::Busy(message))) => format!("member {leader}: {message}"),
@@ -714,22 +774,55 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
     }
 }
 
-/// Checks every second that this server is in step with the group: the leader confirms its
-/// leadership with a quorum, a follower gets a read index from the leader. Two failures in a row
-/// mark it out of step (see [`Store::in_step`]); one success marks it in step again.
+/// Watches this server's place in the group.
+///
+/// Every 250 ms it checks that it reaches a majority of the voters (`GET /healthz`); while it
+/// does not, it stands for no election (openraft's runtime `elect(false)`). A server cut off from
+/// the others would otherwise raise its term election after election, and on rejoining force the
+/// majority's leader to step down, possibly again and again: this is what Raft's pre-vote
+/// prevents, which openraft 0.9 lacks.
+///
+/// Every second it checks that it is in step with the group: the leader confirms its leadership
+/// with a quorum, a follower gets a read index from the leader. Two failures in a row mark it out
+/// of step (see [`Store::in_step`]); one success marks it in step again.
 async fn monitor_group(raft: Raft, transport: Transport, id: u64, in_step: tokio::sync::watch::Sender<bool>) {
     const PROBE_WAIT: Duration = Duration::from_secs(2);
+    const REACH_WAIT: Duration = Duration::from_millis(300);
     let mut failures = 0u32;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut elections = true;
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = 0u64;
     loop {
         ticker.tick().await;
+        tick += 1;
         let metrics = raft.metrics().borrow().clone();
         if metrics.running_state.is_err() || in_step.is_closed() {
             return;
         }
         let membership = metrics.membership_config.membership();
-        let mut voters = membership.voter_ids();
-        let alone = voters.next() == Some(id) && voters.next().is_none();
+        let voter_ids: Vec<u64> = membership.voter_ids().collect();
+        let alone = voter_ids == [id];
+        if !alone {
+            let peers: Vec<String> = voter_ids.iter().filter(|v| **v != id).filter_map(|v| membership.get_node(v)).map(|n| n.addr.clone()).collect();
+            let reached = futures::future::join_all(peers.iter().map(|peer| transport.reachable(peer, REACH_WAIT))).await.into_iter().filter(|ok| *ok).count();
+            let majority = voter_ids.len() / 2 + 1;
+            let electable = !voter_ids.contains(&id) || reached + 1 >= majority;
+            if electable != elections {
+                elections = electable;
+                raft.runtime_config().elect(electable);
+                if electable {
+                    tracing::info!("a majority of the control plane is reachable again: standing for elections");
+                } else {
+                    tracing::warn!(reached, voters = voter_ids.len(), "cannot reach a majority of the control plane: standing for no election until it can");
+                }
+            }
+        } else if !elections {
+            elections = true;
+            raft.runtime_config().elect(true);
+        }
+        if tick % 4 != 0 {
+            continue;
+        }
         let healthy = if alone {
             true
         } else {
