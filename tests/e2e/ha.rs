@@ -667,12 +667,14 @@ async fn adding_and_removing_members_under_load_keeps_the_history_linearizable()
     assert_eq!(code, 200, "the new member serves reads: {read}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_that_was_down_catches_up_through_a_snapshot() {
     let extra = ["--disable-controllers", "--raft-snapshot-entries", "100", "--raft-kept-entries", "10"];
     let mut servers = cluster(3, &extra).await;
     let all: Vec<&Server> = servers.iter().collect();
     let leader = agreed_leader(&all, 3).await;
+    let workload = Workload::start(&servers).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let follower = (leader + 1) % 3;
     servers[follower].kill();
     // An artifact pushed while the follower is down: its chunks travel in log entries that the
@@ -711,6 +713,8 @@ async fn a_follower_that_was_down_catches_up_through_a_snapshot() {
     assert_eq!(code, 0, "pull through the caught-up follower: {stderr}");
     let original = std::fs::read(crate::harness::repository().join("samples/hello/hello.wasm")).expect("hello.wasm");
     assert_eq!(std::fs::read(&pulled).expect("pulled"), original, "the same bytes");
+    let all: Vec<&Server> = servers.iter().collect();
+    workload.finish(&all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
