@@ -793,15 +793,21 @@ async fn three_servers_and_two_agents_serve_the_sample_through_the_death_of_the_
         let body = hello_through(ingress).await;
         assert!(body.as_deref().is_some_and(|b| b.contains("hello from shoal")), "the sample answers through {ingress}: {body:?}");
     }
-    // Let the agents learn the servers (they ask at start).
+    // Let the agents learn the servers (they ask at start), and the leader's kubeconfig list them.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(servers[leader].kubeconfig()).is_ok_and(|k| servers.iter().all(|s| k.contains(&s.url)) && k.contains("shoal.dev/servers")) {
+        assert!(Instant::now() < deadline, "the leader's kubeconfig does not list every server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     servers[leader].kill();
     let killed = Instant::now();
     let scaled = std::fs::read_to_string(&manifest).expect("manifest").replace("replicas: 2", "replicas: 4");
     let scaled_path = servers[other].data_dir.join("hello-4.yaml");
     std::fs::write(&scaled_path, scaled).expect("write manifest");
-    let (code, stdout, stderr) = servers[other].cli(&["apply", "-f", scaled_path.to_str().expect("utf-8")]);
+    // Through the dead leader's own kubeconfig: the client moves to the servers it lists.
+    let (code, stdout, stderr) = servers[leader].cli(&["apply", "-f", scaled_path.to_str().expect("utf-8")]);
     let applied_after = killed.elapsed();
     assert_eq!(code, 0, "shoal apply right after the leader died: {stdout}{stderr}");
     eprintln!("shoal apply finished {applied_after:?} after the leader was killed");

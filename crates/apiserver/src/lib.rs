@@ -239,9 +239,41 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
             }
         });
     }
-    pki::write_kubeconfig(&credentials, &url)?;
+    pki::write_kubeconfig(&credentials, &url, &member_urls(&state.store, &url))?;
+    {
+        // Keep the kubeconfig's list of servers current as members come and go.
+        let state = Arc::clone(&state);
+        let (credentials, url) = (credentials.clone(), url.clone());
+        state.tasks.clone().spawn(async move {
+            let mut written = member_urls(&state.store, &url);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+                let now = member_urls(&state.store, &url);
+                if now != written {
+                    match pki::write_kubeconfig(&credentials, &url, &now) {
+                        Ok(()) => written = now,
+                        Err(error) => tracing::warn!(%error, "rewriting the kubeconfig with the current servers"),
+                    }
+                }
+            }
+        });
+    }
     tracing::info!(%url, member = member_id, "API server listening");
     Ok(ApiServer { local_addr, credentials, url, state })
+}
+
+/// The URLs of the group's members, this server's first.
+fn member_urls(store: &Store, own: &str) -> Vec<String> {
+    let mut urls = vec![own.to_owned()];
+    for (_, addr) in store.members() {
+        if !urls.contains(&addr) {
+            urls.push(addr);
+        }
+    }
+    urls
 }
 
 /// This server's member id in the control-plane group, kept in the data dir: 1 for the server

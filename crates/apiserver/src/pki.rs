@@ -206,11 +206,18 @@ pub fn ensure(data_dir: &Path, extra_names: &[String], presets: &Presets) -> Res
     })
 }
 
-/// Writes the admin kubeconfig for `server_url` (usable by `shoal` and kubectl alike).
-pub fn write_kubeconfig(credentials: &Credentials, server_url: &str) -> Result<()> {
+/// Writes the admin kubeconfig for `server_url` (usable by `shoal` and kubectl alike). With
+/// several servers (`all_servers`), the cluster carries a `shoal.dev/servers` extension listing
+/// them, which kubectl ignores and Shoal's client fails over among.
+pub fn write_kubeconfig(credentials: &Credentials, server_url: &str, all_servers: &[String]) -> Result<()> {
     let ca_data = base64::engine::general_purpose::STANDARD.encode(credentials.ca_pem.as_bytes());
+    let extensions = if all_servers.len() > 1 {
+        format!("    extensions:\n    - name: shoal.dev/servers\n      extension:\n        servers: [{}]\n", all_servers.join(", "))
+    } else {
+        String::new()
+    };
     let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca_data}\nusers:\n- name: shoal-admin\n  user:\n    token: {token}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal-admin\n    namespace: default\ncurrent-context: shoal\npreferences: {{}}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca_data}\n{extensions}users:\n- name: shoal-admin\n  user:\n    token: {token}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal-admin\n    namespace: default\ncurrent-context: shoal\npreferences: {{}}\n",
         token = credentials.admin_token
     );
     write_private(&credentials.kubeconfig_path, &kubeconfig)

@@ -12,11 +12,17 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Kubeconfig {
     pub server: String,
+    /// Every server of a highly-available control plane, from the cluster's `shoal.dev/servers`
+    /// extension (which kubectl ignores); the client fails over among them.
+    pub other_servers: Vec<String>,
     pub certificate_authority_pem: Option<String>,
     pub insecure_skip_tls_verify: bool,
     pub token: Option<String>,
     pub namespace: String,
 }
+
+/// The name of the cluster extension that lists a highly-available control plane's servers.
+pub const SERVERS_EXTENSION: &str = "shoal.dev/servers";
 
 impl Kubeconfig {
     pub fn load(path: &Path) -> Result<Self> {
@@ -53,8 +59,18 @@ impl Kubeconfig {
         } else {
             None
         };
+        let other_servers = cluster["extensions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|extension| extension["name"] == SERVERS_EXTENSION)
+            .flat_map(|extension| extension["extension"]["servers"].as_array().cloned().unwrap_or_default())
+            .filter_map(|server| server.as_str().map(|s| s.trim_end_matches('/').to_owned()))
+            .filter(|other| *other != server.trim_end_matches('/'))
+            .collect();
         Ok(Self {
             server,
+            other_servers,
             certificate_authority_pem,
             insecure_skip_tls_verify: cluster["insecure-skip-tls-verify"].as_bool().unwrap_or(false),
             token,
@@ -66,6 +82,17 @@ impl Kubeconfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_servers_extension() {
+        let document = shoal_api::yaml::from_str(
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: c\n  cluster:\n    server: https://s1:6443\n    extensions:\n    - name: shoal.dev/servers\n      extension:\n        servers: [https://s1:6443, https://s2:6443/, https://s3:6443]\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\n",
+        )
+        .expect("yaml");
+        let config = Kubeconfig::from_document(&document, Path::new(".")).expect("kubeconfig");
+        assert_eq!(config.server, "https://s1:6443");
+        assert_eq!(config.other_servers, ["https://s2:6443", "https://s3:6443"]);
+    }
 
     #[test]
     fn reads_the_current_context() {

@@ -120,7 +120,13 @@ impl Client {
         }
         let http = builder.build().map_err(|e| Error::Config { path: path.to_owned(), detail: e.to_string() })?;
         let server = server_override.unwrap_or(&config.server).trim_end_matches('/').to_owned();
-        Ok(Self::assemble(http, vec![server], config.token, config.namespace))
+        let mut servers = vec![server];
+        for other in config.other_servers {
+            if !servers.contains(&other) {
+                servers.push(other);
+            }
+        }
+        Ok(Self::assemble(http, servers, config.token, config.namespace))
     }
 
     /// A client for `server` trusting `ca_pem` (or the system roots when `None`), sending

@@ -256,6 +256,13 @@ impl Store {
         self.in_step.clone()
     }
 
+    /// Every member (voters and learners): id and API URL.
+    pub fn members(&self) -> Vec<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
+    }
+
     /// Whether `id` is a member (voter or learner) of the group as this server knows it.
     pub fn is_member(&self, id: u64) -> bool {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
