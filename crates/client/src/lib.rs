@@ -157,8 +157,9 @@ impl Client {
         self.servers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Moves to the server after `failed` (unless another request already moved on).
-    fn move_on(&self, failed: &str) {
+    /// Moves to the server after `failed` (unless another request already moved on): for
+    /// callers that reach the server by other means (the built-in registry) and found it gone.
+    pub fn move_on(&self, failed: &str) {
         let servers = self.server_list();
         let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
         if servers.get(current % servers.len().max(1)).is_some_and(|s| s == failed) {
