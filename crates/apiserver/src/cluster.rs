@@ -219,6 +219,15 @@ async fn tokens_call(state: &AppState, method: &Method, path: &str, body: &[u8])
     }
 }
 
+/// An HTTPS client that trusts only the cluster CA `ca_pem` (for calls to the servers).
+pub fn client_trusting(ca_pem: &str) -> std::result::Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .build()
+}
+
 /// Fetches the cluster CA from the server at `url`. The connection is not trusted (the CA is
 /// what would let it be): the CA is checked against the hash the token pins (`K1<hash>::…`). A
 /// bare secret pins nothing; then the CA is trusted on first use, with a warning.
@@ -258,16 +267,10 @@ pub async fn fetch_shared(url: &str, token: &str) -> Result<SharedCredentials> {
     let join_error = |detail: String| Error::Join { url: url.to_owned(), detail };
     let base = url.trim_end_matches('/');
     let ca_pem = fetch_ca(url, token).await?;
-    let certificate = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| join_error(format!("the CA: {e}")))?;
-    let trusted = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(certificate)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| join_error(e.to_string()))?;
+    let trusted = client_trusting(&ca_pem).map_err(|e| join_error(format!("the CA: {e}")))?;
     let response = trusted
         .post(format!("{base}{JOIN_PATH}"))
+        .timeout(Duration::from_secs(10))
         .bearer_auth(token)
         .send()
         .await

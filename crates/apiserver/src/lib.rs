@@ -178,12 +178,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         namespace_teardowns: Mutex::new(HashSet::new()),
         service_cidr: config.service_cidr,
         http: reqwest::Client::builder().build().map_err(|e| Error::Tls(e.to_string()))?,
-        peer_http: reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(credentials.ca_pem.as_bytes()).map_err(Error::tls)?)
-            .build()
-            .map_err(Error::tls)?,
+        peer_http: cluster::client_trusting(&credentials.ca_pem).map_err(Error::tls)?,
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)
             .map_err(|source| Error::Io { path: config.data_dir.join("registry-uploads"), source })?,
     });

@@ -836,7 +836,7 @@ async fn kubernetes_service(state: &AppState, api_host: &str, api_port: u16) -> 
                 let same = ["endpoints", "ports", "subsets"].iter().all(|field| current[*field] == desired[*field]);
                 // In a group of several servers the first server's address stays (the servers
                 // would otherwise overwrite one another at each start).
-                let shared = state.store.status().await.members.len() > 1;
+                let shared = state.store.members().len() > 1;
                 if !same && !shared {
                     desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     let precondition = Precondition { resource_version: meta::resource_version(&current), uid: None };

@@ -59,8 +59,20 @@ impl std::fmt::Debug for SharedCredentials {
 
 /// The hex SHA-256 of a CA certificate's PEM text, as join tokens carry it.
 pub fn ca_hash(ca_pem: &str) -> String {
+    sha256_hex(ca_pem.trim())
+}
+
+/// The hex SHA-256 of `text`.
+pub(crate) fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(ca_pem.trim().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bytes` random bytes, in hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 
@@ -91,9 +103,7 @@ pub fn install_shared(data_dir: &Path, shared: &SharedCredentials) -> Result<()>
 }
 
 fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    random_hex(32)
 }
 
 fn read_or_create(path: &Path, create: impl FnOnce() -> Result<String>) -> Result<String> {

@@ -11,6 +11,7 @@ use shoal_api::ApiError;
 use shoal_store::{Command, ObjectKey};
 
 use crate::AppState;
+use crate::pki::{random_hex, sha256_hex};
 
 /// The internal resource holding join tokens (never served by the Kubernetes API).
 pub const RESOURCE: &str = "internal.jointokens";
@@ -37,18 +38,6 @@ impl Role {
             Self::Node => "node",
         }
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buffer = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buffer);
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates a join token for `role`, valid for `ttl_seconds` (forever when `None`). Returns the

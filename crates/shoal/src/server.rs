@@ -306,14 +306,10 @@ async fn agent_token(args: &AgentArgs, ca_pem: &str) -> anyhow::Result<String> {
         return Ok(token.trim().to_owned());
     }
     let server = args.server.split(',').next().unwrap_or_default().trim().trim_end_matches('/');
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
+    let http = shoal_apiserver::cluster::client_trusting(ca_pem)?;
     let response = http
         .post(format!("{server}{}", shoal_apiserver::cluster::NODE_JOIN_PATH))
+        .timeout(std::time::Duration::from_secs(10))
         .bearer_auth(&args.token)
         .send()
         .await

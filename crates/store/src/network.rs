@@ -56,7 +56,7 @@ pub struct Transport {
 pub const MEMBER_HEADER: &str = "x-shoal-member";
 
 /// Why a call to a peer failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
     /// The peer could not be connected to: the request was certainly not delivered.
     #[error("cannot connect to {url}: {detail}")]

@@ -92,7 +92,7 @@ struct ReadIndexQueue {
 }
 
 /// What a peer answers when it cannot act on a forwarded call.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WireError {
     /// The peer is not the leader (any more): the call was not acted on; ask the leader.
     NotLeader(String),
@@ -242,7 +242,8 @@ impl Store {
 
     /// The leader this server knows of, with the base URL of its API.
     pub fn leader(&self) -> Option<(u64, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
@@ -268,14 +269,9 @@ impl Store {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
     }
 
-    /// Whether this server is the group's only voter, and leads it (the single-server default).
+    /// Whether this server is the group's only voter and leads it (the single-server default),
+    /// where every read is linearizable without a round and no write is ever forwarded.
     pub fn is_alone(&self) -> bool {
-        self.alone()
-    }
-
-    /// Whether this server is the only voter (the single-server default), where every read is
-    /// linearizable without a round and no write is ever forwarded.
-    fn alone(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let mut voters = metrics.membership_config.membership().voter_ids();
@@ -311,7 +307,7 @@ impl Store {
     /// election, a lost quorum) waits up to [`WRITE_WAIT`] for one; one whose fate is unknown (the
     /// leader went away after receiving it) fails and says so, never retried blindly.
     pub async fn write_indexed(&self, command: Command) -> Result<Indexed> {
-        if self.alone() {
+        if self.is_alone() {
             return self.propose(command).await;
         }
         let until = tokio::time::Instant::now() + WRITE_WAIT;
@@ -403,7 +399,7 @@ impl Store {
     /// request in flight at a time, answering all the reads that arrived before it was sent
     /// (a read index fetched after a read began is valid for it), as etcd batches its
     /// linearizable reads.
-    async fn coalesced_read_index(&self, leader: u64, url: String) -> std::result::Result<std::result::Result<u64, WireError>, CallError> {
+    async fn coalesced_read_index(&self, leader: u64, url: String) -> ReadIndexAnswer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let start_driver = {
             let mut queue = self.read_indexes.lock().unwrap_or_else(|p| p.into_inner());
@@ -427,15 +423,7 @@ impl Store {
                     let target = store.leader().filter(|(id, _)| *id != store.id).map_or_else(|| url.clone(), |(_, url)| url);
                     let outcome = store.transport.call::<_, std::result::Result<u64, WireError>>(&target, paths::READ_INDEX, &(), READ_WAIT).await;
                     for reply in batch {
-                        let copy = match &outcome {
-                            Ok(Ok(index)) => Ok(Ok(*index)),
-                            Ok(Err(WireError::NotLeader(m))) => Ok(Err(WireError::NotLeader(m.clone()))),
-                            Ok(Err(WireError::Busy(m))) => Ok(Err(WireError::Busy(m.clone()))),
-                            Ok(Err(WireError::Failed(m))) => Ok(Err(WireError::Failed(m.clone()))),
-                            Err(CallError::Unreachable { url, detail }) => Err(CallError::Unreachable { url: url.clone(), detail: detail.clone() }),
-                            Err(CallError::Failed { url, detail }) => Err(CallError::Failed { url: url.clone(), detail: detail.clone() }),
-                        };
-                        let _ = reply.send(copy);
+                        let _ = reply.send(outcome.clone());
                     }
                 }
             });
@@ -585,7 +573,7 @@ impl Store {
         if let Some(chunk) = self.state.blob_chunk(digest, index)? {
             return Ok(Some(chunk));
         }
-        if self.alone() {
+        if self.is_alone() {
             return Ok(None);
         }
         let peers: Vec<String> = {
@@ -622,7 +610,7 @@ impl Store {
     /// with a quorum and names its commit point; a follower asks the leader for it and waits
     /// until it has applied that far). Free on a single-server group.
     pub async fn read_barrier(&self) -> Result<()> {
-        if self.alone() {
+        if self.is_alone() {
             return Ok(());
         }
         let until = tokio::time::Instant::now() + READ_WAIT;
@@ -827,7 +815,7 @@ async fn monitor_group(raft: Raft, transport: Transport, id: u64, in_step: tokio
             elections = true;
             raft.runtime_config().elect(true);
         }
-        if tick % 4 != 0 {
+        if !tick.is_multiple_of(4) {
             continue;
         }
         let healthy = if alone {
