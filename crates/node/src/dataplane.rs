@@ -72,8 +72,7 @@ async fn to_pod(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) ->
         Ok(uri) => uri,
         Err(_) => return text(StatusCode::BAD_REQUEST, "invalid path\n"),
     };
-    let (response, _) = route.handler.handle(Request::from_parts(parts, body)).await;
-    response
+    route.handle(shared, Request::from_parts(parts, body), port).await
 }
 
 fn format_line(line: &LogLine, timestamps: bool) -> String {

@@ -1,10 +1,12 @@
 //! shoal-node: the node agent. It registers its Node, renews its Lease, watches the pods bound to
-//! it and runs them with the in-process Wasm runtime, reporting their status as Kubernetes does.
-//! Its data-plane listener serves pods' HTTP components and their logs ([`dataplane`]).
+//! it and runs them, Wasm components with the in-process Wasm runtime and OCI containers through
+//! containerd ([`containers`]), reporting their status as Kubernetes does. Its data-plane
+//! listener serves pods' HTTP components and their logs ([`dataplane`]).
 //!
 //! The agent talks to the control plane only through `shoal-client`, as a node on another
 //! machine would.
 
+mod containers;
 pub mod dataplane;
 pub mod hollow;
 pub mod ingress;
@@ -31,6 +33,8 @@ use shoal_runtime_wasm::{HttpHandler, LogSink, Runtime, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Where the node looks for the machine's containerd by default.
+pub use shoal_runtime_oci::DEFAULT_SOCKET as DEFAULT_CONTAINERD_SOCKET;
 pub const DATA_ADDR_ANNOTATION: &str = "shoal.dev/data-addr";
 /// Where this node's ingress router listens (HTTP and HTTPS), for clients and tests.
 pub use shoal_api::ingress::INGRESS_ADDR_ANNOTATION;
@@ -75,19 +79,62 @@ pub struct NodeConfig {
     /// `HOST:PORT` of the ingress router's HTTP and HTTPS listeners (None: no ingress here).
     pub ingress_addr: Option<String>,
     pub ingress_tls_addr: Option<String>,
+    /// The node's containerd socket (used when it exists; otherwise a private containerd is
+    /// started if the binary is installed).
+    pub containerd_socket: std::path::PathBuf,
+    /// Run no OCI containers even if containerd is here.
+    pub disable_containers: bool,
+    /// The node's pod range for container pods (None: a /24 in 10.88.0.0/16 by the node's name).
+    pub pod_cidr: Option<String>,
 }
 
-/// A pod's HTTP component, as the data plane finds it.
+/// Where a pod's HTTP traffic for some ports goes.
+#[derive(Clone)]
+pub enum RouteTarget {
+    /// A Wasm component, called in-process.
+    Component(Arc<HttpHandler>),
+    /// An OCI container listening at this address (the pod's address and the port).
+    Container(SocketAddr),
+}
+
+/// A pod's HTTP endpoint, as the data plane finds it.
 #[derive(Clone)]
 pub struct HttpRoute {
-    pub handler: Arc<HttpHandler>,
+    pub target: RouteTarget,
     pub ports: Vec<u16>,
+}
+
+impl HttpRoute {
+    /// Requests being served now (containers: not counted, they drain on SIGTERM).
+    pub fn in_flight(&self) -> usize {
+        match &self.target {
+            RouteTarget::Component(handler) => handler.in_flight(),
+            RouteTarget::Container(_) => 0,
+        }
+    }
+
+    /// Serves one request; `request`'s URI is the path and query.
+    pub async fn handle<B>(&self, shared: &Shared, request: hyper::Request<B>, port: Option<u16>) -> hyper::Response<proxy::ProxyBody>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<shoal_runtime_wasm::HttpError>,
+    {
+        match &self.target {
+            RouteTarget::Component(handler) => handler.handle(request).await.0,
+            RouteTarget::Container(address) => {
+                let address = SocketAddr::new(address.ip(), port.filter(|p| self.ports.contains(p)).unwrap_or(address.port()));
+                proxy::to_address(shared, address, request).await
+            }
+        }
+    }
 }
 
 /// State shared by the agent's tasks.
 pub struct Shared {
     pub(crate) client: Client,
     pub(crate) runtime: Arc<Runtime>,
+    /// The container runtime, started on first use (None: this node runs Wasm only).
+    pub(crate) containers: Option<containers::ContainerSupport>,
     pub(crate) cache: Arc<ArtifactCache>,
     pub(crate) config: NodeConfig,
     pub(crate) host_ip: String,
@@ -101,6 +148,8 @@ pub struct Shared {
     pub(crate) routes: RwLock<HashMap<(String, String), Vec<HttpRoute>>>,
     /// Log sinks by (namespace, pod name, container).
     pub(crate) logs: RwLock<HashMap<(String, String, String), LogSink>>,
+    /// Pods with a network namespace here, by uid.
+    pub(crate) pod_networks: RwLock<HashMap<String, containers::PodNet>>,
     /// Services and their endpoints, for the proxy.
     pub(crate) services: Arc<services::ServiceTable>,
     pub(crate) router: Arc<ingress::Router>,
@@ -159,16 +208,19 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("compiled")))?;
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
     let builtin_registry_http = builtin_registry_http(&config)?;
+    let containers = container_support(&config, &shutdown);
     let shared = Arc::new(Shared {
         builtin_registry_http,
         client,
         runtime,
+        containers,
         cache,
         token: config.token.clone(),
         config,
         host_ip,
         pods: Mutex::new(HashMap::new()),
         routes: RwLock::new(HashMap::new()),
+        pod_networks: RwLock::new(HashMap::new()),
         logs: RwLock::new(HashMap::new()),
         services: services::ServiceTable::new(),
         router: ingress::Router::new(),
@@ -195,6 +247,35 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     Ok(NodeAgent { data_addr, ingress_addr, ingress_tls_addr, shared })
 }
 
+/// The container runtime, if this node can have one: the node's containerd socket exists, or
+/// the containerd binary is installed. It starts on first use, so a node that never runs a
+/// container never starts a containerd.
+fn container_support(config: &NodeConfig, shutdown: &CancellationToken) -> Option<containers::ContainerSupport> {
+    if config.disable_containers {
+        return None;
+    }
+    let pod_range = match config.pod_cidr.as_deref().map(shoal_runtime_oci::PodRange::parse) {
+        Some(Ok(range)) => Some(range),
+        Some(Err(error)) => {
+            tracing::error!(%error, "this node runs no containers");
+            return None;
+        }
+        None => None,
+    };
+    let runtime_config = shoal_runtime_oci::RuntimeConfig {
+        socket: config.containerd_socket.clone(),
+        data_dir: config.data_dir.clone(),
+        node_name: config.node_name.clone(),
+        pod_range,
+        max_image_bytes: 4 << 30,
+    };
+    if !shoal_runtime_oci::ContainerRuntime::available(&runtime_config) {
+        tracing::info!("no containerd on this node: it runs Wasm components only");
+        return None;
+    }
+    Some(containers::ContainerSupport::new(runtime_config, shutdown.clone()))
+}
+
 /// The informers behind the Service proxy and the ingress router, and the node-port listeners
 /// (bound on the data plane's address).
 fn start_networking(shared: &Arc<Shared>, data_addr: SocketAddr) {
@@ -210,6 +291,17 @@ fn start_networking(shared: &Arc<Shared>, data_addr: SocketAddr) {
         shared.tasks.spawn(informer.run(shared.client.clone(), shared.shutdown.clone()));
     }
     shared.tasks.spawn(nodeports::run(Arc::clone(shared), data_addr.ip()));
+    if let Some(support) = &shared.containers
+        && support.used_before()
+    {
+        // Containers an earlier agent process left: start the runtime now to adopt or remove them.
+        let shared = Arc::clone(shared);
+        shared.clone().tasks.spawn(async move {
+            if let Err(error) = containers::runtime(&shared).await {
+                tracing::warn!(%error, "starting the container runtime");
+            }
+        });
+    }
 }
 
 /// A client for the cluster's built-in registry: the API server's URL, the cluster CA, the node
@@ -256,10 +348,14 @@ fn node_object(shared: &Shared, data_addr: SocketAddr, ingress: Option<SocketAdd
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
                 "shoal.dev/wasm": "true",
+                "shoal.dev/containers": if shared.containers.is_some() { "true" } else { "false" },
             },
             "annotations": node_annotations(data_addr, ingress, ingress_tls),
         },
-        "spec": {},
+        "spec": match &shared.containers {
+            Some(support) => json!({"podCIDR": support.range().to_string(), "podCIDRs": [support.range().to_string()]}),
+            None => json!({}),
+        },
     })
 }
 
@@ -297,7 +393,11 @@ fn node_status(shared: &Shared, data_addr: SocketAddr, now: &str) -> Value {
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "",
             "kernelVersion": kernel, "osImage": os_image,
-            "containerRuntimeVersion": "wasmtime://48",
+            "containerRuntimeVersion": match shared.containers.as_ref().and_then(|s| s.started()) {
+                Some(runtime) => format!("wasmtime://48,containerd://{}", runtime.version),
+                None if shared.containers.is_some() => "wasmtime://48,containerd".to_owned(),
+                None => "wasmtime://48".to_owned(),
+            },
             "kubeletVersion": format!("v{major}.{minor}.{patch}-shoal.{}", env!("CARGO_PKG_VERSION")),
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
@@ -314,6 +414,10 @@ async fn register(shared: &Shared, data_addr: SocketAddr, ingress: Option<Socket
     let mut current = match shared.client.get(nodes, None, name).await {
         Ok(mut current) => {
             current["metadata"]["labels"] = desired["metadata"]["labels"].clone();
+            if let Some(range) = desired["spec"].get("podCIDR") {
+                current["spec"]["podCIDR"] = range.clone();
+                current["spec"]["podCIDRs"] = desired["spec"]["podCIDRs"].clone();
+            }
             for key in [INGRESS_ADDR_ANNOTATION, INGRESS_TLS_ADDR_ANNOTATION] {
                 if let Some(annotations) = current["metadata"]["annotations"].as_object_mut() {
                     annotations.remove(key);
@@ -390,6 +494,7 @@ async fn pod_loop(shared: Arc<Shared>) {
         };
         let live: Vec<String> = items.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_owned)).collect();
         pods::forget_missing(&shared, &live);
+        containers::remove_strays(&shared, &live).await;
         for pod in items {
             pods::reconcile(&shared, pod);
         }

@@ -28,7 +28,7 @@ pub(crate) struct PodHandle {
     done: Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     shoal_api::meta::format_time(jiff::Timestamp::now())
 }
 
@@ -96,13 +96,18 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
     if let Some(routes) = routes {
         let deadline = tokio::time::Instant::now() + grace;
         for route in routes {
-            while route.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            while route.in_flight() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
     if let Some(handle) = handle {
         handle.stop.cancel();
+        // Containers stop with SIGTERM and the grace period; the deletion completes after.
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(15);
+        while !handle.done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let pods = resources::by_name("pods").expect("pods are served");
     let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
@@ -118,30 +123,34 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
 }
 
 /// Writes the pod's status and events.
-struct Reporter {
-    shared: Arc<Shared>,
-    namespace: String,
-    name: String,
-    uid: String,
-    restart_policy: String,
+pub(crate) struct Reporter {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) restart_policy: String,
     start_time: String,
-    records: Mutex<Vec<ContainerRecord>>,
+    pub(crate) records: Mutex<Vec<ContainerRecord>>,
     write_lock: tokio::sync::Mutex<()>,
+    /// The pod's own address when it has a network namespace (pods with containers); else the
+    /// node's.
+    pub(crate) pod_ip: Mutex<Option<String>>,
 }
 
 impl Reporter {
-    fn update(&self, container: &str, change: impl FnOnce(&mut ContainerRecord)) {
+    pub(crate) fn update(&self, container: &str, change: impl FnOnce(&mut ContainerRecord)) {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(record) = records.iter_mut().find(|r| r.name == container) {
             change(record);
         }
     }
 
-    async fn publish(&self) {
+    pub(crate) async fn publish(&self) {
         let _serialised = self.write_lock.lock().await;
         let status = {
             let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            pod_status(&records, &self.restart_policy, &self.shared.host_ip, &self.start_time, &now())
+            let pod_ip = self.pod_ip.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            pod_status(&records, &self.restart_policy, &self.shared.host_ip, pod_ip.as_deref().unwrap_or(&self.shared.host_ip), &self.start_time, &now())
         };
         let pods = resources::by_name("pods").expect("pods are served");
         let outcome = self.shared.client.merge_patch_subresource(pods, Some(&self.namespace), &self.name, "status", &json!({"status": status})).await;
@@ -151,13 +160,13 @@ impl Reporter {
     }
 
     /// The container cannot be set up as specified: say why, in its status and an event.
-    async fn config_error(&self, container: &str, message: &str) {
+    pub(crate) async fn config_error(&self, container: &str, message: &str) {
         self.update(container, |r| r.state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: Some(message.to_owned()) });
         self.publish().await;
         self.event("Warning", "Failed", message).await;
     }
 
-    async fn event(&self, kind: &str, reason: &str, message: &str) {
+    pub(crate) async fn event(&self, kind: &str, reason: &str, message: &str) {
         let events = resources::by_name("events").expect("events are served");
         let timestamp = now();
         let suffix: String = (0..8).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
@@ -201,10 +210,27 @@ async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Re
     RegistryClient::external(&reference.registry, &[], auth).map(Arc::new).map_err(|e| e.to_string())
 }
 
-/// Pulls and loads one container's artifact: (workload, image ID) or (waiting reason, message).
-async fn load(shared: &Shared, pod: &Value, container: &Value) -> Result<(Workload, String), (&'static str, String)> {
+/// What a container of a pod runs.
+pub(crate) enum Loaded {
+    /// A Wasm component or module, in-process.
+    Wasm(Workload),
+    /// An OCI image, through containerd.
+    Image(shoal_runtime_oci::Image),
+}
+
+/// Pulls and loads one container's artifact: (what it runs, image ID) or (waiting reason,
+/// message).
+async fn load(shared: &Arc<Shared>, pod: &Value, container: &Value) -> Result<(Loaded, String), (&'static str, String)> {
     let image = container["image"].as_str().unwrap_or_default();
     let reference = Reference::parse(image).map_err(|e| ("InvalidImageName", e.to_string()))?;
+    let policy = shoal_runtime_oci::PullPolicy::from_spec(container["imagePullPolicy"].as_str(), image);
+    if let Some(containers) = shared.containers.as_ref().and_then(|s| s.started())
+        && policy != shoal_runtime_oci::PullPolicy::Always
+        && let Some(local) = containers.images.local(image).await
+    {
+        let id = local.reference.clone();
+        return Ok((Loaded::Image(local), id));
+    }
     let client = registry_for(shared, pod, &reference).await.map_err(|e| ("ErrImagePull", e))?;
     let server = shared.client.server();
     let pulled = shared.cache.pull(&client, &reference).await.map_err(|e| match e {
@@ -218,11 +244,17 @@ async fn load(shared: &Shared, pod: &Value, container: &Value) -> Result<(Worklo
         }
     })?;
     if matches!(pulled.kind, shoal_oci::media::ArtifactKind::Container) {
-        return Err(("InvalidImage", format!("{image} is an OCI container image; this node runs Wasm artifacts only (no container runtime)")));
+        if shared.containers.is_none() {
+            return Err(("InvalidImage", format!("{image} is an OCI container image, and this node has no container runtime (containerd); it runs Wasm artifacts only")));
+        }
+        let containers = crate::containers::runtime(shared).await.map_err(|e| ("ErrImagePull", e))?;
+        let unpacked = crate::containers::pull(&containers, &client, &pulled.reference, image, policy).await?;
+        let id = unpacked.reference.clone();
+        return Ok((Loaded::Image(unpacked), id));
     }
     let blob = pulled.blobs.first().ok_or(("InvalidImage", "the artifact has no Wasm layer".to_owned()))?;
     let workload = shared.runtime.load(blob.digest.as_str(), &blob.path).await.map_err(|e| ("InvalidImage", e.to_string()))?;
-    Ok((workload, pulled.reference.to_string()))
+    Ok((Loaded::Wasm(workload), pulled.reference.to_string()))
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -230,6 +262,17 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let attached = run_pod_containers(shared, pod, stop).await;
+    // The pod's network goes when its containers have ended or stopped, unless the agent is the
+    // one stopping (its containers keep running for the next agent process).
+    if attached && !shared.shutdown.is_cancelled() {
+        crate::containers::detach(shared, &uid).await;
+    }
+}
+
+/// Runs the pod's containers; true when it made the pod a network namespace.
+async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) -> bool {
     let (namespace, name) = key(&pod);
     let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_owned();
     let init: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
@@ -260,12 +303,13 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
         start_time,
         records: Mutex::new(records),
         write_lock: tokio::sync::Mutex::new(()),
+        pod_ip: Mutex::new(None),
     });
     reporter.publish().await;
     let volume_root = shared.config.data_dir.join("pods").join(pod["metadata"]["uid"].as_str().unwrap_or("unknown")).join("volumes");
 
     // Pull and load every artifact first (with back-off), so failures show before anything runs.
-    let mut loaded: Vec<(Workload, String)> = Vec::new();
+    let mut loaded: Vec<(Loaded, String)> = Vec::new();
     for container in init.iter().chain(main.iter()) {
         let container_name = container["name"].as_str().unwrap_or_default().to_owned();
         let mut attempt = 0;
@@ -282,7 +326,7 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
                     let wait = backoff(attempt);
                     attempt += 1;
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(wait) => {}
                     }
                     if reason == "ErrImagePull" {
@@ -294,55 +338,96 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
         reporter.update(&container_name, |r| r.image_id = loaded.last().map(|(_, id)| id.clone()).unwrap_or_default());
         reporter.event("Normal", "Pulled", &format!("Artifact \"{}\" is ready", container["image"].as_str().unwrap_or_default())).await;
     }
+    // A pod with any OCI container gets a network namespace of its own; its address is the
+    // pod's IP, for its Wasm components as well.
+    let mut net = None;
+    if loaded.iter().any(|(l, _)| matches!(l, Loaded::Image(_))) {
+        let mut attempt = 0;
+        loop {
+            match crate::containers::attach(shared, &pod).await {
+                Ok(attached) => {
+                    *reporter.pod_ip.lock().unwrap_or_else(|p| p.into_inner()) = Some(attached.network.address.to_string());
+                    net = Some(attached);
+                    break;
+                }
+                Err(message) => {
+                    reporter.event("Warning", "FailedCreatePodSandBox", &format!("Failed to create the pod's network: {message}")).await;
+                    let wait = backoff(attempt);
+                    attempt += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => return true,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        reporter.publish().await;
+    }
+    let attached = net.is_some();
     let mut loaded = loaded.into_iter();
 
     // Init containers run to completion, in order.
     for container in &init {
-        let (workload, _) = loaded.next().expect("one workload per container");
+        let (artifact, _) = loaded.next().expect("one artifact per container");
         let container_name = container["name"].as_str().unwrap_or_default().to_owned();
         let mut attempt = 0;
         loop {
-            let outcome = run_once(shared, &reporter, &pod, container, &workload, &volume_root, &stop).await;
+            let outcome = match (&artifact, &net) {
+                (Loaded::Wasm(workload), _) => run_once(shared, &reporter, &pod, container, workload, &volume_root, &stop, net.as_ref()).await,
+                (Loaded::Image(image), Some(net)) => crate::containers::run_once(shared, &reporter, &pod, container, image, net, &volume_root, &stop, true).await,
+                (Loaded::Image(_), None) => None,
+            };
             match outcome {
                 Some(0) => break,
                 Some(_) if restart_policy != "Never" => {
                     if !crash_loop_back_off(&reporter, &container_name, &mut attempt, &stop).await {
-                        return;
+                        return attached;
                     }
                 }
                 // Failed with restartPolicy Never, or stopped.
-                _ => return,
+                _ => return attached,
             }
         }
     }
 
     let mut workers = Vec::new();
     for container in main {
-        let (workload, _) = loaded.next().expect("one workload per container");
+        let (artifact, _) = loaded.next().expect("one artifact per container");
         let shared = Arc::clone(shared);
         let reporter = Arc::clone(&reporter);
         let pod = pod.clone();
         let stop = stop.clone();
         let volume_root = volume_root.clone();
-        workers.push(tokio::spawn(async move { run_main(&shared, &reporter, &pod, &container, workload, &volume_root, &stop).await }));
+        let net = net.clone();
+        workers.push(tokio::spawn(async move {
+            match (artifact, &net) {
+                (Loaded::Wasm(workload), _) => run_main(&shared, &reporter, &pod, &container, workload, &volume_root, &stop, net.as_ref()).await,
+                (Loaded::Image(image), Some(net)) => crate::containers::run_main(&shared, &reporter, &pod, &container, &image, net, &volume_root, &stop).await,
+                (Loaded::Image(_), None) => {}
+            }
+        }));
     }
     for worker in workers {
         let _ = worker.await;
     }
+    attached
 }
 
 /// Runs one command container once; returns its exit code (None when stopped).
 /// The container's sandbox, or None after reporting why it cannot be built.
-async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, volume_root: &std::path::Path) -> Option<shoal_runtime_wasm::SandboxSpec> {
+async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, volume_root: &std::path::Path, net: Option<&crate::containers::PodNet>) -> Option<shoal_runtime_wasm::SandboxSpec> {
     let container_name = container["name"].as_str().unwrap_or_default();
     let logs = log_sink(shared, reporter, container_name);
-    match spec::sandbox(&shared.client, pod, container, volume_root, &shared.host_ip, logs).await {
+    let pod_ip = net.map(|n| n.network.address.to_string()).unwrap_or_else(|| shared.host_ip.clone());
+    match spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, logs).await {
         Ok(mut sandbox) => {
-            // Outgoing requests to Service names go through this node's proxy.
+            // Outgoing requests to Service names go through this node's proxy; in a pod with
+            // containers, `localhost` means the pod's network namespace.
             sandbox.outbound = Some(Arc::new(crate::proxy::GuestOutbound {
                 shared: Arc::downgrade(shared),
                 namespace: reporter.namespace.clone(),
                 client: shared.host_ip.parse().ok(),
+                pod_address: net.map(|n| n.network.address),
             }));
             Some(sandbox)
         }
@@ -353,9 +438,10 @@ async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value,
     }
 }
 
-async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, workload: &Workload, volume_root: &std::path::Path, stop: &CancellationToken) -> Option<i32> {
+#[allow(clippy::too_many_arguments)]
+async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, workload: &Workload, volume_root: &std::path::Path, stop: &CancellationToken, net: Option<&crate::containers::PodNet>) -> Option<i32> {
     let container_name = container["name"].as_str().unwrap_or_default().to_owned();
-    let sandbox = prepare_sandbox(shared, reporter, pod, container, volume_root).await?;
+    let sandbox = prepare_sandbox(shared, reporter, pod, container, volume_root, net).await?;
     let started_at = now();
     let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == container_name && r.restart_count > 0);
     if restarted {
@@ -384,7 +470,7 @@ async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, contai
 /// The bytes of log kept per container file before it rotates (one rotated file is kept).
 const LOG_FILE_BYTES: u64 = 10 * 1024 * 1024;
 
-fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
+pub(crate) fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
     let key = (reporter.namespace.clone(), reporter.name.clone(), container.to_owned());
     let path = shared.config.data_dir.join("logs").join(format!("{}_{}_{}", reporter.namespace, reporter.name, reporter.uid)).join(format!("{container}.log"));
     shared
@@ -401,7 +487,8 @@ fn log_sink(shared: &Shared, reporter: &Reporter, container: &str) -> LogSink {
         .clone()
 }
 
-async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, workload: Workload, volume_root: &std::path::Path, stop: &CancellationToken) {
+#[allow(clippy::too_many_arguments)]
+async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, workload: Workload, volume_root: &std::path::Path, stop: &CancellationToken, net: Option<&crate::containers::PodNet>) {
     let container_name = container["name"].as_str().unwrap_or_default().to_owned();
     let is_http = matches!(workload, Workload::Http(_));
     let mut probes = Vec::new();
@@ -415,18 +502,16 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
         }
     }
     if let Workload::Http(prepared) = &workload {
-        let Some(sandbox) = prepare_sandbox(shared, reporter, pod, container, volume_root).await else { return };
+        let Some(sandbox) = prepare_sandbox(shared, reporter, pod, container, volume_root, net).await else { return };
         let concurrency = pod["metadata"]["annotations"][spec::CONCURRENCY_ANNOTATION].as_str().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
         let reuse = pod["metadata"]["annotations"][spec::REUSE_ANNOTATION].as_str().and_then(|r| r.parse().ok()).unwrap_or(1);
         let handler = Arc::new(HttpHandler::with_reuse(Arc::clone(prepared), sandbox, concurrency, reuse));
         let ports: Vec<u16> = container["ports"].as_array().into_iter().flatten().filter_map(|p| p["containerPort"].as_u64()).map(|p| p as u16).collect();
-        shared
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((reporter.namespace.clone(), reporter.name.clone()))
-            .or_default()
-            .push(HttpRoute { handler: Arc::clone(&handler), ports: ports.clone() });
+        let route = HttpRoute { target: crate::RouteTarget::Component(Arc::clone(&handler)), ports: ports.clone() };
+        if let Some(net) = net {
+            crate::containers::serve_components_in_pod(shared, net, &route, stop);
+        }
+        shared.routes.write().unwrap_or_else(|p| p.into_inner()).entry((reporter.namespace.clone(), reporter.name.clone())).or_default().push(route);
         let [startup, liveness, readiness] = [probes[0].clone(), probes[1].clone(), probes[2].clone()];
         reporter.update(&container_name, |r| {
             r.state = ContainerState::Running { started_at: now() };
@@ -443,7 +528,7 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
     }
     let mut attempt = 0;
     loop {
-        let Some(exit_code) = run_once(shared, reporter, pod, container, &workload, volume_root, stop).await else { return };
+        let Some(exit_code) = run_once(shared, reporter, pod, container, &workload, volume_root, stop, net).await else { return };
         let restart = match reporter.restart_policy.as_str() {
             "Always" => true,
             "OnFailure" => exit_code != 0,
@@ -459,7 +544,7 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
 }
 
 /// Records a restart and waits out the exponential back-off; false when the pod is stopping.
-async fn crash_loop_back_off(reporter: &Reporter, container: &str, attempt: &mut u32, stop: &CancellationToken) -> bool {
+pub(crate) async fn crash_loop_back_off(reporter: &Reporter, container: &str, attempt: &mut u32, stop: &CancellationToken) -> bool {
     let wait = backoff(*attempt);
     *attempt += 1;
     reporter.update(container, |r| {

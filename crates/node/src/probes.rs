@@ -1,6 +1,8 @@
-//! Probes for HTTP components, answered in-process: `httpGet` calls the pod's handler with a
-//! fresh instance like any request; `tcpSocket` succeeds when the component serves the port;
-//! `exec` and `grpc` have no meaning for a Wasm component and are refused when the pod starts.
+//! Probes. For HTTP components they are answered in-process: `httpGet` calls the pod's handler
+//! with a fresh instance like any request; `tcpSocket` succeeds when the component serves the
+//! port; `exec` and `grpc` have no meaning for a Wasm component and are refused when the pod
+//! starts. For OCI containers, `httpGet` and `tcpSocket` go to the pod's address and `exec`
+//! runs the command in the container through containerd.
 
 use std::time::Duration;
 
@@ -22,8 +24,10 @@ pub struct Probe {
 
 #[derive(Clone, Debug)]
 pub enum ProbeAction {
-    HttpGet { path: String, headers: Vec<(String, String)> },
+    /// `port` is None for a Wasm component (it answers on any port it is reached by).
+    HttpGet { path: String, headers: Vec<(String, String)>, port: Option<u16> },
     TcpSocket { port: u16 },
+    Exec { command: Vec<String> },
 }
 
 fn seconds(value: &Value, default: u64) -> Duration {
@@ -44,8 +48,23 @@ pub fn parse(probe: &Value, kind: &str, is_http: bool) -> Result<Option<Probe>, 
     if !is_http {
         return Err(format!("{kind} probe: only HTTP components can be probed; this container is a command"));
     }
-    let action = if let Some(get) = probe.get("httpGet").filter(|g| g.is_object()) {
-        ProbeAction::HttpGet {
+    let action = http_or_tcp(probe, kind, &[])?;
+    Ok(Some(timing(probe, action)))
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn port_of(value: &Value, named: &[(String, u16)]) -> Option<u16> {
+    match value {
+        Value::Number(number) => number.as_u64().and_then(|p| u16::try_from(p).ok()),
+        Value::String(name) => name.parse().ok().or_else(|| named.iter().find(|(n, _)| n == name).map(|(_, p)| *p)),
+        _ => None,
+    }
+}
+
+fn http_or_tcp(probe: &Value, kind: &str, named: &[(String, u16)]) -> Result<ProbeAction, String> {
+    if let Some(get) = probe.get("httpGet").filter(|g| g.is_object()) {
+        Ok(ProbeAction::HttpGet {
+            port: port_of(&get["port"], named),
             path: get["path"].as_str().unwrap_or("/").to_owned(),
             headers: get["httpHeaders"]
                 .as_array()
@@ -53,27 +72,56 @@ pub fn parse(probe: &Value, kind: &str, is_http: bool) -> Result<Option<Probe>, 
                 .flatten()
                 .map(|h| (h["name"].as_str().unwrap_or_default().to_owned(), h["value"].as_str().unwrap_or_default().to_owned()))
                 .collect(),
-        }
-    } else if let Some(port) = probe["tcpSocket"]["port"].as_u64() {
-        ProbeAction::TcpSocket { port: port as u16 }
+        })
+    } else if let Some(port) = port_of(&probe["tcpSocket"]["port"], named) {
+        Ok(ProbeAction::TcpSocket { port })
     } else {
-        return Err(format!("{kind} probe: it needs an httpGet or tcpSocket action"));
+        Err(format!("{kind} probe: it needs an httpGet or tcpSocket action"))
+    }
+}
+
+/// Reads a probe of an OCI container: exec, httpGet or tcpSocket (ports by number or name).
+pub fn parse_for_container(probe: &Value, kind: &str, named: &[(String, u16)]) -> Result<Option<Probe>, String> {
+    if probe.is_null() {
+        return Ok(None);
+    }
+    if !probe["grpc"].is_null() {
+        return Err(format!("{kind} probe: grpc probes are not supported yet; use exec, httpGet or tcpSocket"));
+    }
+    let action = if let Some(command) = probe["exec"]["command"].as_array() {
+        let command: Vec<String> = command.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        if command.is_empty() {
+            return Err(format!("{kind} probe: exec needs a command"));
+        }
+        ProbeAction::Exec { command }
+    } else {
+        let action = http_or_tcp(probe, kind, named)?;
+        if let ProbeAction::HttpGet { port: None, .. } = action {
+            return Err(format!("{kind} probe: httpGet needs a port that is a number or one of the container's named ports"));
+        }
+        action
     };
-    Ok(Some(Probe {
+    Ok(Some(timing(probe, action)))
+}
+
+fn timing(probe: &Value, action: ProbeAction) -> Probe {
+    Probe {
         action,
         initial_delay: seconds(&probe["initialDelaySeconds"], 0),
         period: seconds(&probe["periodSeconds"], 10).max(Duration::from_secs(1)),
         timeout: seconds(&probe["timeoutSeconds"], 1).max(Duration::from_secs(1)),
         success_threshold: probe["successThreshold"].as_u64().unwrap_or(1).max(1) as u32,
         failure_threshold: probe["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32,
-    }))
+    }
 }
 
 /// Runs the probe once: true on a 2xx or 3xx answer within the timeout.
 pub async fn check(probe: &Probe, handler: &HttpHandler, ports: &[u16]) -> bool {
     match &probe.action {
         ProbeAction::TcpSocket { port } => ports.contains(port) || ports.is_empty(),
-        ProbeAction::HttpGet { path, headers } => {
+        // Not produced for components (parse refuses exec).
+        ProbeAction::Exec { .. } => false,
+        ProbeAction::HttpGet { path, headers, .. } => {
             let mut request = hyper::Request::builder().uri(format!("http://probe.local{path}")).header("user-agent", "shoal-probe/1.0");
             for (name, value) in headers {
                 request = request.header(name.as_str(), value.as_str());

@@ -139,7 +139,12 @@ pub async fn to_service(shared: &Arc<Shared>, service: &ServiceEntry, port: &Ser
                 continue;
             };
             let Ok(request) = builder.uri(path.as_str()).body(request_body) else { return text(StatusCode::BAD_REQUEST, "invalid request\n") };
-            let (response, _) = route.handler.handle(request).await;
+            let response = route.handle(shared, request, Some(pick.port)).await;
+            // A container that refused the connection got nothing: try another endpoint.
+            if response.headers().contains_key(GONE_HEADER) && replayable {
+                excluded.push(endpoint.uid.clone());
+                continue;
+            }
             return counted(response, pick);
         }
         let Some(address) = shared.services.node_address(&endpoint.node) else {
@@ -164,6 +169,34 @@ pub async fn to_service(shared: &Arc<Shared>, service: &ServiceEntry, port: &Ser
     let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("service {}/{} has no ready endpoints for port {}\n", service.namespace, service.name, port.port));
     response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
     response
+}
+
+/// Sends `request` (whose URI is the path and query) to an OCI container listening at `address`
+/// on this node, over a pooled HTTP/1.1 connection. A refused connection is a 502 marked with
+/// [`GONE_HEADER`] (nothing was delivered, so a Service proxy may try another endpoint).
+pub async fn to_address<B>(shared: &Shared, address: std::net::SocketAddr, request: Request<B>) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<HttpError>,
+{
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = match format!("http://{address}{path}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid path\n"),
+    };
+    parts.version = hyper::Version::HTTP_11;
+    let body = body.map_err(Into::into).boxed_unsync();
+    match shared.forwarder.request(Request::from_parts(parts, body)).await {
+        Ok(response) => response.map(|b| b.map_err(HttpError::from).boxed_unsync()),
+        Err(error) => {
+            let mut response = text(StatusCode::BAD_GATEWAY, format!("the container at {address} did not answer: {error}\n"));
+            if error.is_connect() {
+                response.headers_mut().insert(GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
 }
 
 /// The next connection on `listener` (with TCP_NODELAY), or `None` once `stop` is cancelled. An
@@ -218,6 +251,9 @@ pub struct GuestOutbound {
     pub namespace: String,
     /// The calling node's address, the "client IP" for session affinity.
     pub client: Option<IpAddr>,
+    /// The pod's own address when it has a network namespace: `localhost:PORT` reaches the
+    /// pod's containers there.
+    pub pod_address: Option<std::net::Ipv4Addr>,
 }
 
 impl OutboundHttp for GuestOutbound {
@@ -225,6 +261,16 @@ impl OutboundHttp for GuestOutbound {
         let Some(shared) = self.shared.upgrade() else { return Err(request) };
         let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else { return Err(request) };
         let (host, port) = split_host_port(&authority);
+        if let Some(pod_address) = self.pod_address
+            && matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        {
+            let address = std::net::SocketAddr::new(pod_address.into(), port.unwrap_or(80));
+            return Ok(Box::pin(async move {
+                let (mut parts, body) = request.into_parts();
+                parts.uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                Ok(to_address(&shared, address, Request::from_parts(parts, body)).await)
+            }));
+        }
         let Some(service) = shared.services.resolve(host, &self.namespace) else { return Err(request) };
         let client = self.client;
         Ok(Box::pin(async move {

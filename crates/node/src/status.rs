@@ -112,7 +112,7 @@ fn condition(kind: &str, true_: bool, now: &str, reason: Option<&str>) -> Value 
 }
 
 /// The whole `status` object.
-pub fn pod_status(containers: &[ContainerRecord], restart_policy: &str, host_ip: &str, start_time: &str, now: &str) -> Value {
+pub fn pod_status(containers: &[ContainerRecord], restart_policy: &str, host_ip: &str, pod_ip: &str, start_time: &str, now: &str) -> Value {
     let phase = phase(containers, restart_policy);
     let initialized = containers.iter().filter(|c| c.init).all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }));
     let main: Vec<&ContainerRecord> = containers.iter().filter(|c| !c.init).collect();
@@ -129,8 +129,8 @@ pub fn pod_status(containers: &[ContainerRecord], restart_policy: &str, host_ip:
         ],
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
-        "podIP": host_ip,
-        "podIPs": [{"ip": host_ip}],
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
         "startTime": start_time,
         "qosClass": "BestEffort",
         "initContainerStatuses": containers.iter().filter(|c| c.init).map(container_json).collect::<Vec<_>>(),
@@ -176,10 +176,12 @@ mod tests {
     #[test]
     fn ready_needs_every_container_and_a_live_pod() {
         let running = ContainerState::Running { started_at: "t".into() };
-        let status = pod_status(&[record("a", running.clone(), true), record("b", running, false)], "Always", "127.0.0.1", "s", "n");
+        let status = pod_status(&[record("a", running.clone(), true), record("b", running, false)], "Always", "127.0.0.1", "10.88.0.2", "s", "n");
         assert_eq!(status["conditions"][3]["status"], "False");
         assert_eq!(status["conditions"][3]["reason"], "ContainersNotReady");
-        let done = pod_status(&[record("a", terminated(0), false)], "Never", "127.0.0.1", "s", "n");
+        assert_eq!(status["podIP"], "10.88.0.2");
+        assert_eq!(status["hostIP"], "127.0.0.1");
+        let done = pod_status(&[record("a", terminated(0), false)], "Never", "127.0.0.1", "127.0.0.1", "s", "n");
         assert_eq!(done["phase"], "Succeeded");
         assert_eq!(done["conditions"][3]["reason"], "PodCompleted");
         assert_eq!(done["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);

@@ -160,6 +160,11 @@ impl LogSink {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records one complete line (output captured elsewhere, such as an OCI container's).
+    pub fn push_line(&self, stream: Stream, text: &str) {
+        self.lock().push(LogLine { timestamp: jiff::Timestamp::now(), stream, text: text.to_owned() });
+    }
+
     fn write(&self, stream: Stream, bytes: &[u8]) {
         let mut inner = self.lock();
         let index = stream as usize;

@@ -97,6 +97,17 @@ pub struct NodeArgs {
     /// Run no ingress router on this node.
     #[arg(long)]
     disable_ingress: bool,
+    /// The node's containerd socket, used when it exists; otherwise, if the containerd binary is
+    /// installed, the node starts a private containerd under its data dir (on first use).
+    #[arg(long, default_value = shoal_node::DEFAULT_CONTAINERD_SOCKET)]
+    containerd_socket: PathBuf,
+    /// Run no OCI containers on this node, even if containerd is here.
+    #[arg(long)]
+    disable_containers: bool,
+    /// This node's range of pod addresses for pods with containers (default: a /24 in
+    /// 10.88.0.0/16 picked by the node's name).
+    #[arg(long)]
+    pod_cidr: Option<String>,
 }
 
 impl NodeArgs {
@@ -242,6 +253,9 @@ async fn start_node(args: &NodeArgs, data_dir: PathBuf, server: String, ca_pem: 
         cache_bytes: args.artifact_cache_bytes,
         ingress_addr: (!args.disable_ingress).then(|| args.ingress_addr.clone()),
         ingress_tls_addr: (!args.disable_ingress).then(|| args.ingress_tls_addr.clone()),
+        containerd_socket: args.containerd_socket.clone(),
+        disable_containers: args.disable_containers,
+        pod_cidr: args.pod_cidr.clone(),
     };
     shoal_node::start(config, shutdown.clone()).await.context("starting the node agent")
 }
