@@ -108,6 +108,7 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            stop_private_containerd(&self.data_dir.join("node"));
         }
     }
 
@@ -226,6 +227,7 @@ impl Agent {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            stop_private_containerd(&self._temp.path().join("data"));
         }
     }
 }
@@ -233,6 +235,14 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A node killed with SIGKILL leaves the private containerd it started running (as a machine's
+/// containerd outlives its kubelet); a test's node takes it down with it.
+fn stop_private_containerd(node_data_dir: &Path) {
+    if let Some(pid) = std::fs::read_to_string(node_data_dir.join("containerd/containerd.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
     }
 }
 
@@ -285,3 +295,50 @@ pub fn push(server: &Server, file: &str, reference: &str) {
     let (code, _, stderr) = server.cli(&["push", path.to_str().expect("utf-8"), reference]);
     assert_eq!(code, 0, "push {file}: {stderr}");
 }
+
+/// Debian's docker-registry on a free loopback port, for as long as the value lives.
+pub struct DockerRegistry {
+    child: Child,
+    pub host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerRegistry {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display()),
+        )
+        .expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry must be installed (Debian package docker-registry; .ci/run installs it)");
+        let host = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = reqwest::get(format!("http://{host}/v2/")).await
+                && response.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, host, _dir: dir }
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+

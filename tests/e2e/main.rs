@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod containers;
 mod controllers;
 mod durability;
 mod ha;

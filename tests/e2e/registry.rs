@@ -1,14 +1,12 @@
 //! The built-in OCI registry and `shoal push`/`pull`/`artifact`, against real servers: Shoal's,
 //! and Debian's `docker-registry` on loopback for the external path.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use shoal_oci::Digest;
 
-use crate::harness::{Server, repository};
+use crate::harness::{DockerRegistry, Server, repository};
 
 fn sample(name: &str) -> String {
     repository().join(format!("samples/{name}/{name}.wasm")).to_str().expect("utf-8").to_owned()
@@ -160,52 +158,6 @@ async fn chunked_uploads_then_rm_and_gc_free_the_space() {
     assert!(stdout.contains("deleted 1 untagged manifest(s) and 2 unreferenced blob(s)"), "{stdout}");
     let (code, _) = server.get(&format!("/v2/big/blobs/{digest}")).await;
     assert_eq!(code, 404);
-}
-
-/// Debian's docker-registry on a free loopback port, for as long as the value lives.
-struct DockerRegistry {
-    child: Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl DockerRegistry {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display()),
-        )
-        .expect("config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry must be installed (Debian package docker-registry; .ci/run installs it)");
-        let host = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = reqwest::get(format!("http://{host}/v2/")).await
-                && response.status().is_success()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Self { child, host, _dir: dir }
-    }
-}
-
-impl Drop for DockerRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

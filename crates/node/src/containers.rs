@@ -495,7 +495,17 @@ async fn check(context: &ProbeContext, probe: &Probe) -> bool {
     match &probe.action {
         ProbeAction::Exec { command } => {
             let Some(runtime) = context.shared.containers.as_ref().and_then(|s| s.started()) else { return false };
-            matches!(runtime.containers.exec(&context.spec, &context.image, command.clone(), probe.timeout).await, Ok((Some(0), _)))
+            match runtime.containers.exec(&context.spec, &context.image, command.clone(), probe.timeout).await {
+                Ok((Some(0), _)) => true,
+                Ok((code, output)) => {
+                    tracing::debug!(container = %context.name, ?code, %output, "exec probe failed");
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(container = %context.name, %error, "running an exec probe");
+                    false
+                }
+            }
         }
         ProbeAction::TcpSocket { port } => {
             matches!(tokio::time::timeout(probe.timeout, tokio::net::TcpStream::connect((context.address, *port))).await, Ok(Ok(_)))

@@ -291,6 +291,7 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
             restart_count: 0,
             ready: false,
             init: is_init,
+            sidecar: is_init && c["restartPolicy"] == "Always",
         })
         .collect();
     let start_time = pod["status"]["startTime"].as_str().map(str::to_owned).unwrap_or_else(now);
@@ -366,10 +367,40 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
     let attached = net.is_some();
     let mut loaded = loaded.into_iter();
 
-    // Init containers run to completion, in order.
+    // Init containers run to completion, in order; a native sidecar (`restartPolicy: Always`)
+    // starts, and the next one goes once it runs. Sidecars stop after the main containers.
+    let sidecar_stop = CancellationToken::new();
+    let mut sidecars = Vec::new();
     for container in &init {
         let (artifact, _) = loaded.next().expect("one artifact per container");
         let container_name = container["name"].as_str().unwrap_or_default().to_owned();
+        if container["restartPolicy"] == "Always" {
+            sidecars.push({
+                let (shared, reporter, pod, stop, volume_root, net, container) =
+                    (Arc::clone(shared), Arc::clone(&reporter), pod.clone(), sidecar_stop.clone(), volume_root.clone(), net.clone(), container.clone());
+                tokio::spawn(async move {
+                    match (artifact, &net) {
+                        (Loaded::Wasm(workload), _) => run_main(&shared, &reporter, &pod, &container, workload, &volume_root, &stop, net.as_ref()).await,
+                        (Loaded::Image(image), Some(net)) => crate::containers::run_main(&shared, &reporter, &pod, &container, &image, net, &volume_root, &stop).await,
+                        (Loaded::Image(_), None) => {}
+                    }
+                })
+            });
+            loop {
+                let started = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == container_name && (r.restart_count > 0 || matches!(r.state, ContainerState::Running { .. })));
+                if started {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        sidecar_stop.cancel();
+                        return attached;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            continue;
+        }
         let mut attempt = 0;
         loop {
             let outcome = match (&artifact, &net) {
@@ -381,11 +412,15 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
                 Some(0) => break,
                 Some(_) if restart_policy != "Never" => {
                     if !crash_loop_back_off(&reporter, &container_name, &mut attempt, &stop).await {
+                        sidecar_stop.cancel();
                         return attached;
                     }
                 }
                 // Failed with restartPolicy Never, or stopped.
-                _ => return attached,
+                _ => {
+                    sidecar_stop.cancel();
+                    return attached;
+                }
             }
         }
     }
@@ -409,6 +444,10 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
     }
     for worker in workers {
         let _ = worker.await;
+    }
+    sidecar_stop.cancel();
+    for sidecar in sidecars {
+        let _ = sidecar.await;
     }
     attached
 }

@@ -22,6 +22,9 @@ pub struct ContainerRecord {
     pub restart_count: u32,
     pub ready: bool,
     pub init: bool,
+    /// A native sidecar: an init container with `restartPolicy: Always`, which starts before
+    /// the main containers and runs beside them.
+    pub sidecar: bool,
 }
 
 fn state_json(state: &ContainerState) -> Value {
@@ -64,7 +67,7 @@ fn container_json(record: &ContainerRecord) -> Value {
 /// The pod phase from its containers and restart policy, as kubelet computes it: a waiting
 /// container that has run before (it has a terminated last state) counts as stopped.
 pub fn phase(containers: &[ContainerRecord], restart_policy: &str) -> &'static str {
-    let init_failed = containers.iter().any(|c| c.init && matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0));
+    let init_failed = containers.iter().any(|c| c.init && !c.sidecar && matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0));
     if init_failed && restart_policy == "Never" {
         return "Failed";
     }
@@ -114,9 +117,13 @@ fn condition(kind: &str, true_: bool, now: &str, reason: Option<&str>) -> Value 
 /// The whole `status` object.
 pub fn pod_status(containers: &[ContainerRecord], restart_policy: &str, host_ip: &str, pod_ip: &str, start_time: &str, now: &str) -> Value {
     let phase = phase(containers, restart_policy);
-    let initialized = containers.iter().filter(|c| c.init).all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }));
+    let initialized = containers.iter().filter(|c| c.init).all(|c| match c.sidecar {
+        true => c.restart_count > 0 || matches!(c.state, ContainerState::Running { .. }),
+        false => matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }),
+    });
     let main: Vec<&ContainerRecord> = containers.iter().filter(|c| !c.init).collect();
-    let all_ready = !main.is_empty() && main.iter().all(|c| c.ready);
+    let sidecars_ready = containers.iter().filter(|c| c.sidecar).all(|c| c.ready);
+    let all_ready = !main.is_empty() && main.iter().all(|c| c.ready) && sidecars_ready;
     let completed = phase == "Succeeded" || phase == "Failed";
     let not_ready_reason = if completed { Some("PodCompleted") } else if all_ready { None } else { Some("ContainersNotReady") };
     json!({
@@ -143,7 +150,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str, state: ContainerState, ready: bool) -> ContainerRecord {
-        ContainerRecord { name: name.into(), image: "i".into(), image_id: "d".into(), state, last_state: None, restart_count: 0, ready, init: false }
+        ContainerRecord { name: name.into(), image: "i".into(), image_id: "d".into(), state, last_state: None, restart_count: 0, ready, init: false, sidecar: false }
     }
 
     fn terminated(code: i32) -> ContainerState {
@@ -185,5 +192,22 @@ mod tests {
         assert_eq!(done["phase"], "Succeeded");
         assert_eq!(done["conditions"][3]["reason"], "PodCompleted");
         assert_eq!(done["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+    }
+
+    #[test]
+    fn native_sidecars_initialise_when_started_and_gate_readiness() {
+        let running = ContainerState::Running { started_at: "t".into() };
+        let mut sidecar = record("proxy", running.clone(), false);
+        sidecar.init = true;
+        sidecar.sidecar = true;
+        let status = pod_status(&[sidecar.clone(), record("app", running.clone(), true)], "Always", "h", "p", "s", "n");
+        assert_eq!(status["conditions"][1]["status"], "True", "a started sidecar counts as initialised");
+        assert_eq!(status["conditions"][3]["status"], "False", "an unready sidecar keeps the pod unready");
+        sidecar.ready = true;
+        let status = pod_status(&[sidecar.clone(), record("app", running, true)], "Always", "h", "p", "s", "n");
+        assert_eq!(status["conditions"][3]["status"], "True");
+        // A Job's pod succeeds when its main container does, whatever the sidecar is doing.
+        let status = pod_status(&[sidecar, record("app", terminated(0), false)], "Never", "h", "p", "s", "n");
+        assert_eq!(status["phase"], "Succeeded");
     }
 }

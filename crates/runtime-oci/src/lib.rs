@@ -103,7 +103,7 @@ impl ContainerRuntime {
         let channel = Arc::new(grpc::Channel::new(&socket, NAMESPACE));
         let snapshotter = pick_snapshotter(&channel).await;
         let range = config.pod_range.unwrap_or_else(|| PodRange::for_node(&config.node_name));
-        let network = Network::start(&config.data_dir, &config.node_name, range)?;
+        let network = Network::start(&config.data_dir, range)?;
         let record = config.data_dir.join("containerd-images.json");
         tracing::info!(?source, %version, %snapshotter, pod_range = %range, "container runtime ready");
         Ok(Some(Arc::new(ContainerRuntime {

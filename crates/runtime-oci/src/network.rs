@@ -125,8 +125,9 @@ fn short(prefix: &str, text: &str) -> String {
 
 impl Network {
     /// Sets up the bridge for `range` (idempotent) and the leases directory.
-    pub fn start(data_dir: &Path, node_name: &str, range: PodRange) -> Result<Self> {
-        let bridge = short("shb", node_name);
+    pub fn start(data_dir: &Path, range: PodRange) -> Result<Self> {
+        // Named by the range: nodes sharing a machine (tests, several agents) get a bridge each.
+        let bridge = short("shb", &range.to_string());
         let leases = data_dir.join("network").join("leases");
         std::fs::create_dir_all(&leases).map_err(|e| Error::Io { path: leases.clone(), source: e })?;
         if !succeeds("ip", &["link", "show", &bridge]) {

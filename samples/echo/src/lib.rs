@@ -1,6 +1,7 @@
 //! echo: a wasi:http component that answers with JSON describing the request (method, path,
 //! query, headers, body). `GET /fetch?url=U` makes an outgoing wasi:http request to U and answers
-//! with its status and body.
+//! with its status and body. `POST /write?path=P` writes the request body to the file P (in a
+//! directory the pod mounted for it) and answers with the number of bytes written.
 
 use std::io::{Read as _, Write as _};
 
@@ -163,6 +164,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
                     let json = format!("{{\"url\":{},\"error\":{}}}\n", json_string(&url), json_string(&error));
                     respond(response_out, 502, "application/json", json.as_bytes());
                 }
+            }
+            return;
+        }
+        if path == "/write" {
+            let Some(file) = query_parameter(&query, "path") else {
+                respond(response_out, 400, "text/plain", b"missing ?path=\n");
+                return;
+            };
+            let mut content = Vec::new();
+            if let Ok(incoming) = request.consume()
+                && let Ok(mut stream) = incoming.stream()
+            {
+                let _ = stream.read_to_end(&mut content);
+            }
+            match std::fs::write(&file, &content) {
+                Ok(()) => respond(response_out, 200, "text/plain", format!("wrote {} bytes to {file}\n", content.len()).as_bytes()),
+                Err(error) => respond(response_out, 500, "text/plain", format!("writing {file}: {error}\n").as_bytes()),
             }
             return;
         }

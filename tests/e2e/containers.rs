@@ -1,0 +1,417 @@
+//! OCI containers through containerd (a private one the node starts), on this machine's real
+//! containerd binaries, runc and kernel: a busybox image built here with `docker build` from
+//! Debian's busybox-static and pushed to a loopback docker-registry runs `httpd` behind a Service
+//! and an Ingress; exit codes, restarts and an OOM kill are reported as Kubernetes reports them;
+//! an exec probe gates readiness; a mixed pod shares localhost and an emptyDir between a Wasm
+//! component and a container; deleting pods leaves no containers, snapshots, network namespaces,
+//! mounts or cgroups behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_oci::Digest;
+
+use crate::harness::{DockerRegistry, Server, push, wait_until};
+
+/// A pod range of its own for each test's node, so tests running side by side get a bridge and
+/// addresses each.
+fn pod_cidr() -> String {
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let third = 100 + (std::process::id() % 50) as u8 + NEXT.fetch_add(1, Ordering::Relaxed) * 2;
+    format!("10.89.{third}.0/24")
+}
+
+/// A loopback registry holding `busybox:1`: a `FROM scratch` image with Debian's busybox-static.
+async fn busybox_registry() -> (DockerRegistry, String) {
+    let registry = DockerRegistry::start().await;
+    let context = tempfile::tempdir().expect("tempdir");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| p.exists()).expect("busybox-static must be installed (.ci/run installs it)");
+    std::fs::copy(&busybox, context.path().join("busybox")).expect("copy busybox");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/www\"]\nCMD [\"/bin/sh\"]\n",
+    )
+    .expect("Dockerfile");
+    let reference = format!("{}/busybox:1", registry.host);
+    let build = Command::new("docker").args(["build", "-q", "-t", &reference]).arg(context.path()).output().expect("docker must be installed");
+    assert!(build.status.success(), "docker build: {}", String::from_utf8_lossy(&build.stderr));
+    let pushed = Command::new("docker").args(["push", &reference]).output().expect("docker push");
+    assert!(pushed.status.success(), "docker push: {}", String::from_utf8_lossy(&pushed.stderr));
+    (registry, reference)
+}
+
+async fn server() -> Server {
+    Server::start_with(&["--pod-cidr", &pod_cidr()]).await
+}
+
+fn apply(server: &Server, yaml: &str) {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("manifest");
+    let (code, _, stderr) = server.cli(&["apply", "-f", file.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "apply: {stderr}");
+}
+
+async fn pod(server: &Server, name: &str) -> Value {
+    server.get(&format!("/api/v1/namespaces/default/pods/{name}")).await.1
+}
+
+fn status_of<'a>(pod: &'a Value, container: &str) -> &'a Value {
+    pod["status"]["containerStatuses"].as_array().and_then(|all| all.iter().find(|s| s["name"] == container)).unwrap_or(&Value::Null)
+}
+
+async fn wait_ready(server: &Server, name: &str, seconds: u64) -> Value {
+    wait_until(server, &format!("/api/v1/namespaces/default/pods/{name}"), seconds, &format!("pod {name} becoming Ready"), |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    })
+    .await
+}
+
+/// What a deleted pod left on the node: containerd containers, tasks and snapshots named for
+/// it, its network namespace, mounts and cgroups.
+fn leftovers(server: &Server, uid: &str) -> Vec<String> {
+    let socket = server.data_dir.join("node/containerd/containerd.sock");
+    let compact: String = uid.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let ctr = |args: &[&str]| {
+        let output = Command::new("ctr").arg("--address").arg(&socket).args(["-n", "shoal"]).args(args).output().expect("ctr (containerd's CLI) must be installed");
+        assert!(output.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut found = Vec::new();
+    for (what, listing) in [("container", ctr(&["containers", "ls", "-q"])), ("task", ctr(&["tasks", "ls", "-q"])), ("snapshot", ctr(&["snapshots", "ls"]))] {
+        found.extend(listing.lines().filter(|l| l.contains(&compact)).map(|l| format!("{what}: {l}")));
+    }
+    let namespace = format!("shoal-{}", &Digest::of(uid.as_bytes()).hex()[..10]);
+    if std::path::Path::new("/run/netns").join(&namespace).exists() {
+        found.push(format!("network namespace {namespace}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    found.extend(mounts.lines().filter(|l| l.contains(&compact) || l.contains(&namespace)).map(|l| format!("mount: {l}")));
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let cgroup = hierarchy.path().join("shoal").join(uid);
+        if cgroup.exists() {
+            found.push(format!("cgroup {}", cgroup.display()));
+        }
+    }
+    found
+}
+
+async fn delete_and_expect_nothing_left(server: &Server, name: &str) {
+    let uid = pod(server, name).await["metadata"]["uid"].as_str().expect("a uid").to_owned();
+    let (code, _, stderr) = server.cli(&["delete", "pod", name]);
+    assert_eq!(code, 0, "delete: {stderr}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _) = server.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
+        let left = leftovers(server, &uid);
+        if code == 404 && left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pod {name} (code {code}) still has {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The body `web.localhost` answers with through the ingress, once it answers 200.
+async fn through_ingress(http: &reqwest::Client, ingress: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http.get(format!("http://{ingress}/")).header("host", "web.localhost").send().await;
+        if let Ok(response) = answer
+            && response.status() == 200
+        {
+            return response.text().await.expect("a body");
+        }
+        assert!(Instant::now() < deadline, "the Ingress never reached the container");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The PID of a pod's container's task, as containerd reports it.
+fn task_pid(server: &Server, uid: &str, container: &str) -> Option<String> {
+    let socket = server.data_dir.join("node/containerd/containerd.sock");
+    let id = format!("{}-{container}", uid.replace('-', ""));
+    let output = Command::new("ctr").arg("--address").arg(&socket).args(["-n", "shoal", "tasks", "ls"]).output().ok()?;
+    String::from_utf8_lossy(&output.stdout).lines().find(|l| l.starts_with(&id)).and_then(|l| l.split_whitespace().nth(1)).map(str::to_owned)
+}
+
+async fn node_annotation(server: &Server, key: &str) -> String {
+    let node = wait_until(server, "/api/v1/nodes/node-1", 30, "the node registering", |n| !n["metadata"]["annotations"][key].is_null()).await;
+    node["metadata"]["annotations"][key].as_str().expect("an annotation").to_owned()
+}
+
+#[tokio::test]
+async fn a_container_image_serves_behind_a_service_and_an_ingress_and_reaches_services_by_name() {
+    let (_registry, image) = busybox_registry().await;
+    let mut server = server().await;
+    let node = wait_until(&server, "/api/v1/nodes/node-1", 30, "the node registering", |n| !n["metadata"]["name"].is_null()).await;
+    assert_eq!(node["metadata"]["labels"]["shoal.dev/containers"], "true", "{node}");
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: httpd
+    image: {image}
+    command: ["sh", "-c", "echo hello-from-busybox > /www/index.html && exec httpd -f -v -p 8080 -h /www"]
+    ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web}}
+spec:
+  rules:
+  - host: web.localhost
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: wget
+    image: {image}
+    command: ["sh", "-c", "while true; do wget -qO- http://web/ && wget -qO- http://web.default.svc.cluster.local/; sleep 1; done"]
+"#
+        ),
+    );
+    let web = wait_ready(&server, "web", 90).await;
+    let pod_ip = web["status"]["podIP"].as_str().expect("a pod IP");
+    assert!(pod_ip.starts_with("10.89."), "the pod's own address, from the node's range: {web}");
+    assert_ne!(web["status"]["podIP"], web["status"]["hostIP"]);
+    assert!(status_of(&web, "httpd")["imageID"].as_str().is_some_and(|id| id.contains("@sha256:")), "{web}");
+    let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
+    let http = reqwest::Client::new();
+    assert_eq!(through_ingress(&http, &ingress).await, "hello-from-busybox\n");
+    // A restarted node adopts the running container rather than starting it again.
+    let uid = web["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let before = task_pid(&server, &uid, "httpd");
+    assert!(before.is_some(), "the container's task runs");
+    server.terminate();
+    server.restart().await;
+    let web = wait_ready(&server, "web", 60).await;
+    assert_eq!(task_pid(&server, &uid, "httpd"), before, "the same process serves after the restart");
+    assert_eq!(status_of(&web, "httpd")["restartCount"], 0, "{web}");
+    let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
+    assert_eq!(through_ingress(&http, &ingress).await, "hello-from-busybox\n");
+    // A container reaches the Service by its short and its full name.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, logs, _) = server.cli(&["logs", "client"]);
+        if logs.matches("hello-from-busybox").count() >= 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(server.data_dir.parent().expect("parent").join("server.log")).unwrap_or_default();
+            panic!("the client container never reached the Service by name; its logs: {logs}\nserver log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The container's own output is in the pod's logs (httpd -v logs each request).
+    let (_, logs, _) = server.cli(&["logs", "web"]);
+    assert!(logs.contains("response:200"), "{logs}");
+    delete_and_expect_nothing_left(&server, "client").await;
+    delete_and_expect_nothing_left(&server, "web").await;
+}
+
+#[tokio::test]
+async fn exit_codes_restarts_oom_kills_and_security_contexts_are_reported() {
+    let (_registry, image) = busybox_registry().await;
+    let server = server().await;
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: oom}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: bomb
+    image: {image}
+    command: ["sh", "-c", "echo allocating; a=$(yes | head -c 400000000); echo survived"]
+    resources: {{limits: {{memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: exits}}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: fail
+    image: {image}
+    command: ["sh", "-c", "echo run; exit 7"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: done}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1234}}
+  containers:
+  - name: once
+    image: {image}
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); touch /written && echo wrote || echo read-only"]
+    securityContext: {{readOnlyRootFilesystem: true, runAsGroup: 99}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: privileged}}
+spec:
+  containers:
+  - name: root
+    image: {image}
+    command: ["sleep", "3600"]
+    securityContext: {{privileged: true}}
+"#
+        ),
+    );
+    let oom = wait_until(&server, "/api/v1/namespaces/default/pods/oom", 90, "the memory bomb being OOM-killed", |p| p["status"]["phase"] == "Failed").await;
+    let terminated = &status_of(&oom, "bomb")["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{oom}");
+    assert_eq!(terminated["exitCode"], 137, "{oom}");
+
+    let exits = wait_until(&server, "/api/v1/namespaces/default/pods/exits", 90, "a failing container restarting", |p| status_of(p, "fail")["restartCount"].as_u64().is_some_and(|c| c >= 1)).await;
+    let last = &status_of(&exits, "fail")["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 7, "{exits}");
+    assert_eq!(last["reason"], "Error", "{exits}");
+    assert_eq!(exits["status"]["phase"], "Running", "OnFailure keeps restarting: {exits}");
+
+    let done = wait_until(&server, "/api/v1/namespaces/default/pods/done", 90, "a container running to completion", |p| p["status"]["phase"] == "Succeeded").await;
+    assert_eq!(status_of(&done, "once")["state"]["terminated"]["exitCode"], 0, "{done}");
+    let (_, logs, _) = server.cli(&["logs", "done"]);
+    assert!(logs.contains("uid=1234 gid=99"), "runAsUser and runAsGroup: {logs}");
+    assert!(logs.contains("read-only"), "readOnlyRootFilesystem: {logs}");
+
+    let refused = wait_until(&server, "/api/v1/namespaces/default/pods/privileged", 60, "a privileged container being refused", |p| status_of(p, "root")["state"]["waiting"]["reason"] == "CreateContainerConfigError").await;
+    assert!(status_of(&refused, "root")["state"]["waiting"]["message"].as_str().is_some_and(|m| m.contains("privileged")), "{refused}");
+
+    for name in ["oom", "exits", "done", "privileged"] {
+        delete_and_expect_nothing_left(&server, name).await;
+    }
+}
+
+#[tokio::test]
+async fn an_exec_probe_gates_readiness_and_a_failing_liveness_probe_restarts() {
+    let (_registry, image) = busybox_registry().await;
+    let server = server().await;
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "sleep 4; touch /tmp/ready; exec sleep 3600"]
+    readinessProbe: {{exec: {{command: ["cat", "/tmp/ready"]}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: ["sh", "-c", "test ! -e /tmp/sick"]}}, periodSeconds: 1, failureThreshold: 2}}
+"#
+        ),
+    );
+    let running = wait_until(&server, "/api/v1/namespaces/default/pods/probed", 60, "the container running", |p| status_of(p, "app")["state"]["running"].is_object()).await;
+    assert_eq!(status_of(&running, "app")["ready"], false, "not ready before the probe passes: {running}");
+    let ready = wait_ready(&server, "probed", 30).await;
+    assert_eq!(status_of(&ready, "app")["restartCount"], 0);
+    // Make the liveness probe fail: the container is killed and started again.
+    let socket = server.data_dir.join("node/containerd/containerd.sock");
+    let id = format!("{}-app", ready["metadata"]["uid"].as_str().expect("uid").replace('-', ""));
+    let exec = Command::new("ctr").arg("--address").arg(&socket).args(["-n", "shoal", "tasks", "exec", "--exec-id", "sicken", &id, "touch", "/tmp/sick"]).output().expect("ctr");
+    assert!(exec.status.success(), "ctr exec: {}", String::from_utf8_lossy(&exec.stderr));
+    wait_until(&server, "/api/v1/namespaces/default/pods/probed", 60, "the failed liveness probe restarting the container", |p| status_of(p, "app")["restartCount"].as_u64().is_some_and(|c| c >= 1)).await;
+    delete_and_expect_nothing_left(&server, "probed").await;
+}
+
+#[tokio::test]
+async fn a_mixed_pod_shares_localhost_and_an_empty_dir_between_a_component_and_a_container() {
+    let (_registry, image) = busybox_registry().await;
+    let server = server().await;
+    push(&server, "echo/echo.wasm", "shoal.local/samples/echo:1");
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: mixed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+  initContainers:
+  - name: native
+    image: {image}
+    restartPolicy: Always
+    command: ["sleep", "3600"]
+  - name: prepare
+    image: {image}
+    command: ["sh", "-c", "echo prepared > /shared/prepared"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  containers:
+  - name: echo
+    image: shoal.local/samples/echo:1
+    ports: [{{containerPort: 8080}}]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  - name: sidecar
+    image: {image}
+    command: ["sh", "-c", "httpd -p 9090 -h /shared; while true; do wget -qO- http://localhost:8080/from-sidecar && echo; sleep 1; done"]
+    ports: [{{containerPort: 9090}}]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#
+        ),
+    );
+    let ready = wait_ready(&server, "mixed", 90).await;
+    for container in ["echo", "sidecar"] {
+        assert!(status_of(&ready, container)["state"]["running"].is_object(), "{container} runs: {ready}");
+        assert_eq!(status_of(&ready, container)["ready"], true, "{container} is ready: {ready}");
+    }
+    // The native sidecar started first and runs beside the main containers.
+    let native = ready["status"]["initContainerStatuses"].as_array().and_then(|all| all.iter().find(|s| s["name"] == "native")).cloned().unwrap_or_default();
+    assert!(native["state"]["running"].is_object(), "{ready}");
+    let (code, describe, _) = server.cli(&["describe", "pod", "mixed"]);
+    assert_eq!(code, 0);
+    assert!(describe.contains("name: echo") && describe.contains("name: sidecar"), "{describe}");
+    let data_plane = node_annotation(&server, "shoal.dev/data-addr").await;
+    let http = reqwest::Client::new();
+    // The component writes a file into the shared emptyDir…
+    let wrote = http.post(format!("http://{data_plane}/_pods/default/mixed:8080/write?path=/shared/index.html")).body("written-by-wasm").send().await.expect("write");
+    assert_eq!(wrote.status(), 200, "{:?}", wrote.text().await);
+    // …and fetches it from the busybox sidecar at localhost:9090, which serves that directory.
+    let fetched: Value = http.get(format!("http://{data_plane}/_pods/default/mixed:8080/fetch?url=http://localhost:9090/index.html")).send().await.expect("fetch").json().await.expect("json");
+    assert_eq!(fetched["status"], 200, "{fetched}");
+    assert_eq!(fetched["body"], "written-by-wasm", "{fetched}");
+    // The init container ran first and its file is there too.
+    let prepared: Value = http.get(format!("http://{data_plane}/_pods/default/mixed:8080/fetch?url=http://localhost:9090/prepared")).send().await.expect("fetch").json().await.expect("json");
+    assert_eq!(prepared["body"], "prepared\n", "{prepared}");
+    // The sidecar reaches the component at localhost:8080.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, logs, _) = server.cli(&["logs", "mixed", "-c", "sidecar"]);
+        if logs.contains("\"path\":\"/from-sidecar\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sidecar never reached the component at localhost:8080; its logs: {logs}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    delete_and_expect_nothing_left(&server, "mixed").await;
+}
