@@ -47,6 +47,12 @@ async fn server() -> Server {
     Server::start_with(&["--pod-cidr", &pod_cidr()]).await
 }
 
+/// The registry with the busybox image, the image's reference, and a server with its node.
+async fn setup() -> (DockerRegistry, String, Server) {
+    let (registry, image) = busybox_registry().await;
+    (registry, image, server().await)
+}
+
 fn apply(server: &Server, yaml: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), yaml).expect("manifest");
@@ -232,8 +238,7 @@ spec:
 
 #[tokio::test]
 async fn exit_codes_restarts_oom_kills_and_security_contexts_are_reported() {
-    let (_registry, image) = busybox_registry().await;
-    let server = server().await;
+    let (_registry, image, server) = setup().await;
     apply(
         &server,
         &format!(
@@ -310,8 +315,7 @@ spec:
 
 #[tokio::test]
 async fn an_exec_probe_gates_readiness_and_a_failing_liveness_probe_restarts() {
-    let (_registry, image) = busybox_registry().await;
-    let server = server().await;
+    let (_registry, image, server) = setup().await;
     apply(
         &server,
         &format!(
@@ -345,8 +349,7 @@ spec:
 
 #[tokio::test]
 async fn a_mixed_pod_shares_localhost_and_an_empty_dir_between_a_component_and_a_container() {
-    let (_registry, image) = busybox_registry().await;
-    let server = server().await;
+    let (_registry, image, server) = setup().await;
     push(&server, "echo/echo.wasm", "shoal.local/samples/echo:1");
     apply(
         &server,

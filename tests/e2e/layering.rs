@@ -1,5 +1,5 @@
 //! The workspace's dependency rules (ARCHITECTURE.md, "Invariants"), checked from the crates'
-//! manifests: `api`, `store`, `oci` and `runtime-wasm` are leaves (runtimes know nothing of the API); the client knows only `api`; the API server
+//! manifests: `api`, `store`, `oci` and `runtime-wasm` are leaves and `runtime-oci` knows only `oci` (runtimes know nothing of the API); the client knows only `api`; the API server
 //! uses `api`, `store` and `oci` only; the node and the controllers talk to the control plane
 //! only through `client`.
 
@@ -45,9 +45,10 @@ fn crates_depend_only_in_the_documented_direction() {
         ("shoal-store", &[]),
         ("shoal-oci", &[]),
         ("shoal-runtime-wasm", &[]),
+        ("shoal-runtime-oci", &["shoal-oci"]),
         ("shoal-client", &["shoal-api"]),
         ("shoal-apiserver", &["shoal-api", "shoal-store", "shoal-oci"]),
-        ("shoal-node", &["shoal-api", "shoal-client", "shoal-oci", "shoal-runtime-wasm"]),
+        ("shoal-node", &["shoal-api", "shoal-client", "shoal-oci", "shoal-runtime-wasm", "shoal-runtime-oci"]),
         ("shoal-controllers", &["shoal-api", "shoal-client"]),
     ];
     for (krate, permitted) in allowed {

@@ -412,9 +412,19 @@ pub(crate) async fn run_once(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod
         let context = ProbeContext { shared: Arc::clone(shared), spec: spec.clone(), image: image.clone(), name: name.clone(), address: net.network.address };
         let (reporter, probing) = (Arc::clone(reporter), probing.clone());
         shared.tasks.spawn(async move {
+            let probe = |probe: Probe| {
+                let context = &context;
+                async move { check(context, &probe).await }
+            };
+            // A failed startup or liveness probe kills the container: its run ends, and the
+            // restart policy decides what comes next.
+            let restart = |_| async {
+                kill(&context).await;
+                false
+            };
             tokio::select! {
                 _ = probing.cancelled() => {}
-                _ = probe_loop(&context, &reporter, startup, liveness, readiness) => {}
+                _ = crate::pods::probe_loop(&reporter, &context.name, startup, liveness, readiness, probe, restart) => {}
             }
         });
     }
@@ -523,77 +533,6 @@ async fn check(context: &ProbeContext, probe: &Probe) -> bool {
                 Err(_) => false,
             }
         }
-    }
-}
-
-/// Runs a container's probes: startup first, then liveness (failures kill the container, which
-/// its restart policy brings back) and readiness (which sets `ready`).
-async fn probe_loop(context: &ProbeContext, reporter: &Reporter, startup: Option<Probe>, liveness: Option<Probe>, readiness: Option<Probe>) {
-    let name = &context.name;
-    if let Some(probe) = &startup {
-        tokio::time::sleep(probe.initial_delay).await;
-        let mut failures = 0;
-        while !check(context, probe).await {
-            failures += 1;
-            if failures >= probe.failure_threshold {
-                reporter.event("Warning", "Unhealthy", &format!("Startup probe failed {failures} times; killing {name}")).await;
-                kill(context).await;
-                return;
-            }
-            tokio::time::sleep(probe.period).await;
-        }
-        if readiness.is_none() {
-            reporter.update(name, |r| r.ready = true);
-            reporter.publish().await;
-        }
-    }
-    if liveness.is_none() && readiness.is_none() {
-        return std::future::pending().await;
-    }
-    let (mut live_failures, mut ready_successes, mut ready_failures) = (0u32, 0u32, 0u32);
-    let mut ready = readiness.is_none();
-    let start = tokio::time::Instant::now();
-    let period = [liveness.as_ref(), readiness.as_ref()].into_iter().flatten().map(|p| p.period).min().unwrap_or(Duration::from_secs(10));
-    loop {
-        if let Some(probe) = &liveness
-            && start.elapsed() >= probe.initial_delay
-        {
-            if check(context, probe).await {
-                live_failures = 0;
-            } else {
-                live_failures += 1;
-                if live_failures >= probe.failure_threshold {
-                    reporter.event("Normal", "Killing", &format!("Container {name} failed its liveness probe, will be restarted")).await;
-                    kill(context).await;
-                    return;
-                }
-            }
-        }
-        if let Some(probe) = &readiness
-            && start.elapsed() >= probe.initial_delay
-        {
-            if check(context, probe).await {
-                ready_failures = 0;
-                ready_successes += 1;
-                if !ready && ready_successes >= probe.success_threshold {
-                    ready = true;
-                    reporter.update(name, |r| r.ready = true);
-                    reporter.publish().await;
-                }
-            } else {
-                ready_successes = 0;
-                ready_failures += 1;
-                if ready && ready_failures >= probe.failure_threshold {
-                    ready = false;
-                    reporter.update(name, |r| r.ready = false);
-                    reporter.publish().await;
-                }
-                if ready_failures == 1 || ready_failures == probe.failure_threshold {
-                    reporter.event("Warning", "Unhealthy", &format!("Readiness probe failed for {name}")).await;
-                }
-            }
-        }
-        tokio::time::sleep(period).await;
     }
 }
 

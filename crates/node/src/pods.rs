@@ -559,9 +559,26 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
         });
         reporter.publish().await;
         reporter.event("Normal", "Started", &format!("Started HTTP component {container_name}")).await;
+        let check = |probe: crate::probes::Probe| {
+            let (handler, ports) = (&handler, &ports);
+            async move { crate::probes::check(&probe, handler, ports).await }
+        };
+        // A failed probe starts a new generation of instances, counted as a container's restart.
+        let restart = |kind: &'static str| {
+            let container_name = &container_name;
+            async move {
+                reporter.update(container_name, |r| {
+                    r.restart_count += 1;
+                    r.last_state = Some(ContainerState::Terminated { exit_code: 137, reason: "Error".into(), message: Some(format!("{kind} probe failed")), started_at: now(), finished_at: now() });
+                    r.state = ContainerState::Running { started_at: now() };
+                });
+                reporter.publish().await;
+                true
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = probe_loop(reporter, &container_name, &handler, &ports, startup, liveness, readiness) => {}
+            _ = probe_loop(reporter, &container_name, startup, liveness, readiness, check, restart) => {}
         }
         return;
     }
@@ -598,29 +615,36 @@ pub(crate) async fn crash_loop_back_off(reporter: &Reporter, container: &str, at
     }
 }
 
-/// Runs an HTTP container's probes until the pod stops: the startup probe first, then liveness
-/// (failures restart the container: a new generation of instances, the restart counted) and
-/// readiness (which sets the container's `ready`).
-async fn probe_loop(
+/// Runs a container's probes until the pod stops: the startup probe first, then liveness and
+/// readiness (which sets the container's `ready`). A failed startup or liveness probe calls
+/// `restart`, which says whether to go on probing: an HTTP component restarts as a new generation
+/// of instances and probing goes on; a container is killed, its run ends, and so does this loop.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn probe_loop<Check, Checked, Restart, Restarted>(
     reporter: &Reporter,
     container: &str,
-    handler: &HttpHandler,
-    ports: &[u16],
     startup: Option<crate::probes::Probe>,
     liveness: Option<crate::probes::Probe>,
     readiness: Option<crate::probes::Probe>,
-) {
-    use crate::probes::check;
+    check: Check,
+    restart: Restart,
+) where
+    Check: Fn(crate::probes::Probe) -> Checked,
+    Checked: std::future::Future<Output = bool>,
+    Restart: Fn(&'static str) -> Restarted,
+    Restarted: std::future::Future<Output = bool>,
+{
     if let Some(probe) = &startup {
         tokio::time::sleep(probe.initial_delay).await;
         let mut failures = 0;
-        while !check(probe, handler, ports).await {
+        while !check(probe.clone()).await {
             failures += 1;
             if failures >= probe.failure_threshold {
                 reporter.event("Warning", "Unhealthy", &format!("Startup probe failed {failures} times; restarting {container}")).await;
                 failures = 0;
-                reporter.update(container, |r| r.restart_count += 1);
-                reporter.publish().await;
+                if !restart("startup").await {
+                    return;
+                }
             }
             tokio::time::sleep(probe.period).await;
         }
@@ -640,26 +664,23 @@ async fn probe_loop(
         if let Some(probe) = &liveness
             && start.elapsed() >= probe.initial_delay
         {
-            if check(probe, handler, ports).await {
+            if check(probe.clone()).await {
                 live_failures = 0;
             } else {
                 live_failures += 1;
                 if live_failures >= probe.failure_threshold {
                     live_failures = 0;
                     reporter.event("Normal", "Killing", &format!("Container {container} failed its liveness probe, will be restarted")).await;
-                    reporter.update(container, |r| {
-                        r.restart_count += 1;
-                        r.last_state = Some(ContainerState::Terminated { exit_code: 137, reason: "Error".into(), message: Some("liveness probe failed".into()), started_at: now(), finished_at: now() });
-                        r.state = ContainerState::Running { started_at: now() };
-                    });
-                    reporter.publish().await;
+                    if !restart("liveness").await {
+                        return;
+                    }
                 }
             }
         }
         if let Some(probe) = &readiness
             && start.elapsed() >= probe.initial_delay
         {
-            if check(probe, handler, ports).await {
+            if check(probe.clone()).await {
                 ready_failures = 0;
                 ready_successes += 1;
                 if !ready && ready_successes >= probe.success_threshold {
