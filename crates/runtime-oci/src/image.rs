@@ -214,9 +214,9 @@ impl Images {
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(Error::Image(format!("the config lists {} layers, the manifest {}", config.rootfs.diff_ids.len(), manifest.layers.len())));
         }
-        self.write_content(&lease, config_descriptor, &config_bytes).await?;
+        self.write_content(&lease, config_descriptor, bytes::Bytes::copy_from_slice(&config_bytes)).await?;
         let manifest_descriptor = Descriptor { media_type: manifest.media_type.clone().unwrap_or_default(), digest: manifest_digest.to_string(), size: manifest_bytes.len() as u64, annotations: None, platform: None };
-        self.write_content(&lease, &manifest_descriptor, manifest_bytes).await?;
+        self.write_content(&lease, &manifest_descriptor, bytes::Bytes::copy_from_slice(manifest_bytes)).await?;
         for layer in &manifest.layers {
             if self.has_content(&layer.digest).await? {
                 self.hold(&lease, &layer.digest, "content").await?;
@@ -224,7 +224,7 @@ impl Images {
             }
             let digest = Digest::parse(&layer.digest).map_err(|e| Error::Image(e.to_string()))?;
             let bytes = client.get_blob(&reference.repository, &digest, self.max_bytes).await.map_err(|e| Error::Pull(e.to_string()))?;
-            self.write_content(&lease, layer, &bytes).await?;
+            self.write_content(&lease, layer, bytes::Bytes::from(bytes)).await?;
         }
         let chain = chain_ids(&config.rootfs.diff_ids);
         let mut parent = String::new();
@@ -254,7 +254,7 @@ impl Images {
         self.channel.unary::<_, proto::Empty>(LEASE_ADD, &request, None).await.map(|_| ())
     }
 
-    async fn write_content(&self, lease: &str, descriptor: &Descriptor, bytes: &[u8]) -> Result<()> {
+    async fn write_content(&self, lease: &str, descriptor: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
         let reference = format!("shoal-{}", descriptor.digest);
         let mut requests = Vec::new();
         let mut offset = 0usize;
@@ -267,7 +267,7 @@ impl Images {
                 total: bytes.len() as i64,
                 expected: descriptor.digest.clone(),
                 offset: offset as i64,
-                data: bytes::Bytes::copy_from_slice(&bytes[offset..end]),
+                data: bytes.slice(offset..end),
             });
             offset = end;
             if last {
