@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_oci::Digest;
 
-use crate::harness::{DockerRegistry, Server, push, wait_until};
+use crate::harness::{Agent, DockerRegistry, Server, push, wait_until};
 
 /// A pod range of its own for each test's node, so tests running side by side get a bridge and
 /// addresses each.
@@ -120,17 +120,17 @@ async fn delete_and_expect_nothing_left(server: &Server, name: &str) {
     }
 }
 
-/// The body `web.localhost` answers with through the ingress, once it answers 200.
-async fn through_ingress(http: &reqwest::Client, ingress: &str) -> String {
+/// The body `host` answers with through the ingress, once it answers 200.
+async fn through_ingress(http: &reqwest::Client, ingress: &str, host: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let answer = http.get(format!("http://{ingress}/")).header("host", "web.localhost").send().await;
+        let answer = http.get(format!("http://{ingress}/")).header("host", host).send().await;
         if let Ok(response) = answer
             && response.status() == 200
         {
             return response.text().await.expect("a body");
         }
-        assert!(Instant::now() < deadline, "the Ingress never reached the container");
+        assert!(Instant::now() < deadline, "the Ingress never reached the container behind {host}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -204,7 +204,7 @@ spec:
     assert!(status_of(&web, "httpd")["imageID"].as_str().is_some_and(|id| id.contains("@sha256:")), "{web}");
     let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
     let http = reqwest::Client::new();
-    assert_eq!(through_ingress(&http, &ingress).await, "hello-from-busybox\n");
+    assert_eq!(through_ingress(&http, &ingress, "web.localhost").await, "hello-from-busybox\n");
     // A restarted node adopts the running container rather than starting it again.
     let uid = web["metadata"]["uid"].as_str().expect("uid").to_owned();
     let before = task_pid(&server, &uid, "httpd");
@@ -215,7 +215,7 @@ spec:
     assert_eq!(task_pid(&server, &uid, "httpd"), before, "the same process serves after the restart");
     assert_eq!(status_of(&web, "httpd")["restartCount"], 0, "{web}");
     let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
-    assert_eq!(through_ingress(&http, &ingress).await, "hello-from-busybox\n");
+    assert_eq!(through_ingress(&http, &ingress, "web.localhost").await, "hello-from-busybox\n");
     // A container reaches the Service by its short and its full name.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -417,4 +417,52 @@ spec:
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     delete_and_expect_nothing_left(&server, "mixed").await;
+}
+
+#[tokio::test]
+async fn a_container_on_another_node_is_reached_through_that_nodes_data_plane() {
+    let (_registry, image, server) = setup().await;
+    let _agent = Agent::start_with(&server, "node-2", &["--pod-cidr", &pod_cidr()]);
+    wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering", |n| n["metadata"]["labels"]["shoal.dev/containers"] == "true").await;
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: remote, labels: {{app: remote}}}}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {image}
+    command: ["sh", "-c", "echo served-on-node-2 > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: remote}}
+spec:
+  selector: {{app: remote}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: remote}}
+spec:
+  rules:
+  - host: remote.localhost
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: remote, port: {{number: 80}}}}}}}}]
+"#
+        ),
+    );
+    wait_ready(&server, "remote", 90).await;
+    // node-1's ingress forwards to node-2's data plane, which forwards to the container.
+    let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
+    assert_eq!(through_ingress(&reqwest::Client::new(), &ingress, "remote.localhost").await, "served-on-node-2\n");
+    let (code, _, stderr) = server.cli(&["delete", "pod", "remote"]);
+    assert_eq!(code, 0, "{stderr}");
+    wait_until(&server, "/api/v1/namespaces/default/pods/remote", 60, "the pod being deleted", |p| p["code"] == 404).await;
 }

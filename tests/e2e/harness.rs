@@ -204,6 +204,15 @@ impl Agent {
     /// An agent given `urls` (one server, or several separated by commas), with the node token
     /// and CA of `credentials`.
     pub fn start_through(urls: &str, credentials: &Server, name: &str, ip: &str) -> Self {
+        Self::launch(urls, credentials, name, ip, &[])
+    }
+
+    /// An agent on 127.0.0.1 with `extra_args` (`--pod-cidr …`, say).
+    pub fn start_with(server: &Server, name: &str, extra_args: &[&str]) -> Self {
+        Self::launch(&server.url, server, name, "127.0.0.1", extra_args)
+    }
+
+    fn launch(urls: &str, credentials: &Server, name: &str, ip: &str, extra_args: &[&str]) -> Self {
         let server = credentials;
         let temp = tempfile::tempdir().expect("tempdir");
         let token = std::fs::read_to_string(server.data_dir.join("node-token")).expect("node token");
@@ -215,6 +224,7 @@ impl Agent {
             .arg(temp.path().join("data"))
             .args(["--node-name", name, "--data-addr", &format!("{ip}:0")])
             .args(["--ingress-addr", &format!("{ip}:0"), "--ingress-tls-addr", &format!("{ip}:0")])
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
