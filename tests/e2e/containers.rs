@@ -466,3 +466,35 @@ spec:
     assert_eq!(code, 0, "{stderr}");
     wait_until(&server, "/api/v1/namespaces/default/pods/remote", 60, "the pod being deleted", |p| p["code"] == 404).await;
 }
+
+#[tokio::test]
+async fn the_scheduler_sends_container_pods_only_to_nodes_that_run_containers() {
+    let (_registry, image, server) = setup().await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:1");
+    let _agent = Agent::start_with(&server, "node-2", &["--disable-containers"]);
+    let node = wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering", |n| n["metadata"]["labels"]["shoal.dev/containers"] == "false").await;
+    assert_eq!(node["metadata"]["labels"]["shoal.dev/wasm"], "true", "{node}");
+    // No runtimeClassName: the scheduler learns from the images which pods hold containers.
+    let pods: String = (0..4)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: box-{i}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{{name: main, image: {image}, command: [sleep, '3600']}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: wasm-{i}}}\nspec:\n  containers: [{{name: main, image: shoal.local/samples/hello:1}}]\n"
+            )
+        })
+        .collect();
+    apply(&server, &pods);
+    let mut wasm_nodes = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let placed = wait_until(&server, &format!("/api/v1/namespaces/default/pods/box-{i}"), 60, "a container pod being placed", |p| p["spec"]["nodeName"].is_string()).await;
+        assert_eq!(placed["spec"]["nodeName"], "node-1", "container pods go to the node with containerd: {placed}");
+        let wasm = wait_until(&server, &format!("/api/v1/namespaces/default/pods/wasm-{i}"), 60, "a Wasm pod being placed", |p| p["spec"]["nodeName"].is_string()).await;
+        wasm_nodes.insert(wasm["spec"]["nodeName"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(wasm_nodes.contains("node-2"), "Wasm pods may use either node: {wasm_nodes:?}");
+    for i in 0..4 {
+        wait_ready(&server, &format!("box-{i}"), 90).await;
+    }
+    for i in 0..4 {
+        delete_and_expect_nothing_left(&server, &format!("box-{i}")).await;
+    }
+}

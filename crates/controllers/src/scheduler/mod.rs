@@ -3,11 +3,12 @@
 //! whose binding is still in flight); informer handlers feed it changes over a channel, and
 //! bindings run concurrently. The decision itself is [`placement::place`], a pure function.
 
+pub mod images;
 pub mod placement;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shoal_api::meta;
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{ObjectReference, Recorder};
 use crate::informer::{Informer, object_key};
-use placement::{NodeView, PodView, Resources};
+use images::{ImageKinds, Verdict};
+use placement::{NodeView, PodView, Resources, Runtime};
 
 /// The scheduler names pods may ask for (`spec.schedulerName`).
 pub const SCHEDULER_NAMES: &[&str] = &["default-scheduler", "shoal-scheduler"];
@@ -29,6 +31,8 @@ enum Change {
     Node(Option<Arc<Value>>, String),
     Pod(Option<Arc<Value>>, String),
     Bound { key: String, node: String, outcome: Result<(), String> },
+    /// An image resolved to a container image (true), Wasm (false), or not at all (None).
+    Image { reference: String, container: Option<bool> },
 }
 
 /// A pod the scheduler should place: unbound, not terminating, not finished, and ours.
@@ -58,6 +62,8 @@ struct Cache {
     /// Pods whose binding is in flight.
     binding: BTreeSet<String>,
     rotation: usize,
+    /// Whether every node runs containers (None: nodes changed since it was worked out).
+    containers_everywhere: Option<bool>,
 }
 
 impl Cache {
@@ -72,6 +78,7 @@ impl Cache {
             unschedulable: HashMap::new(),
             binding: BTreeSet::new(),
             rotation: 0,
+            containers_everywhere: None,
         }
     }
 
@@ -121,6 +128,7 @@ impl Cache {
     }
 
     fn node_changed(&mut self, name: &str, node: Option<&Value>) {
+        self.containers_everywhere = None;
         match (node, self.node_index.get(name).copied()) {
             (Some(node), Some(index)) => {
                 let mut view = NodeView::from_node(node);
@@ -227,19 +235,20 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
     for pod in pods.list() {
         cache.pod_changed(&object_key(&pod), Some(&pod));
     }
+    let mut kinds = ImageKinds::default();
     let bindings = Arc::new(Semaphore::new(BINDINGS_IN_FLIGHT));
     let mut retry = tokio::time::interval(UNSCHEDULABLE_RETRY);
     retry.tick().await;
     loop {
         // Take in every change first, so placements see the newest state.
         while let Ok(change) = receiver.try_recv() {
-            apply(&mut cache, &pods, &recorder, change);
+            apply(&mut cache, &mut kinds, &pods, &recorder, change);
         }
         let Some(key) = cache.pending.pop_front() else {
             tokio::select! {
                 change = receiver.recv() => {
                     if let Some(change) = change {
-                        apply(&mut cache, &pods, &recorder, change);
+                        apply(&mut cache, &mut kinds, &pods, &recorder, change);
                     }
                 }
                 _ = retry.tick() => cache.retry_unschedulable(),
@@ -249,7 +258,27 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
         };
         cache.pending_set.remove(&key);
         let Some(pod) = pods.get(&key).filter(|p| wants_scheduling(p)) else { continue };
-        let view = PodView::from_pod(&pod);
+        let mut view = PodView::from_pod(&pod);
+        // Where some nodes run no containers, a pod's images decide which nodes it may use.
+        let containers_everywhere = *cache.containers_everywhere.get_or_insert_with(|| cache.nodes.iter().all(|n| n.label("shoal.dev/containers") == Some("true")));
+        if view.runtime == Runtime::Wasm && !containers_everywhere {
+            match kinds.verdict(&images::images_of(&pod), Instant::now()) {
+                Verdict::Known { containers: true } => view.runtime = Runtime::Containers,
+                Verdict::Known { containers: false } => {}
+                Verdict::Unknown(references) => {
+                    for reference in references {
+                        if kinds.wait_for(&reference, &key) {
+                            let (client, sender, pod) = (client.clone(), sender.clone(), Arc::clone(&pod));
+                            tokio::spawn(async move {
+                                let container = images::resolve(&client, &pod, &reference).await;
+                                let _ = sender.send(Change::Image { reference, container });
+                            });
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
         cache.rotation = cache.rotation.wrapping_add(1);
         let start = if cache.nodes.is_empty() { 0 } else { cache.rotation % cache.nodes.len() };
         match placement::place(&view, &cache.nodes, start) {
@@ -291,8 +320,14 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
     }
 }
 
-fn apply(cache: &mut Cache, pods: &Informer, recorder: &Recorder, change: Change) {
+fn apply(cache: &mut Cache, kinds: &mut ImageKinds, pods: &Informer, recorder: &Recorder, change: Change) {
     match change {
+        Change::Image { reference, container } => {
+            for key in kinds.resolved(&reference, container, Instant::now()) {
+                let current = pods.get(&key);
+                cache.pod_changed(&key, current.as_deref());
+            }
+        }
         Change::Node(node, name) => cache.node_changed(&name, node.as_deref()),
         Change::Pod(pod, key) => {
             if !cache.binding.contains(&key) {

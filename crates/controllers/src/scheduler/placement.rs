@@ -147,7 +147,7 @@ impl NodeView {
         }
     }
 
-    fn label(&self, key: &str) -> Option<&str> {
+    pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).and_then(Value::as_str)
     }
 }
