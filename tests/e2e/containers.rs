@@ -238,7 +238,7 @@ spec:
 
 #[tokio::test]
 async fn exit_codes_restarts_oom_kills_and_security_contexts_are_reported() {
-    let (_registry, image, server) = setup().await;
+    let (_registry, image, mut server) = setup().await;
     apply(
         &server,
         &format!(
@@ -298,6 +298,11 @@ spec:
     assert_eq!(last["exitCode"], 7, "{exits}");
     assert_eq!(last["reason"], "Error", "{exits}");
     assert_eq!(exits["status"]["phase"], "Running", "OnFailure keeps restarting: {exits}");
+    // A restarted node goes on counting from the restarts the status reports.
+    let restarts = status_of(&exits, "fail")["restartCount"].as_u64().unwrap_or_default();
+    server.terminate();
+    server.restart().await;
+    wait_until(&server, "/api/v1/namespaces/default/pods/exits", 90, "the restart count going on after the node restarts", |p| status_of(p, "fail")["restartCount"].as_u64().is_some_and(|c| c > restarts)).await;
 
     let done = wait_until(&server, "/api/v1/namespaces/default/pods/done", 90, "a container running to completion", |p| p["status"]["phase"] == "Succeeded").await;
     assert_eq!(status_of(&done, "once")["state"]["terminated"]["exitCode"], 0, "{done}");

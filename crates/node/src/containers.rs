@@ -360,10 +360,6 @@ pub(crate) async fn run_once(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod
         }
     }
     let logs = log_sink(shared, reporter, &name);
-    let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == name && r.restart_count > 0);
-    if restarted {
-        logs.start_new_run();
-    }
     logs.set_finished(false);
     // A container an earlier agent process started is adopted, not started twice.
     let (running, offset) = match runtime.containers.running(&spec).await {
@@ -372,6 +368,11 @@ pub(crate) async fn run_once(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod
             (running, offset)
         }
         None => {
+            // A new run: the last run's lines become `--previous`.
+            let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == name && r.restart_count > 0);
+            if restarted {
+                logs.start_new_run();
+            }
             let _ = std::fs::remove_file(&spec.log_path);
             match runtime.containers.start(&spec, image).await {
                 Ok(running) => (running, 0),

@@ -257,6 +257,12 @@ async fn load(shared: &Arc<Shared>, pod: &Value, container: &Value) -> Result<(L
     Ok((Loaded::Wasm(workload), pulled.reference.to_string()))
 }
 
+/// The restart count the pod's status reports for a container (0 for a new pod).
+fn reported_restarts(pod: &Value, container: &str, init: bool) -> u32 {
+    let list = if init { "initContainerStatuses" } else { "containerStatuses" };
+    pod["status"][list].as_array().into_iter().flatten().find(|s| s["name"] == container).and_then(|s| s["restartCount"].as_u64()).map(|c| c as u32).unwrap_or(0)
+}
+
 fn backoff(attempt: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(5)).min(MAX_BACKOFF)
 }
@@ -288,7 +294,8 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
             image_id: String::new(),
             state: waiting(if is_init { "PodInitializing" } else { "ContainerCreating" }),
             last_state: None,
-            restart_count: 0,
+            // A restarted agent carries on counting where the pod's status left off.
+            restart_count: reported_restarts(&pod, c["name"].as_str().unwrap_or_default(), is_init),
             ready: false,
             init: is_init,
             sidecar: is_init && c["restartPolicy"] == "Always",
