@@ -120,6 +120,42 @@ async fn delete_and_expect_nothing_left(server: &Server, name: &str) {
     }
 }
 
+/// A busybox httpd pod serving `text` on 8080, with a Service (port 80) and an Ingress for
+/// `NAME.localhost`, all named `name`.
+fn httpd_app(name: &str, image: &str, text: &str, node: Option<&str>) -> String {
+    let node = node.map(|n| format!("  nodeName: {n}\n")).unwrap_or_default();
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+{node}  terminationGracePeriodSeconds: 2
+  containers:
+  - name: httpd
+    image: {image}
+    command: ["sh", "-c", "echo {text} > /www/index.html && exec httpd -f -v -p 8080 -h /www"]
+    ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}}}
+spec:
+  rules:
+  - host: {name}.localhost
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}]
+"#
+    )
+}
+
 /// The body `host` answers with through the ingress, once it answers 200.
 async fn through_ingress(http: &reqwest::Client, ingress: &str, host: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -157,34 +193,7 @@ async fn a_container_image_serves_behind_a_service_and_an_ingress_and_reaches_se
     apply(
         &server,
         &format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, labels: {{app: web}}}}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: httpd
-    image: {image}
-    command: ["sh", "-c", "echo hello-from-busybox > /www/index.html && exec httpd -f -v -p 8080 -h /www"]
-    ports: [{{containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: web}}
-spec:
-  rules:
-  - host: web.localhost
-    http:
-      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
----
+            r#"{app}---
 apiVersion: v1
 kind: Pod
 metadata: {{name: client}}
@@ -194,7 +203,8 @@ spec:
   - name: wget
     image: {image}
     command: ["sh", "-c", "while true; do wget -qO- http://web/ && wget -qO- http://web.default.svc.cluster.local/; sleep 1; done"]
-"#
+"#,
+            app = httpd_app("web", &image, "hello-from-busybox", None),
         ),
     );
     let web = wait_ready(&server, "web", 90).await;
@@ -429,40 +439,7 @@ async fn a_container_on_another_node_is_reached_through_that_nodes_data_plane() 
     let (_registry, image, server) = setup().await;
     let _agent = Agent::start_with(&server, "node-2", &["--pod-cidr", &pod_cidr()]);
     wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering", |n| n["metadata"]["labels"]["shoal.dev/containers"] == "true").await;
-    apply(
-        &server,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: remote, labels: {{app: remote}}}}
-spec:
-  nodeName: node-2
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: {image}
-    command: ["sh", "-c", "echo served-on-node-2 > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    ports: [{{containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: remote}}
-spec:
-  selector: {{app: remote}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: remote}}
-spec:
-  rules:
-  - host: remote.localhost
-    http:
-      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: remote, port: {{number: 80}}}}}}}}]
-"#
-        ),
-    );
+    apply(&server, &httpd_app("remote", &image, "served-on-node-2", Some("node-2")));
     wait_ready(&server, "remote", 90).await;
     // node-1's ingress forwards to node-2's data plane, which forwards to the container.
     let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
