@@ -176,10 +176,18 @@ async fn follow_services(shared: Arc<Shared>) {
     let gateway = runtime.network.range.gateway();
     let mut changes = shared.services.changes.subscribe();
     let mut open: HashMap<u16, CancellationToken> = HashMap::new();
+    let mut names: Vec<(String, String)> = Vec::new();
     loop {
-        let nets: Vec<(String, PodNet)> = shared.pod_networks.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(u, n)| (u.clone(), n.clone())).collect();
-        for (uid, net) in &nets {
-            write_hosts(&shared, uid, net);
+        // Most changes are endpoints coming and going; the hosts files change only with names
+        // (a pod attached since writes its own).
+        let mut current: Vec<(String, String)> = shared.services.all().iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
+        current.sort();
+        if current != names {
+            names = current;
+            let nets: Vec<(String, PodNet)> = shared.pod_networks.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+            for (uid, net) in &nets {
+                write_hosts(&shared, uid, net);
+            }
         }
         let desired: HashSet<u16> = shared.services.all().iter().flat_map(|s| s.ports.iter().filter(|p| p.protocol == "TCP" || p.protocol.is_empty()).map(|p| p.port).collect::<Vec<_>>()).collect();
         open.retain(|port, stop| {

@@ -328,11 +328,23 @@ impl Containers {
         (process.status == proto::TASK_RUNNING).then(|| Running { id: spec.id.clone(), pid: process.pid, cgroup: spec.cgroup() })
     }
 
-    /// Waits for the container to end.
+    /// Waits for the container to end. A broken connection (containerd restarting) is waited
+    /// out: the task lives in its shim, and the wait resumes once containerd answers again.
     pub async fn wait(&self, running: &Running) -> Result<Exit> {
-        let response = self.channel.unary::<_, proto::WaitResponse>(TASK_WAIT, &proto::ProcessRequest { container_id: running.id.clone(), exec_id: String::new() }, None).await?;
+        let request = proto::ProcessRequest { container_id: running.id.clone(), exec_id: String::new() };
+        let mut lost_since: Option<tokio::time::Instant> = None;
+        let code = loop {
+            match self.channel.unary::<_, proto::WaitResponse>(TASK_WAIT, &request, None).await {
+                Ok(response) => break response.exit_status,
+                Err(Error::Connect { .. }) if lost_since.is_none_or(|since| since.elapsed() < Duration::from_secs(120)) => {
+                    lost_since.get_or_insert_with(tokio::time::Instant::now);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let oom_killed = oom_kills(&running.cgroup) > 0;
-        Ok(Exit { code: response.exit_status as i32, oom_killed })
+        Ok(Exit { code: code as i32, oom_killed })
     }
 
     /// Sends SIGTERM, and SIGKILL if it has not ended within `grace`.
