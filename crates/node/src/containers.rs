@@ -306,7 +306,7 @@ async fn container_spec(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, 
     }
     let id = container_id(uid, name);
     Ok(ContainerSpec {
-        log_path: ContainerRuntime::log_path(&shared.config.data_dir, &id, 0),
+        log_path: ContainerRuntime::log_path(&shared.config.data_dir, &id),
         id,
         pod_uid: uid.to_owned(),
         name: name.to_owned(),

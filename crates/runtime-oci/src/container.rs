@@ -19,7 +19,6 @@ const CONTAINER_CREATE: &str = "/containerd.services.containers.v1.Containers/Cr
 const CONTAINER_DELETE: &str = "/containerd.services.containers.v1.Containers/Delete";
 const CONTAINER_LIST: &str = "/containerd.services.containers.v1.Containers/List";
 const SNAPSHOT_PREPARE: &str = "/containerd.services.snapshots.v1.Snapshots/Prepare";
-const SNAPSHOT_MOUNTS: &str = "/containerd.services.snapshots.v1.Snapshots/Mounts";
 const SNAPSHOT_REMOVE: &str = "/containerd.services.snapshots.v1.Snapshots/Remove";
 const TASK_CREATE: &str = "/containerd.services.tasks.v1.Tasks/Create";
 const TASK_START: &str = "/containerd.services.tasks.v1.Tasks/Start";
@@ -395,12 +394,6 @@ impl Containers {
         };
         let response = self.channel.unary::<_, proto::ListContainersResponse>(CONTAINER_LIST, &proto::ListContainersRequest { filters }, None).await?;
         Ok(response.containers.into_iter().map(|c| (c.id, c.labels.get(POD_LABEL).cloned().unwrap_or_default())).collect())
-    }
-
-    /// Whether the container's snapshot still exists (for leftover checks).
-    pub async fn has_snapshot(&self, id: &str) -> bool {
-        let request = proto::SnapshotKeyRequest { snapshotter: self.snapshotter.clone(), key: id.to_owned() };
-        self.channel.unary::<_, proto::MountsResponse>(SNAPSHOT_MOUNTS, &request, None).await.is_ok()
     }
 
     /// Runs `command` in the running container (an exec probe): its exit code and output, or

@@ -18,7 +18,6 @@ use crate::{Error, Result};
 /// gRPC status codes the runtime acts on.
 pub const NOT_FOUND: u32 = 5;
 pub const ALREADY_EXISTS: u32 = 6;
-pub const FAILED_PRECONDITION: u32 = 9;
 
 /// Largest message accepted from containerd (its own default send limit).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -35,10 +34,6 @@ pub struct Channel {
 impl Channel {
     pub fn new(socket: &Path, namespace: &str) -> Self {
         Channel { socket: socket.to_owned(), namespace: namespace.to_owned(), sender: Mutex::new(None) }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     async fn sender(&self) -> Result<hyper::client::conn::http2::SendRequest<StreamedBody>> {

@@ -116,9 +116,9 @@ impl ContainerRuntime {
         })))
     }
 
-    /// Where a container's output file for one run goes.
-    pub fn log_path(data_dir: &Path, id: &str, run: u32) -> PathBuf {
-        data_dir.join("containers").join(format!("{id}.{run}.log"))
+    /// Where a container's output file goes (the shim appends to it; the node follows it).
+    pub fn log_path(data_dir: &Path, id: &str) -> PathBuf {
+        data_dir.join("containers").join(format!("{id}.log"))
     }
 }
 

@@ -111,12 +111,6 @@ pub struct WriteContentResponse {
     pub digest: String,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AbortRequest {
-    #[prost(string, tag = "1")]
-    pub r#ref: String,
-}
-
 // --- snapshots
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -336,7 +330,6 @@ pub struct DeleteResponse {
 
 /// `containerd.v1.types.Status`: UNKNOWN 0, CREATED 1, RUNNING 2, STOPPED 3, PAUSED 4.
 pub const TASK_RUNNING: i32 = 2;
-pub const TASK_STOPPED: i32 = 3;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Process {
