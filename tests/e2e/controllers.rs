@@ -160,8 +160,14 @@ async fn a_rolling_update_keeps_every_replica_ready_and_undo_reuses_the_old_repl
     assert!(stdout.contains("1 ") && stdout.contains("2 "), "{stdout}");
     let (code, _, stderr) = server.cli(&["rollout", "undo", "deployment/roll"]);
     assert_eq!(code, 0, "{stderr}");
+    // The status must be of the rolled-back generation: the revision annotation moves to 3 as the
+    // rollback starts, while the status still counts the previous generation's pods.
     let deployment = wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/roll", 90, "the rollback", |d| {
-        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3" && d["status"]["updatedReplicas"] == 3 && d["status"]["replicas"] == 3 && d["status"]["availableReplicas"] == 3
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+            && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+            && d["status"]["updatedReplicas"] == 3
+            && d["status"]["replicas"] == 3
+            && d["status"]["availableReplicas"] == 3
     })
     .await;
     assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "v1");
@@ -435,7 +441,11 @@ async fn drain_moves_pods_to_the_other_node_and_paused_deployments_wait() {
     let (code, _) = server.request(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/drained", Some(("application/merge-patch+json", serde_json::to_vec(&resume).expect("json")))).await;
     assert_eq!(code, 200);
     wait_until(&server, "/apis/apps/v1/namespaces/default/deployments/drained", 90, "the resumed rollout", |d| {
-        d["status"]["updatedReplicas"] == 4 && d["status"]["replicas"] == 4 && d["status"]["availableReplicas"] == 4 && d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+        d["status"]["observedGeneration"] == d["metadata"]["generation"]
+            && d["status"]["updatedReplicas"] == 4
+            && d["status"]["replicas"] == 4
+            && d["status"]["availableReplicas"] == 4
+            && d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
     })
     .await;
 }
