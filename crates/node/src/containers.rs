@@ -44,7 +44,7 @@ impl ContainerSupport {
 
     /// The node's pod range (whether or not the runtime has started).
     pub fn range(&self) -> shoal_runtime_oci::PodRange {
-        self.config.pod_range.unwrap_or_else(|| shoal_runtime_oci::PodRange::for_node(&self.config.node_name))
+        self.config.pod_range
     }
 
     /// Whether an earlier agent process ran containers here (so they may need adopting).

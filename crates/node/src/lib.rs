@@ -255,17 +255,16 @@ fn container_support(config: &NodeConfig, shutdown: &CancellationToken) -> Optio
         return None;
     }
     let pod_range = match config.pod_cidr.as_deref().map(shoal_runtime_oci::PodRange::parse) {
-        Some(Ok(range)) => Some(range),
+        Some(Ok(range)) => range,
         Some(Err(error)) => {
             tracing::error!(%error, "this node runs no containers");
             return None;
         }
-        None => None,
+        None => shoal_runtime_oci::PodRange::for_node(&config.node_name),
     };
     let runtime_config = shoal_runtime_oci::RuntimeConfig {
         socket: config.containerd_socket.clone(),
         data_dir: config.data_dir.clone(),
-        node_name: config.node_name.clone(),
         pod_range,
         max_image_bytes: 4 << 30,
     };

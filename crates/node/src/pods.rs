@@ -198,13 +198,11 @@ async fn registry_for(shared: &Shared, pod: &Value, reference: &Reference) -> Re
     let secrets = resources::by_name("secrets").expect("secrets are served");
     for secret in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        if let Ok(object) = shared.client.get(secrets, Some(namespace), secret["name"].as_str().unwrap_or_default()).await {
-            use base64::Engine;
-            let config = base64::engine::general_purpose::STANDARD.decode(object["data"][".dockerconfigjson"].as_str().unwrap_or_default()).unwrap_or_default();
-            if let Some(found) = shoal_oci::client::auth_from_docker_config(&config, &reference.registry) {
-                auth = found;
-                break;
-            }
+        if let Ok(object) = shared.client.get(secrets, Some(namespace), secret["name"].as_str().unwrap_or_default()).await
+            && let Some(found) = shoal_oci::client::auth_from_pull_secret(&object, &reference.registry)
+        {
+            auth = found;
+            break;
         }
     }
     RegistryClient::external(&reference.registry, &[], auth).map(Arc::new).map_err(|e| e.to_string())

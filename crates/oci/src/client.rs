@@ -301,6 +301,14 @@ fn location(response: &reqwest::Response) -> Option<String> {
     response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// The credentials a `kubernetes.io/dockerconfigjson` Secret object (as the API serves it, data
+/// in base64) holds for `host`.
+pub fn auth_from_pull_secret(secret: &serde_json::Value, host: &str) -> Option<Auth> {
+    use base64::Engine;
+    let config = base64::engine::general_purpose::STANDARD.decode(secret["data"][".dockerconfigjson"].as_str()?).ok()?;
+    auth_from_docker_config(&config, host)
+}
+
 /// `user:password` of a `kubernetes.io/dockerconfigjson` secret's entry for `host`.
 pub fn auth_from_docker_config(config_json: &[u8], host: &str) -> Option<Auth> {
     let config: serde_json::Value = serde_json::from_slice(config_json).ok()?;
@@ -339,5 +347,8 @@ mod tests {
         assert!(matches!(auth_from_docker_config(config.as_bytes(), "registry.example.com"), Some(Auth::Basic { username, password }) if username == "me" && password == "s3cret"));
         assert!(matches!(auth_from_docker_config(config.as_bytes(), "other.io"), Some(Auth::Basic { username, .. }) if username == "u"));
         assert!(auth_from_docker_config(config.as_bytes(), "missing.io").is_none());
+        let secret = serde_json::json!({"data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(&config)}});
+        assert!(matches!(auth_from_pull_secret(&secret, "other.io"), Some(Auth::Basic { username, .. }) if username == "u"));
+        assert!(auth_from_pull_secret(&serde_json::json!({"data": {}}), "other.io").is_none());
     }
 }

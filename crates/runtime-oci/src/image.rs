@@ -157,10 +157,7 @@ impl Images {
             let digest = record.tags.get(reference)?;
             record.images.get(digest)?.clone()
         };
-        // containerd may have lost it (a wiped root): check the top snapshot is still there.
-        let stat = proto::SnapshotKeyRequest { snapshotter: self.snapshotter.clone(), key: image.chain_id.clone() };
-        self.channel.unary::<_, proto::StatSnapshotResponse>(SNAPSHOT_STAT, &stat, None).await.ok()?;
-        Some(image)
+        self.unpacked(&image).await.then_some(image)
     }
 
     /// Makes `reference` (as a pod names it) ready to run, pulling with `client` as `policy` says.
@@ -173,24 +170,42 @@ impl Images {
         if policy == PullPolicy::Never {
             return Err(Error::NeverPull(named.to_owned()));
         }
+        // A reference pinned to a manifest unpacked here (the node resolved the tag already)
+        // needs no second trip to the registry.
+        let pinned = reference.digest.as_ref().and_then(|digest| self.lock().images.get(digest.as_str()).cloned());
+        if let Some(image) = pinned
+            && self.unpacked(&image).await
+        {
+            self.remember(named, &image);
+            return Ok(image);
+        }
         let (manifest_bytes, manifest, manifest_digest) = resolve(client, reference).await?;
         let gate = Arc::clone(self.gates.lock().unwrap_or_else(|p| p.into_inner()).entry(manifest_digest.to_string()).or_default());
         let _pulling = gate.lock().await;
         let known = self.lock().images.get(manifest_digest.as_str()).cloned();
         let image = match known {
-            Some(image) if self.present_digest(&image).await => image,
+            Some(image) if self.unpacked(&image).await => image,
             _ => self.pull(client, reference, &manifest_bytes, &manifest, &manifest_digest).await?,
         };
-        {
-            let mut record = self.lock();
-            record.tags.insert(named.to_owned(), manifest_digest.to_string());
-            record.images.insert(manifest_digest.to_string(), image.clone());
-        }
-        self.save();
+        self.remember(named, &image);
         Ok(image)
     }
 
-    async fn present_digest(&self, image: &Image) -> bool {
+    /// Records that `named` means `image`, saving the record when that is news.
+    fn remember(&self, named: &str, image: &Image) {
+        let changed = {
+            let mut record = self.lock();
+            let tag_changed = record.tags.insert(named.to_owned(), image.manifest_digest.clone()).as_ref() != Some(&image.manifest_digest);
+            let image_changed = record.images.insert(image.manifest_digest.clone(), image.clone()).as_ref() != Some(image);
+            tag_changed || image_changed
+        };
+        if changed {
+            self.save();
+        }
+    }
+
+    /// Whether the image's top snapshot is still in containerd (a wiped root loses it).
+    async fn unpacked(&self, image: &Image) -> bool {
         let stat = proto::SnapshotKeyRequest { snapshotter: self.snapshotter.clone(), key: image.chain_id.clone() };
         self.channel.unary::<_, proto::StatSnapshotResponse>(SNAPSHOT_STAT, &stat, None).await.is_ok()
     }

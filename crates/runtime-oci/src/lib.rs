@@ -70,9 +70,8 @@ pub struct RuntimeConfig {
     /// The node's containerd socket (used when it exists).
     pub socket: PathBuf,
     pub data_dir: PathBuf,
-    pub node_name: String,
-    /// The node's pod range (None: a /24 picked by the node's name).
-    pub pod_range: Option<PodRange>,
+    /// The node's pod range.
+    pub pod_range: PodRange,
     /// The largest image (all blobs) a pull may bring.
     pub max_image_bytes: u64,
 }
@@ -102,7 +101,7 @@ impl ContainerRuntime {
         };
         let channel = Arc::new(grpc::Channel::new(&socket, NAMESPACE));
         let snapshotter = pick_snapshotter(&channel).await;
-        let range = config.pod_range.unwrap_or_else(|| PodRange::for_node(&config.node_name));
+        let range = config.pod_range;
         let network = Network::start(&config.data_dir, range)?;
         let record = config.data_dir.join("containerd-images.json");
         tracing::info!(?source, %version, %snapshotter, pod_range = %range, "container runtime ready");

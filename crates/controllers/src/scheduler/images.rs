@@ -110,12 +110,10 @@ async fn pull_auth(client: &Client, pod: &Value, registry: &str) -> Auth {
     let secrets = resources::by_name("secrets").expect("secrets are served");
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     for secret in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
-        if let Ok(object) = client.get(secrets, Some(namespace), secret["name"].as_str().unwrap_or_default()).await {
-            use base64::Engine;
-            let config = base64::engine::general_purpose::STANDARD.decode(object["data"][".dockerconfigjson"].as_str().unwrap_or_default()).unwrap_or_default();
-            if let Some(auth) = shoal_oci::client::auth_from_docker_config(&config, registry) {
-                return auth;
-            }
+        if let Ok(object) = client.get(secrets, Some(namespace), secret["name"].as_str().unwrap_or_default()).await
+            && let Some(auth) = shoal_oci::client::auth_from_pull_secret(&object, registry)
+        {
+            return auth;
         }
     }
     Auth::Anonymous
