@@ -434,19 +434,94 @@ spec:
     delete_and_expect_nothing_left(&server, "mixed").await;
 }
 
+/// A busybox `nc` server on port 7000 that speaks first (a line of banner), then echoes, behind
+/// a NodePort Service: a protocol an HTTP proxy could not carry.
+fn banner_app(image: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: banner, labels: {{app: banner}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: nc
+    image: {image}
+    command: ["nc", "-ll", "-p", "7000", "-e", "sh", "-c", "echo banner from $(hostname); exec cat"]
+    ports: [{{containerPort: 7000}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: banner}}
+spec:
+  type: NodePort
+  selector: {{app: banner}}
+  ports: [{{port: 7000, targetPort: 7000}}]
+"#
+    )
+}
+
+/// Connects to `address`, reads the line the server sends unasked, sends a line and reads its
+/// echo.
+async fn banner_and_echo(address: &str) -> Result<(String, String), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        let mut stream = tokio::io::BufReader::new(stream);
+        let mut banner = String::new();
+        stream.read_line(&mut banner).await.map_err(|e| e.to_string())?;
+        stream.get_mut().write_all(b"ping over tcp\n").await.map_err(|e| e.to_string())?;
+        let mut echo = String::new();
+        stream.read_line(&mut echo).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((banner, echo))
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange).await.map_err(|_| "no answer within 3 s".to_owned())?
+}
+
 #[tokio::test]
 async fn a_container_on_another_node_is_reached_through_that_nodes_data_plane() {
     let (_registry, image, server) = setup().await;
-    let _agent = Agent::start_with(&server, "node-2", &["--pod-cidr", &pod_cidr()]);
+    let _agent = Agent::start_at_with(&server, "node-2", "127.0.0.2", &["--pod-cidr", &pod_cidr()]);
     wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering", |n| n["metadata"]["labels"]["shoal.dev/containers"] == "true").await;
     apply(&server, &httpd_app("remote", &image, "served-on-node-2", Some("node-2")));
+    apply(&server, &banner_app(&image, "node-2"));
     wait_ready(&server, "remote", 90).await;
     // node-1's ingress forwards to node-2's data plane, which forwards to the container.
     let ingress = node_annotation(&server, "shoal.dev/ingress-addr").await;
     assert_eq!(through_ingress(&reqwest::Client::new(), &ingress, "remote.localhost").await, "served-on-node-2\n");
-    let (code, _, stderr) = server.cli(&["delete", "pod", "remote"]);
-    assert_eq!(code, 0, "{stderr}");
-    wait_until(&server, "/api/v1/namespaces/default/pods/remote", 60, "the pod being deleted", |p| p["code"] == 404).await;
+
+    // A NodePort to a container is raw TCP on every node: node-2 dials its pod, node-1 tunnels
+    // through node-2's data plane. The server speaks first, which no HTTP proxy would carry.
+    wait_ready(&server, "banner", 90).await;
+    let (_, service) = server.get("/api/v1/namespaces/default/services/banner").await;
+    let node_port = service["spec"]["ports"][0]["nodePort"].as_u64().expect("a node port");
+    for node_ip in ["127.0.0.2", "127.0.0.1"] {
+        let address = format!("{node_ip}:{node_port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match banner_and_echo(&address).await {
+                Ok((banner, echo)) if !banner.is_empty() => {
+                    assert_eq!((banner.as_str(), echo.as_str()), ("banner from banner\n", "ping over tcp\n"), "through {address}");
+                    break;
+                }
+                other => assert!(Instant::now() < deadline, "node port {address} never carried TCP to the container: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // Several connections at once, each its own stream.
+    let through_node_1 = format!("127.0.0.1:{node_port}");
+    let exchanges = futures::future::join_all((0..8).map(|_| banner_and_echo(&through_node_1))).await;
+    for exchange in exchanges {
+        assert_eq!(exchange, Ok(("banner from banner\n".to_owned(), "ping over tcp\n".to_owned())));
+    }
+
+    for pod in ["remote", "banner"] {
+        let (code, _, stderr) = server.cli(&["delete", "pod", pod]);
+        assert_eq!(code, 0, "{stderr}");
+        wait_until(&server, &format!("/api/v1/namespaces/default/pods/{pod}"), 60, "the pod being deleted", |p| p["code"] == 404).await;
+    }
 }
 
 #[tokio::test]

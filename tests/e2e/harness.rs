@@ -212,6 +212,11 @@ impl Agent {
         Self::launch(&server.url, server, name, "127.0.0.1", extra_args)
     }
 
+    /// An agent listening on `ip` with `extra_args`.
+    pub fn start_at_with(server: &Server, name: &str, ip: &str, extra_args: &[&str]) -> Self {
+        Self::launch(&server.url, server, name, ip, extra_args)
+    }
+
     fn launch(urls: &str, credentials: &Server, name: &str, ip: &str, extra_args: &[&str]) -> Self {
         let server = credentials;
         let temp = tempfile::tempdir().expect("tempdir");

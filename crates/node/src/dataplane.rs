@@ -6,6 +6,9 @@
 //! - `/_logs/NAMESPACE/NAME?container=&follow=&tailLines=&timestamps=&sinceSeconds=&limitBytes=`
 //!   serves a container's captured output. Logs may hold secrets, so this one needs the node
 //!   token (the API server's `pods/log` proxies here with it).
+//! - `/_tunnel/UID:PORT` with `Upgrade: shoal-tcp` turns the connection into a byte stream to
+//!   that port of a pod with a network of its own on this node ([`crate::tunnel`]): node ports on
+//!   other nodes reach container endpoints here this way.
 //! - `/healthz`.
 
 use std::collections::HashMap;
@@ -46,6 +49,9 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Res
     }
     if let Some(rest) = path.strip_prefix("/_pods/") {
         return to_pod(shared, rest, request).await;
+    }
+    if let Some(target) = path.strip_prefix("/_tunnel/") {
+        return crate::tunnel::accept(shared, target, request).await;
     }
     text(StatusCode::NOT_FOUND, "unknown data-plane path; use /_pods/NAMESPACE/NAME/… or /_logs/NAMESPACE/NAME\n")
 }

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod services;
 pub mod spec;
 pub mod status;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

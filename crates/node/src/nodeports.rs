@@ -2,8 +2,10 @@
 //! address and proxies what arrives to the Service, as kube-proxy does. The listeners follow
 //! the Service table: opened when a port appears, closed when it goes.
 //!
-//! Endpoints here are Wasm HTTP components, so a node port speaks HTTP/1.1 and HTTP/2. Raw TCP
-//! forwarding needs endpoints with sockets of their own (OCI containers, issue 9).
+//! Each connection picks an endpoint. One with an address of its own (a pod with an OCI
+//! container) gets the connection as raw TCP ([`crate::tunnel`]): any protocol works. Wasm HTTP
+//! components have no sockets, so for them the node port speaks HTTP/1.1 and HTTP/2 and balances
+//! each request.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::proxy::text;
+use crate::tunnel::Dispatch;
 
 type Owner = (String, String, u16);
 
@@ -73,6 +76,22 @@ async fn accept(shared: Arc<Shared>, listener: tokio::net::TcpListener, owner: O
     while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &stop, "node port").await {
         let (shared, owner) = (Arc::clone(&shared), Arc::clone(&owner));
         shared.clone().tasks.spawn(async move {
+            let (namespace, name, port) = &*owner;
+            let target = shared.services.get(namespace, name).and_then(|service| Some((service.port(Some(*port))?.clone(), service)));
+            if let Some((service_port, service)) = target {
+                match crate::tunnel::dispatch(&shared, &service, &service_port, Some(peer.ip())).await {
+                    Dispatch::Tcp(pick, mut upstream) => {
+                        crate::tunnel::relay(stream, &mut upstream, &shared.shutdown).await;
+                        drop(pick);
+                        return;
+                    }
+                    Dispatch::Refused => {
+                        tracing::debug!(service = %format!("{namespace}/{name}"), %peer, "node port: every endpoint refused the connection");
+                        return;
+                    }
+                    Dispatch::Http => {}
+                }
+            }
             let handler_shared = Arc::clone(&shared);
             crate::proxy::serve_http(&shared, TokioIo::new(stream), move |request| {
                 let (shared, owner) = (Arc::clone(&handler_shared), Arc::clone(&owner));

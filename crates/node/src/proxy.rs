@@ -233,7 +233,8 @@ where
         async move { Ok::<_, std::convert::Infallible>(handler(request).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(io, service);
+    // With upgrades: the data plane's `/_tunnel/` turns a connection into a byte stream.
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

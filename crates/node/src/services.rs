@@ -38,6 +38,9 @@ pub struct EndpointEntry {
     pub terminating: bool,
     /// The endpoint's port numbers by Service port name.
     pub ports: Vec<(String, u16)>,
+    /// The slice's address for it: the pod's own for a pod with a network namespace (one with
+    /// an OCI container), else its node's.
+    pub address: Option<IpAddr>,
     pub outstanding: Arc<AtomicUsize>,
 }
 
@@ -95,6 +98,8 @@ pub struct ServiceTable {
     by_cluster_ip: RwLock<HashMap<Ipv4Addr, Key>>,
     /// Data-plane addresses of nodes, by name.
     node_addresses: RwLock<HashMap<String, String>>,
+    /// Nodes' InternalIPs, by name.
+    node_ips: RwLock<HashMap<String, IpAddr>>,
     /// Requests in flight per endpoint uid, kept across rebuilds.
     outstanding: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     affinity: Mutex<Sessions>,
@@ -131,6 +136,13 @@ impl ServiceTable {
         }));
         let table = Arc::clone(self);
         nodes.on_change(Box::new(move |old, new| {
+            let mut ips = table.node_ips.write().unwrap_or_else(|p| p.into_inner());
+            match new.map(|node| (meta::name(node), internal_ip(node))) {
+                Some((name, Some(ip))) => ips.insert(name.to_owned(), ip),
+                Some((name, None)) => ips.remove(name),
+                None => old.and_then(|node| ips.remove(meta::name(node))),
+            };
+            drop(ips);
             let mut addresses = table.node_addresses.write().unwrap_or_else(|p| p.into_inner());
             match new {
                 Some(node) => match node["metadata"]["annotations"][crate::DATA_ADDR_ANNOTATION].as_str() {
@@ -199,6 +211,15 @@ impl ServiceTable {
 
     pub fn node_address(&self, node: &str) -> Option<String> {
         self.node_addresses.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+    }
+
+    /// The endpoint's own address, when its pod has a network namespace of its own: its slice
+    /// address differs from its node's InternalIP. Such an endpoint takes raw TCP at that
+    /// address; the others are HTTP components reached through their node.
+    pub fn own_address(&self, endpoint: &EndpointEntry) -> Option<IpAddr> {
+        let address = endpoint.address?;
+        let node_ip = *self.node_ips.read().unwrap_or_else(|p| p.into_inner()).get(&endpoint.node)?;
+        (address != node_ip).then_some(address)
     }
 
     /// Chooses an endpoint of `service` for `port`: the session's endpoint under ClientIP
@@ -293,6 +314,7 @@ pub fn entry_of(service: &Value, slices: &[Arc<Value>], outstanding: &mut HashMa
                 serving: conditions["serving"].as_bool().unwrap_or(ready),
                 terminating: conditions["terminating"].as_bool().unwrap_or(false),
                 ports: slice_ports.clone(),
+                address: endpoint["addresses"][0].as_str().and_then(|a| a.parse().ok()),
             });
         }
     }
@@ -305,6 +327,11 @@ pub fn entry_of(service: &Value, slices: &[Arc<Value>], outstanding: &mut HashMa
         affinity,
         endpoints,
     }
+}
+
+/// A Node's InternalIP.
+fn internal_ip(node: &Value) -> Option<IpAddr> {
+    node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str()?.parse().ok()
 }
 
 /// Splits `host[:port]` (as in a Host header or URI authority).
@@ -390,6 +417,19 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(table.pick(&entry, &port, None, &[]).unwrap().endpoint.pod, "new");
         }
+    }
+
+    #[test]
+    fn only_pods_with_an_address_of_their_own_take_raw_tcp() {
+        let mut container = endpoint("box", "n1", true, false);
+        container["addresses"] = json!(["10.88.4.7"]);
+        let (table, entry) = web(false, vec![endpoint("wasm", "n1", true, false), container, endpoint("elsewhere", "n2", true, false)]);
+        table.node_ips.write().unwrap().insert("n1".into(), "127.0.0.1".parse().unwrap());
+        let own: Vec<Option<String>> = entry.endpoints.iter().map(|e| table.own_address(e).map(|a| a.to_string())).collect();
+        // The Wasm pod's address is its node's; n2's address is not known yet.
+        assert_eq!(own, [None, Some("10.88.4.7".to_owned()), None]);
+        let node = json!({"metadata": {"name": "n2"}, "status": {"addresses": [{"type": "Hostname", "address": "n2"}, {"type": "InternalIP", "address": "192.0.2.1"}]}});
+        assert_eq!(internal_ip(&node), Some("192.0.2.1".parse().unwrap()));
     }
 
     #[test]
