@@ -6,7 +6,9 @@
 #     the node's data plane directly, vs a static hyper server (the ceiling);
 #   - latency (-c1): the ingress hop = ingress p50/p99 minus data-plane p50/p99;
 #   - a guest's call to a Service: echo's /fetch?url=http://hello/ minus echo's plain answer,
-#     with hello on the same node (in-process) and on another node (forwarded).
+#     with hello on the same node (in-process) and on another node (forwarded);
+#   - both latencies again with paired_latency (interleaved rounds, PAIRED_ROUNDS), and the
+#     criterion split of the same-node call.
 # Prints lines for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -98,3 +100,13 @@ echo "shoal data plane -> hello -c1: $(load 1 x "$data/_pods/default/$pod/")"
 echo "echo, plain answer -c1: $(load 1 echo.localhost "http://127.0.0.1:$ingress/")"
 echo "echo calling http://hello/ (same node, in-process) -c1: $(load 1 echo.localhost "http://127.0.0.1:$ingress/fetch?url=http://hello/")"
 echo "echo calling http://hello-remote/ (other node) -c1: $(load 1 echo.localhost "http://127.0.0.1:$ingress/fetch?url=http://hello-remote/")"
+# The same latencies again, interleaved: each round sends one request to each target in turn, so
+# the machine's noise falls on every target alike and the differences are the paths' own.
+rounds="${PAIRED_ROUNDS:-20000}"
+echo "paired, $rounds rounds: the ingress hop (ingress vs data plane, both to hello)"
+./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|hello.localhost" "$data/_pods/default/$pod/" | sed 's/^/  /'
+echo "paired, $rounds rounds: a guest's Service call (echo's plain answer vs echo calling hello on this node and on the other)"
+./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|echo.localhost" "http://127.0.0.1:$ingress/fetch?url=http://hello/|echo.localhost" \
+  "http://127.0.0.1:$ingress/fetch?url=http://hello-remote/|echo.localhost" | sed 's/^/  /'
+echo "in-process split of the same-node call (criterion):"
+cargo bench -q -p shoal-benches --bench service_call 2>/dev/null | grep -E "^same-node|time:" | paste - - | awk '{$1=$1; print "  " $0}' || true

@@ -175,8 +175,11 @@ impl HttpHandler {
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
         let pre = self.prepared.pre.clone();
         let (pool, reuse_limit, instantiate_times) = (Arc::clone(&self.warm), self.reuse_limit, Arc::clone(&self.instantiate_times));
-        // The guest runs in its own task so it can keep streaming the body after the headers.
-        let task = tokio::spawn(async move {
+        // The guest runs inline, in the caller's task: a task of its own would cost a hand-off
+        // to another worker thread and back on every request. When the response's headers
+        // arrive before the guest has finished (it is still streaming the body), the rest of
+        // the guest moves to a task of its own.
+        let mut guest = Box::pin(async move {
             let proxy = match proxy {
                 Some(proxy) => proxy,
                 None => {
@@ -192,20 +195,48 @@ impl HttpHandler {
             }
             Ok::<(), wasmtime::Error>(())
         });
-        match tokio::time::timeout(budget, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(code))) => Err(format!("the guest answered with an error: {code:?}")),
-            Ok(Err(_)) => match task.await {
-                Ok(Ok(())) => Err("the guest returned without setting a response".into()),
-                Ok(Err(error)) => Err(describe_trap(&error)),
-                Err(join) => Err(format!("the guest task failed: {join}")),
-            },
-            Err(_) => {
-                task.abort();
-                Err(format!("the request ran past its {budget:?} time budget"))
+        let mut receiver = receiver;
+        let first = tokio::time::timeout(budget, async {
+            tokio::select! {
+                biased;
+                answer = &mut receiver => First::Answer(answer),
+                finished = &mut guest => First::Finished(finished),
             }
+        })
+        .await;
+        let answer = match first {
+            Err(_) => return Err(format!("the request ran past its {budget:?} time budget")),
+            Ok(First::Answer(answer)) => {
+                tokio::spawn(async move {
+                    if let Err(error) = guest.await {
+                        tracing::debug!(reason = %describe_trap(&error), "the guest failed after answering");
+                    }
+                });
+                answer
+            }
+            // The guest returned: its answer, if it set one, is already there.
+            Ok(First::Finished(finished)) => match receiver.try_recv() {
+                Ok(answer) => Ok(answer),
+                Err(_) => {
+                    return Err(match finished {
+                        Ok(()) => "the guest returned without setting a response".into(),
+                        Err(error) => describe_trap(&error),
+                    });
+                }
+            },
+        };
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(format!("the guest answered with an error: {code:?}")),
+            Err(_) => Err("the guest dropped its response without setting it".into()),
         }
     }
+}
+
+/// Which came first while a guest runs: its answer or its return.
+enum First<A, F> {
+    Answer(A),
+    Finished(F),
 }
 
 /// A trap in words users recognise.

@@ -1,0 +1,85 @@
+//! The in-process part of a guest's call to a Service on the same node, split into its pieces:
+//! echo's plain answer, hello's own request, and echo's `/fetch?url=http://hello/` whose
+//! outgoing `wasi:http` request the host answers by calling hello's handler in-process (as the
+//! node's Service proxy does for a local endpoint, minus the name lookup and endpoint pick).
+//! The call's cost is the third minus the first; the second is the callee's share of it. Runs on
+//! a two-worker multi-threaded runtime, like the node's. The samples must be built
+//! (samples/build.sh).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Full};
+use shoal_runtime_wasm::{HttpError, HttpHandler, LogSink, OutboundFuture, OutboundHttp, Runtime, RuntimeConfig, SandboxSpec, Workload};
+
+/// Answers every request for the host `hello` with the hello component, in-process.
+struct ToHello(Arc<HttpHandler>);
+
+impl OutboundHttp for ToHello {
+    fn route(&self, request: hyper::Request<shoal_runtime_wasm::WasiBody>) -> Result<OutboundFuture, hyper::Request<shoal_runtime_wasm::WasiBody>> {
+        if request.uri().host() != Some("hello") {
+            return Err(request);
+        }
+        let hello = Arc::clone(&self.0);
+        Ok(Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            parts.uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            Ok(hello.handle(hyper::Request::from_parts(parts, body)).await.0)
+        }))
+    }
+}
+
+async fn serve(runtime: &Arc<Runtime>, sample: &str, spec: SandboxSpec) -> Arc<HttpHandler> {
+    let wasm = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../samples/{sample}/{sample}.wasm"));
+    match runtime.load(&format!("sha256:bench-call-{sample}"), &wasm).await.expect("load the sample (run samples/build.sh)") {
+        Workload::Http(prepared) => Arc::new(HttpHandler::new(prepared, spec, 1024)),
+        _ => panic!("{sample} is an HTTP component"),
+    }
+}
+
+async fn call(handler: &HttpHandler, uri: &str) -> Bytes {
+    let request = hyper::Request::builder().uri(uri).body(Full::new(Bytes::new())).expect("request");
+    let (response, _) = handler.handle(request).await;
+    response.into_body().collect().await.expect("body").to_bytes()
+}
+
+fn service_call(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig::new(dir.path().join("compiled"))).expect("engine");
+    let (hello, echo) = tokio.block_on(async {
+        let hello = serve(&runtime, "hello", SandboxSpec::new(LogSink::new(16))).await;
+        let mut spec = SandboxSpec::new(LogSink::new(16));
+        spec.outbound = Some(Arc::new(ToHello(Arc::clone(&hello))));
+        let echo = serve(&runtime, "echo", spec).await;
+        let fetched = call(&echo, "http://bench/fetch?url=http://hello/").await;
+        assert!(String::from_utf8_lossy(&fetched).contains("hello from shoal"), "{fetched:?}");
+        (hello, echo)
+    });
+    let mut group = c.benchmark_group("same-node service call");
+    for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
+        // The loop runs on a worker thread, as a node's connection task does (criterion's own
+        // future runs on the bench's main thread, outside the runtime's workers).
+        group.bench_function(name, |b| {
+            b.to_async(&tokio).iter_custom(|iterations| {
+                let handler = Arc::clone(handler);
+                async move {
+                    tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        for _ in 0..iterations {
+                            std::hint::black_box(call(&handler, uri).await);
+                        }
+                        started.elapsed()
+                    })
+                    .await
+                    .expect("the bench task")
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, service_call);
+criterion_main!(benches);
