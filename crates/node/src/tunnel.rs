@@ -35,7 +35,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub enum Dispatch {
     /// A byte stream to an endpoint (held as busy while the connection lasts).
     Tcp(Pick, Box<dyn Stream>),
-    /// The endpoints are HTTP components (or none is ready): serve HTTP and balance per request.
+    /// The endpoint picked is an HTTP component (or none is ready): serve HTTP and balance per
+    /// request.
     Http,
     /// Every endpoint with an address of its own refused the connection.
     Refused,
@@ -45,15 +46,10 @@ pub enum Dispatch {
 /// it (retrying other endpoints on refusal).
 pub async fn dispatch(shared: &Arc<Shared>, service: &ServiceEntry, port: &ServicePort, client: Option<IpAddr>) -> Dispatch {
     let mut excluded = Vec::new();
-    for attempt in 0..ATTEMPTS {
+    for _ in 0..ATTEMPTS {
         let Some(pick) = shared.services.pick(service, port, client, &excluded) else { break };
-        let Some(address) = shared.services.own_address(&pick.endpoint) else {
-            if attempt == 0 {
-                return Dispatch::Http;
-            }
-            excluded.push(pick.endpoint.uid.clone());
-            continue;
-        };
+        // An HTTP component: the connection is served as HTTP, balanced per request.
+        let Some(address) = shared.services.own_address(&pick.endpoint) else { return Dispatch::Http };
         let endpoint = &pick.endpoint;
         let connected: Result<Box<dyn Stream>, String> = if endpoint.node == shared.config.node_name {
             dial(SocketAddr::new(address, pick.port)).await.map(|s| Box::new(s) as Box<dyn Stream>)
