@@ -18,6 +18,11 @@ pub fn resource_version(object: &Value) -> Option<u64> {
     object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok())
 }
 
+/// A Node's `InternalIP` address, as its status lists it.
+pub fn internal_ip(node: &Value) -> Option<&str> {
+    node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str()
+}
+
 pub fn labels(object: &Value) -> Option<&Map<String, Value>> {
     object["metadata"]["labels"].as_object()
 }

@@ -219,7 +219,7 @@ pub fn row(info: &ResourceInfo, object: &Value, now: jiff::Timestamp) -> Vec<Str
                 .flatten()
                 .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned))
                 .collect();
-            let internal_ip = status["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == "InternalIP").map(|a| text(&a["address"]));
+            let internal_ip = crate::meta::internal_ip(object).map(str::to_owned);
             let info_field = |key: &str| text(&status["nodeInfo"][key]);
             vec![name, state, or_none(roles.join(",")), created, info_field("kubeletVersion"), or_none(internal_ip.unwrap_or_default()), or_none(info_field("osImage")), or_none(info_field("kernelVersion")), or_none(info_field("containerRuntimeVersion"))]
         }

@@ -262,7 +262,7 @@ pub(crate) fn node_addresses(context: &Context, serves: impl Fn(&Value) -> bool)
         .filter(|node| node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         .filter(|node| node["spec"]["unschedulable"] != true)
         .filter(|node| serves(node))
-        .filter_map(|node| node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str().map(str::to_owned))
+        .filter_map(|node| meta::internal_ip(node).map(str::to_owned))
         .collect();
     addresses.sort();
     addresses.dedup();

@@ -68,9 +68,7 @@ async fn to_pod(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) ->
     };
     let Some(route) = crate::proxy::local_route(shared, namespace, name, port) else {
         // Nothing was read: a Service proxy may send this request to another endpoint.
-        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("pod {namespace}/{name} has no ready HTTP component on this node\n"));
-        response.headers_mut().insert(crate::proxy::GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
-        return response;
+        return crate::proxy::gone(StatusCode::SERVICE_UNAVAILABLE, format!("pod {namespace}/{name} has no ready HTTP component on this node\n"));
     };
     let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let (mut parts, body) = request.into_parts();

@@ -35,8 +35,8 @@ pub type ProxyBody = ResponseBody;
 /// retry elsewhere, since nothing was delivered.
 pub const GONE_HEADER: &str = "x-shoal-endpoint-gone";
 
-/// How many endpoints one request may try.
-const ATTEMPTS: usize = 3;
+/// How many endpoints one request (or one node-port connection) may try.
+pub(crate) const ATTEMPTS: usize = 3;
 
 /// The largest request body (by `Content-Length`) kept in memory so the request can be retried
 /// on another endpoint.
@@ -93,6 +93,14 @@ impl Body for Counted {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An answer marked with [`GONE_HEADER`]: nothing reached the pod, so the caller may try
+/// another endpoint.
+pub fn gone(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
+    let mut response = text(status, body);
+    response.headers_mut().insert(GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
+    response
 }
 
 fn counted(response: Response<ProxyBody>, pick: Pick) -> Response<ProxyBody> {
@@ -189,13 +197,8 @@ where
     let body = body.map_err(Into::into).boxed_unsync();
     match shared.forwarder.request(Request::from_parts(parts, body)).await {
         Ok(response) => response.map(|b| b.map_err(HttpError::from).boxed_unsync()),
-        Err(error) => {
-            let mut response = text(StatusCode::BAD_GATEWAY, format!("the container at {address} did not answer: {error}\n"));
-            if error.is_connect() {
-                response.headers_mut().insert(GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
-            }
-            response
-        }
+        Err(error) if error.is_connect() => gone(StatusCode::BAD_GATEWAY, format!("the container at {address} did not answer: {error}\n")),
+        Err(error) => text(StatusCode::BAD_GATEWAY, format!("the container at {address} did not answer: {error}\n")),
     }
 }
 

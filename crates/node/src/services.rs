@@ -137,7 +137,7 @@ impl ServiceTable {
         let table = Arc::clone(self);
         nodes.on_change(Box::new(move |old, new| {
             let mut ips = table.node_ips.write().unwrap_or_else(|p| p.into_inner());
-            match new.map(|node| (meta::name(node), internal_ip(node))) {
+            match new.map(|node| (meta::name(node), meta::internal_ip(node).and_then(|ip| ip.parse().ok()))) {
                 Some((name, Some(ip))) => ips.insert(name.to_owned(), ip),
                 Some((name, None)) => ips.remove(name),
                 None => old.and_then(|node| ips.remove(meta::name(node))),
@@ -329,11 +329,6 @@ pub fn entry_of(service: &Value, slices: &[Arc<Value>], outstanding: &mut HashMa
     }
 }
 
-/// A Node's InternalIP.
-fn internal_ip(node: &Value) -> Option<IpAddr> {
-    node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str()?.parse().ok()
-}
-
 /// Splits `host[:port]` (as in a Host header or URI authority).
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
     if authority.starts_with('[') {
@@ -429,7 +424,7 @@ mod tests {
         // The Wasm pod's address is its node's; n2's address is not known yet.
         assert_eq!(own, [None, Some("10.88.4.7".to_owned()), None]);
         let node = json!({"metadata": {"name": "n2"}, "status": {"addresses": [{"type": "Hostname", "address": "n2"}, {"type": "InternalIP", "address": "192.0.2.1"}]}});
-        assert_eq!(internal_ip(&node), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(meta::internal_ip(&node), Some("192.0.2.1"));
     }
 
     #[test]

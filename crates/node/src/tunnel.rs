@@ -20,13 +20,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
-use crate::proxy::{GONE_HEADER, ProxyBody, text};
+use crate::proxy::{ATTEMPTS, ProxyBody, gone, text};
 use crate::services::{Pick, ServiceEntry, ServicePort};
 
 /// The `Upgrade` token of a data-plane tunnel.
 pub const PROTOCOL: &str = "shoal-tcp";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const ATTEMPTS: usize = 3;
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -116,18 +115,10 @@ pub async fn accept<B>(shared: &Arc<Shared>, target: &str, request: Request<B>) 
         return text(StatusCode::NOT_FOUND, "use /_tunnel/UID:PORT\n");
     };
     let address = shared.pod_networks.read().unwrap_or_else(|p| p.into_inner()).get(uid).map(|net| net.network.address);
-    let Some(address) = address else {
-        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("no pod {uid} with a network on this node\n"));
-        response.headers_mut().insert(GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
-        return response;
-    };
+    let Some(address) = address else { return gone(StatusCode::SERVICE_UNAVAILABLE, format!("no pod {uid} with a network on this node\n")) };
     let mut upstream = match dial(SocketAddr::new(address.into(), port)).await {
         Ok(stream) => stream,
-        Err(error) => {
-            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
-            response.headers_mut().insert(GONE_HEADER, hyper::header::HeaderValue::from_static("1"));
-            return response;
-        }
+        Err(error) => return gone(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
     };
     let shutdown = shared.shutdown.clone();
     let upgrade = hyper::upgrade::on(request);

@@ -170,7 +170,7 @@ impl HttpHandler {
             }
         };
         apply_time_budget(&mut store, budget, self.spec.cpu.clone());
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
         let pre = self.prepared.pre.clone();
@@ -195,7 +195,6 @@ impl HttpHandler {
             }
             Ok::<(), wasmtime::Error>(())
         });
-        let mut receiver = receiver;
         let first = tokio::time::timeout(budget, async {
             tokio::select! {
                 biased;
