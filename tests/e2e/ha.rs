@@ -88,6 +88,14 @@ async fn servers_join_one_group_where_any_server_serves_linearizable_reads_and_w
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
     assert!(status["members"].as_array().expect("members").iter().all(|m| m["lag"].is_number()), "the leader reports every member's lag: {status}");
 
+    // The `kubernetes` Endpoints name every API server (on loopback each has its own port).
+    let ports = |servers: &[&Server]| -> Vec<u64> {
+        let mut ports: Vec<u64> = servers.iter().map(|s| s.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")).collect();
+        ports.sort();
+        ports
+    };
+    await_kubernetes_endpoints(&servers[1], &ports(&all)).await;
+
     // A write through any server is read back at once from every server.
     let (_, listed) = servers[0].get("/api/v1/namespaces/default/configmaps").await;
     let start = listed["metadata"]["resourceVersion"].as_str().expect("list revision").to_owned();
@@ -161,6 +169,26 @@ async fn servers_join_one_group_where_any_server_serves_linearizable_reads_and_w
     let (code, refused) = servers[removed].post("/api/v1/namespaces/default/configmaps", &config_map("from-the-removed", "x", None)).await;
     assert_eq!(code, 503, "a removed server refuses writes: {refused}");
     assert!(refused["message"].as_str().unwrap_or("").contains("not a member"), "and says why: {refused}");
+    await_kubernetes_endpoints(remaining[0], &ports(&remaining)).await;
+}
+
+/// Waits (up to 10 s) until the `default/kubernetes` Endpoints and EndpointSlices name exactly
+/// the API servers on `ports` (all at 127.0.0.1).
+async fn await_kubernetes_endpoints(server: &Server, ports: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, endpoints) = server.get("/api/v1/namespaces/default/endpoints/kubernetes").await;
+        let mut named: Vec<u64> = endpoints["subsets"].as_array().into_iter().flatten().filter(|s| s["addresses"] == json!([{"ip": "127.0.0.1"}])).filter_map(|s| s["ports"][0]["port"].as_u64()).collect();
+        named.sort();
+        let (_, slices) = server.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes").await;
+        let mut sliced: Vec<u64> = slices["items"].as_array().into_iter().flatten().filter_map(|s| s["ports"][0]["port"].as_u64()).collect();
+        sliced.sort();
+        if named == ports && sliced == ports {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the kubernetes Endpoints name ports {named:?} and its slices {sliced:?}, not the API servers' {ports:?}: {endpoints}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One recorded operation of the fault workload.

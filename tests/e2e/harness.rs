@@ -150,13 +150,17 @@ impl Server {
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.url)).bearer_auth(&self.token);
         if let Some((content_type, bytes)) = body {
             request = request.header("Content-Type", content_type).body(bytes);
         }
         let response = request.send().await.expect("request");
         let status = response.status().as_u16();
         let bytes = response.bytes().await.expect("body");
+        if status >= 400 {
+            // Shown with a failing test's output: many callers check only some answers.
+            eprintln!("{method} {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+        }
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
@@ -284,6 +288,12 @@ pub async fn wait_until(server: &Server, path: &str, seconds: u64, what: &str, c
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        // A failing test keeps the server's data dir and log for a look afterwards.
+        if std::thread::panicking()
+            && let Some(temp) = self._temp.take()
+        {
+            eprintln!("the failed test's server data and log are kept in {}", temp.keep().display());
+        }
     }
 }
 

@@ -209,6 +209,8 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
     if state.store.is_alone() {
         objects::bootstrap(&state, &api_host, local_addr.port()).await.map_err(|e| Error::Tls(format!("bootstrapping the cluster's objects: {e}")))?;
     } else {
+        let metrics = state.store.raft_metrics();
+        tracing::info!(leader = ?metrics.current_leader, state = ?metrics.state, voters = ?metrics.membership_config.membership().voter_ids().collect::<Vec<_>>(), "creating the cluster's bootstrap objects in the background");
         // A member of a larger group may start before a majority is up (a whole cluster
         // restarting): serve at once and create the bootstrap objects once the group can write.
         let state = Arc::clone(&state);
@@ -235,6 +237,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         });
     }
     pki::write_kubeconfig(&credentials, &url, &member_urls(&state.store, &url))?;
+    state.tasks.clone().spawn(objects::keep_kubernetes_endpoints(Arc::clone(&state)));
     {
         // Keep the kubeconfig's list of servers current as members come and go.
         let state = Arc::clone(&state);

@@ -811,41 +811,157 @@ async fn create_if_missing(state: &AppState, info: &'static ResourceInfo, namesp
 }
 
 /// The `default/kubernetes` Service every cluster has: the first address of the service range,
-/// port 443, with an EndpointSlice and Endpoints naming the API server (rewritten at each start,
-/// since the server's address may change).
-async fn kubernetes_service(state: &AppState, api_host: &str, api_port: u16) -> Result<(), ApiError> {
+/// port 443 (target: this server's port), with Endpoints and EndpointSlices naming every API
+/// server of the group (see [`reconcile_kubernetes_endpoints`]).
+async fn kubernetes_service(state: &Arc<AppState>, api_host: &str, api_port: u16) -> Result<(), ApiError> {
     let services = resources::by_name("services").expect("services are served");
     let service = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": state.service_cidr.first().to_string(),
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}});
     create_if_missing(state, services, Some("default"), service).await?;
-    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "shoal-apiserver"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [api_host], "conditions": {"ready": true, "serving": true, "terminating": false}}],
-        "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]});
+    let mut members: Vec<String> = state.store.members().into_iter().map(|(_, url)| url).collect();
+    if members.is_empty() {
+        members.push(format!("https://{api_host}:{api_port}"));
+    }
+    reconcile_kubernetes_endpoints(state, &members).await
+}
+
+/// Where a member's API is served: its address and port, from its base URL
+/// (`https://HOST:PORT`). Host names are resolved; `None` when that fails.
+async fn member_address(url: &str) -> Option<(std::net::IpAddr, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let port = uri.port_u16().unwrap_or(443);
+    let host = uri.host()?.trim_matches(['[', ']']);
+    if let Ok(address) = host.parse::<std::net::IpAddr>() {
+        return Some((address, port));
+    }
+    let resolved = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await.ok()?.ok()?;
+    let mut addresses: Vec<std::net::SocketAddr> = resolved.collect();
+    // IPv4 first, as kube-apiserver advertises.
+    addresses.sort_by_key(|a| a.is_ipv6());
+    addresses.first().map(|a| (a.ip(), port))
+}
+
+/// The `default/kubernetes` EndpointSlices and Endpoints for API servers at `addresses`:
+/// one slice per address family and port (a slice has one port list), the first named
+/// `kubernetes` and the others `kubernetes-PORT` (`-v6` added for IPv6), and one Endpoints
+/// with one subset per port.
+fn kubernetes_endpoint_objects(addresses: &[(std::net::IpAddr, u16)]) -> (Vec<Value>, Value) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut by_family_port: BTreeMap<(bool, u16), BTreeSet<std::net::IpAddr>> = BTreeMap::new();
+    let mut by_port: BTreeMap<u16, BTreeSet<std::net::IpAddr>> = BTreeMap::new();
+    for (address, port) in addresses {
+        by_family_port.entry((address.is_ipv6(), *port)).or_default().insert(*address);
+        by_port.entry(*port).or_default().insert(*address);
+    }
+    let slices = by_family_port
+        .iter()
+        .enumerate()
+        .map(|(index, ((v6, port), hosts))| {
+            let name = match (index, v6) {
+                (0, _) => "kubernetes".to_owned(),
+                (_, false) => format!("kubernetes-{port}"),
+                (_, true) => format!("kubernetes-{port}-v6"),
+            };
+            let endpoints: Vec<Value> =
+                hosts.iter().map(|host| json!({"addresses": [host.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}})).collect();
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "shoal-apiserver"}},
+                "addressType": if *v6 { "IPv6" } else { "IPv4" },
+                "endpoints": endpoints,
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+        })
+        .collect();
+    let subsets: Vec<Value> = by_port
+        .iter()
+        .map(|(port, hosts)| {
+            json!({"addresses": hosts.iter().map(|host| json!({"ip": host.to_string()})).collect::<Vec<_>>(),
+                   "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+        })
+        .collect();
     let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": api_host}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
-    for (resource, mut desired) in [("endpointslices", slice), ("endpoints", endpoints)] {
-        let info = resources::by_name(resource).expect("served");
-        match state.store.get(&key(info, Some("default"), "kubernetes")).map_err(store_error)? {
-            None => create_if_missing(state, info, Some("default"), desired).await?,
+        "subsets": subsets});
+    (slices, endpoints)
+}
+
+/// Makes the `default/kubernetes` Endpoints and EndpointSlices name every API server of the
+/// group (`members`: their base URLs), creating, rewriting and deleting as needed. The leader
+/// runs it at start and whenever the membership changes (see [`keep_kubernetes_endpoints`]).
+pub async fn reconcile_kubernetes_endpoints(state: &Arc<AppState>, members: &[String]) -> Result<(), ApiError> {
+    let mut addresses = Vec::new();
+    for url in members {
+        match member_address(url).await {
+            Some(address) => addresses.push(address),
+            None => tracing::warn!(%url, "an API server's address does not resolve; the kubernetes Endpoints leave it out"),
+        }
+    }
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let (slices, endpoints) = kubernetes_endpoint_objects(&addresses);
+    let slice_info = resources::by_name("endpointslices").expect("served");
+    let endpoints_info = resources::by_name("endpoints").expect("served");
+    let mut desired: Vec<(&'static ResourceInfo, Value, &[&str])> = slices.into_iter().map(|slice| (slice_info, slice, &["endpoints", "ports", "addressType"][..])).collect();
+    desired.push((endpoints_info, endpoints, &["subsets"][..]));
+    for (info, mut object, fields) in desired {
+        let name = meta::name(&object).to_owned();
+        match state.store.get(&key(info, Some("default"), &name)).map_err(store_error)? {
+            None => create_if_missing(state, info, Some("default"), object).await?,
             Some(current) => {
-                let same = ["endpoints", "ports", "subsets"].iter().all(|field| current[*field] == desired[*field]);
-                // In a group of several servers the first server's address stays (the servers
-                // would otherwise overwrite one another at each start).
-                let shared = state.store.members().len() > 1;
-                if !same && !shared {
-                    desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                if fields.iter().any(|field| current[*field] != object[*field]) {
+                    object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                     let precondition = Precondition { resource_version: meta::resource_version(&current), uid: None };
-                    update(state, info, Some("default"), "kubernetes", &current, desired, UpdateScope::Main, precondition, FieldValidation::Strict, false).await?;
+                    update(state, info, Some("default"), &name, &current, object, UpdateScope::Main, precondition, FieldValidation::Strict, false).await?;
                 }
             }
         }
     }
+    // Slices of ports no server serves on any more.
+    let wanted: Vec<String> = kubernetes_endpoint_objects(&addresses).0.iter().map(|slice| meta::name(slice).to_owned()).collect();
+    let listed = state
+        .store
+        .list(&slice_info.group_resource(), Some("default"), None, None, &|slice| {
+            slice["metadata"]["labels"]["kubernetes.io/service-name"] == "kubernetes" && slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "shoal-apiserver"
+        })
+        .map_err(store_error)?;
+    for slice in listed.items {
+        let name = meta::name(&slice);
+        if !wanted.iter().any(|w| w == name) {
+            match delete(state, slice_info, Some("default"), name, &DeleteOptions::default()).await {
+                Ok(_) => {}
+                Err(error) if error.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
     Ok(())
+}
+
+/// On the leader, keeps the `default/kubernetes` Endpoints in step with the group's members:
+/// checked every 2 s, rewritten when a member joins, leaves or moves.
+pub async fn keep_kubernetes_endpoints(state: Arc<AppState>) {
+    let mut written: Option<Vec<String>> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if state.store.leader().is_none_or(|(leader, _)| leader != state.store.id()) {
+            written = None;
+            continue;
+        }
+        let mut members: Vec<String> = state.store.members().into_iter().map(|(_, url)| url).collect();
+        members.sort();
+        if written.as_ref() == Some(&members) {
+            continue;
+        }
+        match reconcile_kubernetes_endpoints(&state, &members).await {
+            Ok(()) => written = Some(members),
+            Err(error) => tracing::info!(error = %error.message, "the kubernetes Endpoints wait to be rewritten with the current API servers"),
+        }
+    }
 }
 
 /// Creates the objects every cluster has (namespaces, the `shoal` IngressClass, the
@@ -881,4 +997,45 @@ pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
         *map = ordered;
     }
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_endpoints_group_the_servers_by_port_and_family() {
+        let v4 = |text: &str| text.parse::<std::net::IpAddr>().expect("address");
+        let (slices, endpoints) = kubernetes_endpoint_objects(&[(v4("10.0.0.2"), 6443), (v4("10.0.0.1"), 6443), (v4("10.0.0.3"), 7443), (v4("fd00::1"), 6443)]);
+        let summary: Vec<(String, String, Vec<String>, u64)> = slices
+            .iter()
+            .map(|slice| {
+                let hosts = slice["endpoints"].as_array().expect("endpoints").iter().map(|e| e["addresses"][0].as_str().expect("address").to_owned()).collect();
+                (meta::name(slice).to_owned(), slice["addressType"].as_str().expect("type").to_owned(), hosts, slice["ports"][0]["port"].as_u64().expect("port"))
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("kubernetes".to_owned(), "IPv4".to_owned(), vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()], 6443),
+                ("kubernetes-7443".to_owned(), "IPv4".to_owned(), vec!["10.0.0.3".to_owned()], 7443),
+                ("kubernetes-6443-v6".to_owned(), "IPv6".to_owned(), vec!["fd00::1".to_owned()], 6443),
+            ]
+        );
+        assert_eq!(
+            endpoints["subsets"],
+            json!([
+                {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}, {"ip": "fd00::1"}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
+                {"addresses": [{"ip": "10.0.0.3"}], "ports": [{"name": "https", "port": 7443, "protocol": "TCP"}]}
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn member_addresses_come_from_their_urls() {
+        assert_eq!(member_address("https://10.1.2.3:6443").await, Some(("10.1.2.3".parse().expect("ip"), 6443)));
+        assert_eq!(member_address("https://[fd00::7]:7443").await, Some(("fd00::7".parse().expect("ip"), 7443)));
+        assert_eq!(member_address("https://127.0.0.1").await, Some(("127.0.0.1".parse().expect("ip"), 443)));
+        assert_eq!(member_address("not a url").await, None);
+    }
 }

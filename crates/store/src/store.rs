@@ -206,10 +206,20 @@ impl Store {
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-        if config.bootstrap && !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+        let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+        if config.bootstrap && !initialized {
             let mut members = BTreeMap::new();
             members.insert(config.node_id, BasicNode { addr: config.advertise_addr.clone() });
             raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        if config.bootstrap || initialized {
+            // The metrics show the new or stored membership only a moment after `initialize` (or
+            // `Raft::new`) returns; deciding `alone` from them before that would take a lone
+            // server for a member of a larger group.
+            raft.wait(Some(Duration::from_secs(30)))
+                .metrics(|m| m.membership_config.membership().nodes().next().is_some(), "the membership is loaded")
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
         }
         let alone = {
             let metrics = raft.metrics().borrow().clone();
@@ -217,10 +227,20 @@ impl Store {
             voters == [config.node_id]
         };
         if alone {
+            // Both the state and the known leader: `is_alone` reads the latter, and the server
+            // bootstraps its objects before it serves clients only when it is alone.
+            let id = config.node_id;
             raft.wait(Some(Duration::from_secs(30)))
-                .state(ServerState::Leader, "the single-member group elects this server")
+                .metrics(|m| m.state == ServerState::Leader && m.current_leader == Some(id), "the single-member group elects this server")
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
+            // A lone server restarted at another address records the new one, which the
+            // kubeconfig's server list and the `kubernetes` Endpoints are built from.
+            let recorded = raft.metrics().borrow().membership_config.membership().get_node(&id).map(|node| node.addr.clone());
+            if recorded.as_deref() != Some(config.advertise_addr.as_str()) {
+                let nodes = BTreeMap::from([(id, BasicNode { addr: config.advertise_addr.clone() })]);
+                raft.change_membership(ChangeMembers::SetNodes(nodes), false).await.map_err(|e| Error::Raft(e.to_string()))?;
+            }
         }
         tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
