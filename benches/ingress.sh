@@ -50,12 +50,12 @@ kill $pids; wait $pids 2>/dev/null || true
 
 ingress=$(free_port)
 ./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --data-addr 127.0.0.1:0 --node-name bench \
-  --ingress-addr "127.0.0.1:$ingress" --ingress-tls-addr 127.0.0.1:0 2>"$work/shoal.log" &
+  --ingress-addr "127.0.0.1:$ingress" --ingress-tls-addr 127.0.0.1:0 ${DATA_PLANE_THREADS:+--data-plane-threads "$DATA_PLANE_THREADS"} 2>"$work/shoal.log" &
 pids="$!"
 for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
 export KUBECONFIG="$work/data/admin.kubeconfig"
 ./target/release/shoal agent --server "$(awk '/server:/ {print $2}' "$KUBECONFIG")" --token "$(cat "$work/data/node-token")" \
-  --ca-file "$work/data/pki/ca.crt" --data-dir "$work/agent" --node-name remote --data-addr 127.0.0.2:0 --disable-ingress 2>"$work/agent.log" &
+  --ca-file "$work/data/pki/ca.crt" --data-dir "$work/agent" --node-name remote --data-addr 127.0.0.2:0 --disable-ingress ${DATA_PLANE_THREADS:+--data-plane-threads "$DATA_PLANE_THREADS"} 2>"$work/agent.log" &
 pids="$pids $!"
 ./target/release/shoal push samples/hello/hello.wasm shoal.local/samples/hello:latest >/dev/null
 ./target/release/shoal push samples/echo/echo.wasm shoal.local/samples/echo:latest >/dev/null

@@ -27,7 +27,9 @@ printf 'wasmtime serve --max-instance-reuse-count 1000: '
 wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {rps=$2} /50%/ {p50=$2} /99%/ {p99=$2} END {print rps " requests/s, p50 " p50 ", p99 " p99}'
 kill "$pids"; wait "$pids" 2>/dev/null || true
 
-./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --data-addr 127.0.0.1:0 --node-name bench 2>"$work/shoal.log" &
+# DATA_PLANE_THREADS=N serves connections on N reactor threads (default 0: the shared runtime).
+./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --data-addr 127.0.0.1:0 --node-name bench \
+  ${DATA_PLANE_THREADS:+--data-plane-threads "$DATA_PLANE_THREADS"} 2>"$work/shoal.log" &
 pids="$!"
 for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
 export KUBECONFIG="$work/data/admin.kubeconfig"

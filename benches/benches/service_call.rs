@@ -3,8 +3,8 @@
 //! outgoing `wasi:http` request the host answers by calling hello's handler in-process (as the
 //! node's Service proxy does for a local endpoint, minus the name lookup and endpoint pick).
 //! The call's cost is the third minus the first; the second is the callee's share of it. Runs on
-//! a two-worker multi-threaded runtime, like the node's. The samples must be built
-//! (samples/build.sh).
+//! a current-thread runtime, as the node's reactors serve connections, and on a two-worker
+//! multi-threaded runtime for comparison. The samples must be built (samples/build.sh).
 
 use std::sync::Arc;
 
@@ -57,28 +57,34 @@ fn service_call(c: &mut Criterion) {
         assert!(String::from_utf8_lossy(&fetched).contains("hello from shoal"), "{fetched:?}");
         (hello, echo)
     });
-    let mut group = c.benchmark_group("same-node service call");
-    for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
-        // The loop runs on a worker thread, as a node's connection task does (criterion's own
-        // future runs on the bench's main thread, outside the runtime's workers).
-        group.bench_function(name, |b| {
-            b.to_async(&tokio).iter_custom(|iterations| {
-                let handler = Arc::clone(handler);
-                async move {
-                    tokio::spawn(async move {
-                        let started = std::time::Instant::now();
-                        for _ in 0..iterations {
-                            std::hint::black_box(call(&handler, uri).await);
-                        }
-                        started.elapsed()
-                    })
-                    .await
-                    .expect("the bench task")
-                }
-            })
-        });
+    // The node serves connections on reactors (a current-thread runtime per thread); the
+    // two-worker runtime is how it served them before, kept for the comparison.
+    let reactor = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for (runtime_name, runtime) in [("reactor", &reactor), ("two-worker runtime", &tokio)] {
+        let mut group = c.benchmark_group(format!("same-node service call, {runtime_name}"));
+        for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
+            // The loop runs in a task of the runtime, as a node's connection task does
+            // (criterion's own future runs on the bench's main thread, outside a multi-threaded
+            // runtime's workers).
+            group.bench_function(name, |b| {
+                b.to_async(runtime).iter_custom(|iterations| {
+                    let handler = Arc::clone(handler);
+                    async move {
+                        tokio::spawn(async move {
+                            let started = std::time::Instant::now();
+                            for _ in 0..iterations {
+                                std::hint::black_box(call(&handler, uri).await);
+                            }
+                            started.elapsed()
+                        })
+                        .await
+                        .expect("the bench task")
+                    }
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, service_call);

@@ -13,7 +13,9 @@ use crate::harness::{Agent, Server, ingress_of, push, repository, wait_until};
 
 
 async fn two_nodes() -> (Server, Agent) {
-    let server = Server::start().await;
+    // The server's node serves its connections on reactor threads (node-2 on the shared runtime),
+    // so both shapes carry Services, the ingress, node ports and the zero-failure rollout.
+    let server = Server::start_with(&["--data-plane-threads", "2"]).await;
     let agent = Agent::start_at(&server, "node-2", "127.0.0.2");
     wait_until(&server, "/api/v1/nodes", 60, "both nodes registering ready", |list| {
         list["items"].as_array().is_some_and(|nodes| {

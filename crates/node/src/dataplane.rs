@@ -26,9 +26,9 @@ use crate::proxy::text;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     while let Some((stream, _)) = crate::proxy::next_connection(&listener, &shared.shutdown, "data plane").await {
-        let shared = Arc::clone(&shared);
-        let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
+        let connection_shared = Arc::clone(&shared);
+        shared.reactors.serve(stream, &shared.tasks, move |stream| async move {
+            let shared = connection_shared;
             let route_shared = Arc::clone(&shared);
             crate::proxy::serve_http(&shared, TokioIo::new(stream), move |request| {
                 let shared = Arc::clone(&route_shared);

@@ -272,9 +272,10 @@ impl Router {
 /// http/1.1) with certificates chosen by SNI.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &shared.shutdown, "ingress").await {
-        let shared = Arc::clone(&shared);
+        let connection_shared = Arc::clone(&shared);
         let tls = tls.clone();
-        shared.clone().tasks.spawn(async move {
+        shared.reactors.serve(stream, &shared.tasks, move |stream| async move {
+            let shared = connection_shared;
             match tls {
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => serve_connection(shared, TokioIo::new(stream), peer, "https").await,

@@ -14,6 +14,7 @@ pub mod nodeports;
 mod pods;
 pub mod probes;
 pub mod proxy;
+pub mod reactors;
 pub mod services;
 pub mod spec;
 pub mod status;
@@ -58,6 +59,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the data plane's {count} reactor threads: {source}")]
+    Reactors {
+        count: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -87,6 +94,9 @@ pub struct NodeConfig {
     pub disable_containers: bool,
     /// The node's pod range for container pods (None: a /24 in 10.88.0.0/16 by the node's name).
     pub pod_cidr: Option<String>,
+    /// Threads that own the data plane's, the ingress router's and the node ports' connections
+    /// (see [`reactors`]); 0 serves them on the process's runtime.
+    pub reactor_threads: usize,
 }
 
 /// Where a pod's HTTP traffic for some ports goes.
@@ -153,6 +163,7 @@ pub struct Shared {
     pub(crate) pod_networks: RwLock<HashMap<String, containers::PodNet>>,
     /// Services and their endpoints, for the proxy.
     pub(crate) services: Arc<services::ServiceTable>,
+    pub(crate) reactors: reactors::Reactors,
     pub(crate) router: Arc<ingress::Router>,
     /// Connections to other nodes' data planes.
     pub(crate) forwarder: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::ProxyBody>,
@@ -210,6 +221,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
     let builtin_registry_http = builtin_registry_http(&config)?;
     let containers = container_support(&config, &shutdown);
+    let reactors = reactors::Reactors::start(config.reactor_threads).map_err(|source| Error::Reactors { count: config.reactor_threads, source })?;
     let shared = Arc::new(Shared {
         builtin_registry_http,
         client,
@@ -224,6 +236,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         pod_networks: RwLock::new(HashMap::new()),
         logs: RwLock::new(HashMap::new()),
         services: services::ServiceTable::new(),
+        reactors,
         router: ingress::Router::new(),
         forwarder: proxy::forwarder(),
         tasks: TaskTracker::new(),

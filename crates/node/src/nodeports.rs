@@ -74,8 +74,9 @@ pub async fn run(shared: Arc<Shared>, bind_ip: IpAddr) {
 async fn accept(shared: Arc<Shared>, listener: tokio::net::TcpListener, owner: Owner, stop: CancellationToken) {
     let owner = Arc::new(owner);
     while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &stop, "node port").await {
-        let (shared, owner) = (Arc::clone(&shared), Arc::clone(&owner));
-        shared.clone().tasks.spawn(async move {
+        let (connection_shared, owner) = (Arc::clone(&shared), Arc::clone(&owner));
+        shared.reactors.serve(stream, &shared.tasks, move |stream| async move {
+            let shared = connection_shared;
             let (namespace, name, port) = &*owner;
             let target = shared.services.get(namespace, name).and_then(|service| Some((service.port(Some(*port))?.clone(), service)));
             if let Some((service_port, service)) = target {
