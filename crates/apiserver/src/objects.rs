@@ -901,6 +901,7 @@ pub async fn reconcile_kubernetes_endpoints(state: &Arc<AppState>, members: &[St
         return Ok(());
     }
     let (slices, endpoints) = kubernetes_endpoint_objects(&addresses);
+    let wanted: Vec<String> = slices.iter().map(|slice| meta::name(slice).to_owned()).collect();
     let slice_info = resources::by_name("endpointslices").expect("served");
     let endpoints_info = resources::by_name("endpoints").expect("served");
     let mut desired: Vec<(&'static ResourceInfo, Value, &[&str])> = slices.into_iter().map(|slice| (slice_info, slice, &["endpoints", "ports", "addressType"][..])).collect();
@@ -919,7 +920,6 @@ pub async fn reconcile_kubernetes_endpoints(state: &Arc<AppState>, members: &[St
         }
     }
     // Slices of ports no server serves on any more.
-    let wanted: Vec<String> = kubernetes_endpoint_objects(&addresses).0.iter().map(|slice| meta::name(slice).to_owned()).collect();
     let listed = state
         .store
         .list(&slice_info.group_resource(), Some("default"), None, None, &|slice| {
