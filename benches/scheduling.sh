@@ -26,4 +26,7 @@ sleep 2
 echo "hollow nodes: $nodes; pods: $pods"
 ./target/release/schedule_pods "$work/data" "$pods"
 echo "server RSS: $(ps -o rss= -p "$server_pid" | awk '{printf "%.0f MiB", $1/1024}')"
-echo "cpu seconds: server $(ps -o times= -p "$server_pid" | xargs), hollow agent $(ps -o times= -p "$agent_pid" | xargs)"
+# CPU time in clock ticks (utime + stime from /proc/PID/stat), to the hundredth of a second.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+server_cpu=$(cpu "$server_pid")
+echo "cpu seconds (whole run, start-up included): server $server_cpu ($(awk -v c="$server_cpu" -v p="$pods" 'BEGIN {printf "%.0f", c * 1e6 / p}') µs per pod), hollow agent $(cpu "$agent_pid")"

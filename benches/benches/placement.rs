@@ -15,7 +15,7 @@ fn nodes(count: usize, pods_each: usize) -> Vec<NodeView> {
             });
             let mut view = NodeView::from_node(&node);
             for p in 0..pods_each {
-                view.pods.push(PlacedPod {
+                view.add_pod(PlacedPod {
                     key: format!("default/p-{i}-{p}"),
                     namespace: "default".into(),
                     labels: json!({"app": format!("app-{}", p % 50)}).as_object().cloned().unwrap_or_default(),

@@ -547,7 +547,13 @@ async fn the_scheduler_sends_container_pods_only_to_nodes_that_run_containers() 
     let (_registry, image, server) = setup().await;
     push(&server, "hello/hello.wasm", "shoal.local/samples/hello:1");
     let _agent = Agent::start_with(&server, "node-2", &["--disable-containers"]);
-    let node = wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering", |n| n["metadata"]["labels"]["shoal.dev/containers"] == "false").await;
+    // Ready as well as labelled: the Node is created first and its Ready status follows, and a
+    // scheduler that saw it not ready yet would rightly place every pod on node-1.
+    let node = wait_until(&server, "/api/v1/nodes/node-2", 60, "node-2 registering ready", |n| {
+        n["metadata"]["labels"]["shoal.dev/containers"] == "false"
+            && n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+    .await;
     assert_eq!(node["metadata"]["labels"]["shoal.dev/wasm"], "true", "{node}");
     // No runtimeClassName: the scheduler learns from the images which pods hold containers.
     let pods: String = (0..4)

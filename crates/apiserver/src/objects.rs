@@ -41,11 +41,17 @@ fn write_error(info: &ResourceInfo, name: &str, error: WriteError) -> ApiError {
             ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again")
         }
         WriteError::UidConflict { .. } => ApiError::conflict(info, name, error.to_string()),
+        WriteError::AddressTaken { field, value, detail } => ApiError::invalid(info, name, &[shoal_api::FieldError::invalid(field, value, detail)]),
     }
 }
 
 pub fn get(state: &AppState, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
     state.store.get(&key(info, namespace, name)).map_err(store_error)?.ok_or_else(|| ApiError::not_found(info, name))
+}
+
+/// [`get`] without the copy: the stored object itself, for callers that only read it.
+fn get_shared(state: &AppState, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<std::sync::Arc<Value>, ApiError> {
+    state.store.get_shared(&key(info, namespace, name)).map_err(store_error)?.ok_or_else(|| ApiError::not_found(info, name))
 }
 
 /// Kinds whose objects carry a generation that tracks spec changes.
@@ -54,15 +60,11 @@ fn tracks_generation(info: &ResourceInfo) -> bool {
 }
 
 /// The fields of an object that its spec-generation follows.
-fn generation_fields(object: &Value) -> Value {
-    let mut fields = object.clone();
-    if let Some(map) = fields.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
-        map.remove("apiVersion");
-        map.remove("kind");
-    }
-    fields
+fn generation_fields_differ(before: &Value, after: &Value) -> bool {
+    const IGNORED: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
+    let (Some(before), Some(after)) = (before.as_object(), after.as_object()) else { return before != after };
+    let counted = |map: &serde_json::Map<String, Value>| map.keys().filter(|k| !IGNORED.contains(&k.as_str())).count();
+    counted(before) != counted(after) || before.iter().any(|(field, value)| !IGNORED.contains(&field.as_str()) && after.get(field) != Some(value))
 }
 
 /// What a create resets in `status` (as each kind's create strategy does).
@@ -174,22 +176,54 @@ pub async fn create(
     if info.namespaced {
         check_namespace(state, meta::namespace(&admitted.object))?;
     }
-    // Held until the write is applied, so no other Service is given the same address.
-    let _allocation = allocate_service_addresses(state, info, &name, &mut admitted.object, None).await?;
     let key = key(info, namespace.or(Some("default")), &name);
-    if dry_run {
-        if state.store.get(&key).map_err(store_error)?.is_some() {
-            return Err(ApiError::already_exists(info, &name));
+    let retryable = allocates_addresses(info);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
+        // Held until the write is applied, so no other Service is given the same address.
+        let _allocation = allocate_service_addresses(state, info, &name, &mut object, None).await?;
+        if dry_run {
+            if state.store.get(&key).map_err(store_error)?.is_some() {
+                return Err(ApiError::already_exists(info, &name));
+            }
+            return Ok(Written { object, warnings: admitted.warnings });
         }
-        return Ok(Written { object: admitted.object, warnings: admitted.warnings });
+        match state.store.write(Command::Create { key: key.clone(), object }).await.map_err(store_error)? {
+            Ok((_, stored)) => return Ok(Written { object: stored, warnings: admitted.warnings }),
+            // Another server gave the same address away first: allocate again from the state
+            // that now shows it.
+            Err(WriteError::AddressTaken { .. }) if retryable && attempt < ALLOCATION_ATTEMPTS => continue,
+            Err(error) => return Err(write_error(info, &name, error)),
+        }
     }
-    let (_, stored) = state
-        .store
-        .write(Command::Create { key, object: admitted.object })
-        .await
-        .map_err(store_error)?
-        .map_err(|e| write_error(info, &name, e))?;
-    Ok(Written { object: stored, warnings: admitted.warnings })
+}
+
+/// Whether `desired` (which carries no resourceVersion) equals `current` apart from
+/// `metadata.resourceVersion`, compared in place rather than on a copy.
+fn same_but_resource_version(desired: &Value, current: &Value) -> bool {
+    let (Some(desired), Some(current)) = (desired.as_object(), current.as_object()) else { return desired == current };
+    if desired.len() != current.len() {
+        return false;
+    }
+    desired.iter().all(|(field, value)| match (field.as_str(), current.get(field)) {
+        ("metadata", Some(stored)) => {
+            let (Some(value), Some(stored)) = (value.as_object(), stored.as_object()) else { return value == stored };
+            let counted = |map: &serde_json::Map<String, Value>| map.len() - usize::from(map.contains_key("resourceVersion"));
+            counted(value) == counted(stored) && value.iter().all(|(key, inner)| key == "resourceVersion" || stored.get(key) == Some(inner))
+        }
+        (_, Some(stored)) => value == stored,
+        (_, None) => false,
+    })
+}
+
+/// How often a Service write allocates again after finding an address taken when it was applied.
+const ALLOCATION_ATTEMPTS: usize = 3;
+
+/// Whether writes of this kind allocate addresses (cluster IPs, node ports).
+fn allocates_addresses(info: &ResourceInfo) -> bool {
+    info.kind == "Service" && info.group.is_empty()
 }
 
 /// Which part of the object an update may change.
@@ -286,43 +320,48 @@ pub async fn update(
         }
     }
     let mut admitted = admission::admit(info, desired, validation)?;
-    let _allocation = allocate_service_addresses(state, info, name, &mut admitted.object, Some(current)).await?;
-    let mut immutable_errors = Vec::new();
-    for path in immutable_fields(info) {
-        let before = lookup(current, path);
-        let after = lookup(&admitted.object, path);
-        if !before.is_null() && before != after {
-            immutable_errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
-        }
-    }
-    if !immutable_errors.is_empty() {
-        return Err(ApiError::invalid(info, name, &immutable_errors));
-    }
-    if tracks_generation(info) && generation_fields(current) != generation_fields(&admitted.object) && scope == UpdateScope::Main {
-        let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-        meta::metadata_mut(&mut admitted.object).insert("generation".into(), json!(generation));
-    }
-    let mut unchanged_candidate = admitted.object.clone();
-    meta::metadata_mut(&mut unchanged_candidate).insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
-    let stale = precondition.resource_version.is_some_and(|rv| Some(rv) != meta::resource_version(current));
-    if unchanged_candidate == *current && !stale {
-        // Nothing changes: answer with the stored object and do not write.
-        return Ok(Written { object: current.clone(), warnings: admitted.warnings });
-    }
-    if dry_run {
-        if stale {
-            return Err(ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"));
-        }
-        return Ok(Written { object: unchanged_candidate, warnings: admitted.warnings });
-    }
+    let retryable = allocates_addresses(info);
     let precondition = Precondition { resource_version: precondition.resource_version, uid: Some(meta::uid(current).to_owned()) };
     let key = key(info, namespace, name);
-    let (revision, stored) = state
-        .store
-        .write(Command::Update { key: key.clone(), object: admitted.object, precondition })
-        .await
-        .map_err(store_error)?
-        .map_err(|e| write_error(info, name, e))?;
+    let mut attempt = 0;
+    let (revision, stored) = loop {
+        attempt += 1;
+        let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
+        let _allocation = allocate_service_addresses(state, info, name, &mut object, Some(current)).await?;
+        let mut immutable_errors = Vec::new();
+        for path in immutable_fields(info) {
+            let before = lookup(current, path);
+            let after = lookup(&object, path);
+            if !before.is_null() && before != after {
+                immutable_errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
+            }
+        }
+        if !immutable_errors.is_empty() {
+            return Err(ApiError::invalid(info, name, &immutable_errors));
+        }
+        if tracks_generation(info) && generation_fields_differ(current, &object) && scope == UpdateScope::Main {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            meta::metadata_mut(&mut object).insert("generation".into(), json!(generation));
+        }
+        let stale = precondition.resource_version.is_some_and(|rv| Some(rv) != meta::resource_version(current));
+        if !stale && same_but_resource_version(&object, current) {
+            // Nothing changes: answer with the stored object and do not write.
+            return Ok(Written { object: current.clone(), warnings: admitted.warnings });
+        }
+        if dry_run {
+            if stale {
+                return Err(ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"));
+            }
+            meta::metadata_mut(&mut object).insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
+            return Ok(Written { object, warnings: admitted.warnings });
+        }
+        match state.store.write(Command::Update { key: key.clone(), object, precondition: precondition.clone() }).await.map_err(store_error)? {
+            Ok(written) => break written,
+            // Another server gave the same node port away first: allocate again.
+            Err(WriteError::AddressTaken { .. }) if retryable && attempt < ALLOCATION_ATTEMPTS => continue,
+            Err(error) => return Err(write_error(info, name, error)),
+        }
+    };
     // Removing the last finalizer of an object being deleted completes the deletion.
     if !stored["metadata"]["deletionTimestamp"].is_null() && meta::finalizers(&stored).is_empty() && !graceful_pending(info, &stored) {
         let outcome = state
@@ -405,7 +444,9 @@ pub async fn patch(
     dry_run: bool,
 ) -> Result<Written, ApiError> {
     for _ in 0..PATCH_RETRIES {
-        let current = get(state, info, namespace, name)?;
+        // Shared with the store's copy: the patch works on its own copy only.
+        let current = get_shared(state, info, namespace, name)?;
+        let current: &Value = &current;
         let mut patched = current.clone();
         match patch_type {
             PatchType::Merge => {
@@ -415,20 +456,20 @@ pub async fn patch(
                 shoal_api::patch::merge_patch(&mut patched, patch);
             }
             PatchType::Json => shoal_api::patch::json_patch(&mut patched, patch)?,
-            PatchType::Strategic => patched = shoal_api::strategic::apply(info.kind, &current, patch)?,
+            PatchType::Strategic => patched = shoal_api::strategic::apply(info.kind, current, patch)?,
         }
         if matches!(scope, UpdateScope::Main) {
-            shoal_api::apply::record_update(info.kind, &current, &mut patched, manager, &info.api_version(), &now());
+            shoal_api::apply::record_update(info.kind, current, &mut patched, manager, &info.api_version(), &now());
         }
         // A resourceVersion the patch itself sets is the client's precondition; otherwise the
         // patch applies to whatever is current, retried if another write wins the race.
         let requested = meta::resource_version(&patched);
-        let client_precondition = requested.is_some() && requested != meta::resource_version(&current);
+        let client_precondition = requested.is_some() && requested != meta::resource_version(current);
         let precondition = Precondition {
-            resource_version: if client_precondition { requested } else { meta::resource_version(&current) },
+            resource_version: if client_precondition { requested } else { meta::resource_version(current) },
             uid: None,
         };
-        match update(state, info, namespace, name, &current, patched, scope, precondition, validation, dry_run).await {
+        match update(state, info, namespace, name, current, patched, scope, precondition, validation, dry_run).await {
             Err(error) if error.code == 409 && error.reason == "Conflict" && !client_precondition => continue,
             other => return other,
         }
@@ -500,11 +541,12 @@ pub async fn bind(state: &AppState, namespace: &str, name: &str, binding: &Value
     if let Some(kind) = binding["target"]["kind"].as_str().filter(|k| !k.is_empty() && *k != "Node") {
         return Err(ApiError::invalid(pods, name, &[shoal_api::FieldError::not_supported("target.kind", kind, &["Node"])]));
     }
-    let current = get(state, pods, Some(namespace), name)?;
+    let current = get_shared(state, pods, Some(namespace), name)?;
+    let current: &Value = &current;
     if let Some(expected) = binding["metadata"]["uid"].as_str().filter(|u| !u.is_empty())
-        && expected != meta::uid(&current)
+        && expected != meta::uid(current)
     {
-        return Err(ApiError::conflict(pods, name, format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {}", meta::uid(&current))));
+        return Err(ApiError::conflict(pods, name, format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {}", meta::uid(current))));
     }
     if let Some(assigned) = current["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
         return Err(ApiError::conflict(pods, name, format!("pod {name} is already assigned to node \"{assigned}\"")));
@@ -522,7 +564,7 @@ pub async fn bind(state: &AppState, namespace: &str, name: &str, binding: &Value
     if dry_run {
         return Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}));
     }
-    let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
+    let precondition = Precondition { resource_version: meta::resource_version(current), uid: Some(meta::uid(current).to_owned()) };
     state
         .store
         .write(Command::Update { key: key(pods, Some(namespace), name), object: bound, precondition })
@@ -1002,6 +1044,35 @@ pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_comparisons_match_comparing_copies() {
+        let stored = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "1"}}, "spec": {"x": 1}, "status": {"phase": "Running"}});
+        let mut same = stored.clone();
+        same["metadata"].as_object_mut().expect("metadata").remove("resourceVersion");
+        assert!(same_but_resource_version(&same, &stored));
+        let mut relabelled = same.clone();
+        relabelled["metadata"]["labels"]["a"] = json!("2");
+        assert!(!same_but_resource_version(&relabelled, &stored));
+        let mut extra = same.clone();
+        extra["metadata"]["annotations"] = json!({});
+        assert!(!same_but_resource_version(&extra, &stored), "a field more in metadata is a change");
+        let mut fewer = same.clone();
+        fewer.as_object_mut().expect("object").remove("status");
+        assert!(!same_but_resource_version(&fewer, &stored), "a field less is a change");
+
+        // Generation: only what is not metadata, status, apiVersion or kind.
+        assert!(!generation_fields_differ(&stored, &relabelled));
+        let mut status_only = stored.clone();
+        status_only["status"]["phase"] = json!("Succeeded");
+        assert!(!generation_fields_differ(&stored, &status_only));
+        let mut respecced = stored.clone();
+        respecced["spec"]["x"] = json!(2);
+        assert!(generation_fields_differ(&stored, &respecced));
+        let mut added = stored.clone();
+        added["data"] = json!({});
+        assert!(generation_fields_differ(&stored, &added) && generation_fields_differ(&added, &stored));
+    }
 
     #[test]
     fn kubernetes_endpoints_group_the_servers_by_port_and_family() {

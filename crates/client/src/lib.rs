@@ -344,7 +344,10 @@ impl Client {
                     let line: Vec<u8> = buffer.drain(..=position).collect();
                     let parsed = serde_json::from_slice::<Value>(&line[..line.len() - 1])
                         .map_err(|e| Error::Decode(e.to_string()))
-                        .map(|value| WatchEvent { event_type: value["type"].as_str().unwrap_or_default().to_owned(), object: value["object"].clone() });
+                        .map(|mut value| WatchEvent {
+                            event_type: value["type"].as_str().unwrap_or_default().to_owned(),
+                            object: value.get_mut("object").map(Value::take).unwrap_or_default(),
+                        });
                     return Some((parsed, (chunks, buffer, server)));
                 }
                 match chunks.next().await {

@@ -91,6 +91,11 @@ pub enum WriteError {
     ResourceVersionConflict { current: u64, expected: u64 },
     #[error("precondition failed: UID in precondition: {expected}, UID in object meta: {current}")]
     UidConflict { current: String, expected: String },
+    /// A Service claims a cluster IP or node port another Service holds. Checked where writes
+    /// are ordered, so two API servers (or one before and after a leader change) that allocated
+    /// the same address from a state not yet showing the other's write cannot both succeed.
+    #[error("{field}: Invalid value: {value}: {detail}")]
+    AddressTaken { field: String, value: String, detail: String },
 }
 
 

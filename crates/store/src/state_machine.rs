@@ -230,6 +230,10 @@ impl StateShared {
         Ok(self.read_memory().objects.get(&key.encode()).map(|object| Value::clone(object)))
     }
 
+    pub fn get_shared(&self, key: &ObjectKey) -> Result<Option<Arc<Value>>> {
+        Ok(self.read_memory().objects.get(&key.encode()).cloned())
+    }
+
     /// Lists objects under `prefix`, after the encoded key `start_after` if given, keeping those
     /// `filter` accepts, at most `limit` of them. Returns the items, the revision they were read
     /// at, and the key to continue after when the limit cut the list short.
@@ -354,6 +358,53 @@ impl StateMachine {
     }
 }
 
+/// The core group's Services, whose cluster IPs and node ports are unique.
+const SERVICES: &str = "services";
+
+/// The cluster IPs and node ports a Service holds: (field, value, what) for each.
+fn service_addresses(service: &Value) -> Vec<(&'static str, String, &'static str)> {
+    let spec = &service["spec"];
+    let mut claims = Vec::new();
+    let ips = spec["clusterIP"].as_str().into_iter().chain(spec["clusterIPs"].as_array().into_iter().flatten().filter_map(Value::as_str));
+    for ip in ips {
+        if !ip.is_empty() && ip != "None" && !claims.iter().any(|(_, v, _): &(&str, String, &str)| v == ip) {
+            claims.push(("spec.clusterIPs", ip.to_owned(), "IP"));
+        }
+    }
+    for port in spec["ports"].as_array().into_iter().flatten() {
+        if let Some(node_port) = port["nodePort"].as_u64().filter(|p| *p > 0) {
+            claims.push(("spec.ports[].nodePort", node_port.to_string(), "port"));
+        }
+    }
+    if let Some(port) = spec["healthCheckNodePort"].as_u64().filter(|p| *p > 0) {
+        claims.push(("spec.healthCheckNodePort", port.to_string(), "port"));
+    }
+    claims
+}
+
+/// Whether `service` (to be stored at `encoded`) claims an address another Service holds.
+fn address_taken(memory: &Memory, encoded: &str, service: &Value) -> Option<WriteError> {
+    let claims = service_addresses(service);
+    if claims.is_empty() {
+        return None;
+    }
+    let prefix = format!("{SERVICES}/");
+    for (key, other) in memory.objects.range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded)) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if key == encoded {
+            continue;
+        }
+        for (_, held, held_what) in service_addresses(other) {
+            if let Some((field, value, what)) = claims.iter().find(|(_, value, what)| *value == held && *what == held_what) {
+                return Some(WriteError::AddressTaken { field: (*field).to_owned(), value: value.clone(), detail: format!("provided {what} is already allocated") });
+            }
+        }
+    }
+    None
+}
+
 fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: &mut Vec<Event>) -> Result<CommandResponse> {
     let key = match &command {
         Command::Batch(_) => {
@@ -392,6 +443,11 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
             (key, Value::clone(current), EventType::Deleted)
         }
     };
+    if key.resource == SERVICES && event_type != EventType::Deleted
+        && let Some(taken) = address_taken(memory, &encoded, &object)
+    {
+        return Ok(CommandResponse::Rejected(taken));
+    }
     memory.applied.revision += 1;
     let revision = memory.applied.revision;
     stamp(&mut object, revision);

@@ -666,6 +666,11 @@ impl Store {
         self.state.get(key)
     }
 
+    /// The stored object itself, shared rather than copied (for readers that only look).
+    pub fn get_shared(&self, key: &ObjectKey) -> Result<Option<std::sync::Arc<Value>>> {
+        self.state.get_shared(key)
+    }
+
     /// Lists `resource` objects (in `namespace` if given) that `filter` accepts, in key order,
     /// starting after the encoded key `start_after`, at most `limit` of them.
     pub fn list(

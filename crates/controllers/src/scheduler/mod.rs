@@ -100,12 +100,8 @@ impl Cache {
             && let Some(&index) = self.node_index.get(&node)
         {
             let view = &mut self.nodes[index];
-            view.requested.milli_cpu -= requests.milli_cpu;
-            view.requested.memory -= requests.memory;
-            view.requested.pods -= requests.pods;
-            if let Some(position) = view.pods.iter().position(|p| p.key == key) {
-                view.pods.swap_remove(position);
-            }
+            view.requested.subtract(&requests);
+            view.remove_pod(key);
         }
         self.orphaned.remove(key);
     }
@@ -118,7 +114,7 @@ impl Cache {
             Some(&index) => {
                 let view = &mut self.nodes[index];
                 view.requested.add(&pod.requests);
-                view.pods.push(placed);
+                view.add_pod(placed);
                 self.placed.insert(key.to_owned(), (node.to_owned(), pod.requests));
             }
             None => {
@@ -135,6 +131,7 @@ impl Cache {
                 let old = &mut self.nodes[index];
                 view.requested = old.requested;
                 view.pods = std::mem::take(&mut old.pods);
+                view.anti_affinity_pods = old.anti_affinity_pods;
                 *old = view;
             }
             (Some(node), None) => {
@@ -148,7 +145,7 @@ impl Cache {
                         && let Some(&index) = self.node_index.get(&node)
                     {
                         self.nodes[index].requested.add(&requests);
-                        self.nodes[index].pods.push(placed);
+                        self.nodes[index].add_pod(placed);
                         self.placed.insert(key, (node, requests));
                     }
                 }
@@ -260,7 +257,7 @@ pub async fn run(client: Client, pods: Arc<Informer>, nodes: Arc<Informer>, reco
         let Some(pod) = pods.get(&key).filter(|p| wants_scheduling(p)) else { continue };
         let mut view = PodView::from_pod(&pod);
         // Where some nodes run no containers, a pod's images decide which nodes it may use.
-        let containers_everywhere = *cache.containers_everywhere.get_or_insert_with(|| cache.nodes.iter().all(|n| n.label("shoal.dev/containers") == Some("true")));
+        let containers_everywhere = *cache.containers_everywhere.get_or_insert_with(|| cache.nodes.iter().all(|n| n.runs_containers));
         if view.runtime == Runtime::Wasm && !containers_everywhere {
             match kinds.verdict(&images::images_of(&pod), Instant::now()) {
                 Verdict::Known { containers: true } => view.runtime = Runtime::Containers,

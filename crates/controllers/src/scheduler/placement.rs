@@ -16,7 +16,18 @@ pub struct Resources {
     pub milli_cpu: i64,
     pub memory: i64,
     pub pods: i64,
+    /// What scoring adds on top of `milli_cpu` and `memory`: [`DEFAULT_MILLI_CPU`] and
+    /// [`DEFAULT_MEMORY`] for each container that requests none, as kube-scheduler's non-zero
+    /// requests do. Without it pods that request nothing weigh nothing, and equal nodes never
+    /// look fuller as they fill.
+    pub unrequested_milli_cpu: i64,
+    pub unrequested_memory: i64,
 }
+
+/// What scoring counts for a container without a CPU request (kube-scheduler's 100m).
+pub const DEFAULT_MILLI_CPU: i64 = 100;
+/// What scoring counts for a container without a memory request (kube-scheduler's 200 MiB).
+pub const DEFAULT_MEMORY: i64 = 200 << 20;
 
 impl Resources {
     /// A node's `status.allocatable`.
@@ -25,38 +36,64 @@ impl Resources {
             milli_cpu: quantity::of_json(&allocatable["cpu"]).and_then(|q| quantity::parse_milli(&q)).unwrap_or(0),
             memory: quantity::of_json(&allocatable["memory"]).and_then(|q| quantity::parse_units(&q)).unwrap_or(0),
             pods: quantity::of_json(&allocatable["pods"]).and_then(|q| quantity::parse_units(&q)).unwrap_or(110),
+            ..Self::default()
         }
     }
 
     /// A pod's requests: the sum over containers, or the largest init container if larger
     /// (init containers run one at a time), plus one pod.
     pub fn of_pod(spec: &Value) -> Self {
-        let sum = |containers: &Value| {
-            let mut total = Self::default();
-            for container in containers.as_array().into_iter().flatten() {
+        let sum = |containers: &mut dyn Iterator<Item = &Value>| {
+            // (requested cpu, requested memory, cpu as scored, memory as scored)
+            let mut total = (0, 0, 0, 0);
+            for container in containers {
                 let requests = &container["resources"]["requests"];
                 let limits = &container["resources"]["limits"];
                 // A limit without a request requests the limit (as defaulting does).
                 let pick = |key: &str| quantity::of_json(&requests[key]).or_else(|| quantity::of_json(&limits[key]));
-                total.milli_cpu += pick("cpu").and_then(|q| quantity::parse_milli(&q)).unwrap_or(0);
-                total.memory += pick("memory").and_then(|q| quantity::parse_units(&q)).unwrap_or(0);
+                let cpu = pick("cpu").map(|q| quantity::parse_milli(&q).unwrap_or(0));
+                let memory = pick("memory").map(|q| quantity::parse_units(&q).unwrap_or(0));
+                total.0 += cpu.unwrap_or(0);
+                total.1 += memory.unwrap_or(0);
+                total.2 += cpu.unwrap_or(DEFAULT_MILLI_CPU);
+                total.3 += memory.unwrap_or(DEFAULT_MEMORY);
             }
             total
         };
-        let main = sum(&spec["containers"]);
-        let mut init = Self::default();
+        let main = sum(&mut spec["containers"].as_array().into_iter().flatten());
+        let mut biggest = main;
+        // Init containers run one at a time: the largest of them counts if it is larger.
         for container in spec["initContainers"].as_array().into_iter().flatten() {
-            let one = sum(&Value::Array(vec![container.clone()]));
-            init.milli_cpu = init.milli_cpu.max(one.milli_cpu);
-            init.memory = init.memory.max(one.memory);
+            let one = sum(&mut std::iter::once(container));
+            biggest = (biggest.0.max(one.0), biggest.1.max(one.1), biggest.2.max(one.2), biggest.3.max(one.3));
         }
-        Self { milli_cpu: main.milli_cpu.max(init.milli_cpu), memory: main.memory.max(init.memory), pods: 1 }
+        Self { milli_cpu: biggest.0, memory: biggest.1, pods: 1, unrequested_milli_cpu: biggest.2 - biggest.0, unrequested_memory: biggest.3 - biggest.1 }
+    }
+
+    /// CPU as scoring counts it (see `unrequested_milli_cpu`).
+    pub fn scored_milli_cpu(&self) -> i64 {
+        self.milli_cpu + self.unrequested_milli_cpu
+    }
+
+    /// Memory as scoring counts it (see `unrequested_memory`).
+    pub fn scored_memory(&self) -> i64 {
+        self.memory + self.unrequested_memory
     }
 
     pub fn add(&mut self, other: &Self) {
         self.milli_cpu += other.milli_cpu;
         self.memory += other.memory;
         self.pods += other.pods;
+        self.unrequested_milli_cpu += other.unrequested_milli_cpu;
+        self.unrequested_memory += other.unrequested_memory;
+    }
+
+    pub fn subtract(&mut self, other: &Self) {
+        self.milli_cpu -= other.milli_cpu;
+        self.memory -= other.memory;
+        self.pods -= other.pods;
+        self.unrequested_milli_cpu -= other.unrequested_milli_cpu;
+        self.unrequested_memory -= other.unrequested_memory;
     }
 }
 
@@ -129,7 +166,15 @@ pub struct NodeView {
     pub taints: Vec<Taint>,
     pub allocatable: Resources,
     pub requested: Resources,
+    /// The pods counted on this node. Change it through [`NodeView::add_pod`] and
+    /// [`NodeView::remove_pod`], which keep `anti_affinity_pods` right.
     pub pods: Vec<PlacedPod>,
+    /// How many of `pods` carry required anti-affinity terms (most nodes: none, so a placement
+    /// need not look at every placed pod).
+    pub anti_affinity_pods: usize,
+    /// Labelled `shoal.dev/wasm=true` / `shoal.dev/containers=true` (read once, not per pod).
+    pub runs_wasm: bool,
+    pub runs_containers: bool,
 }
 
 impl NodeView {
@@ -144,11 +189,31 @@ impl NodeView {
             allocatable: Resources::of_allocatable(&node["status"]["allocatable"]),
             requested: Resources::default(),
             pods: Vec::new(),
+            anti_affinity_pods: 0,
+            runs_wasm: node["metadata"]["labels"]["shoal.dev/wasm"] == "true",
+            runs_containers: node["metadata"]["labels"]["shoal.dev/containers"] == "true",
         }
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).and_then(Value::as_str)
+    }
+
+    /// Counts `pod` on this node.
+    pub fn add_pod(&mut self, pod: PlacedPod) {
+        if !pod.anti_affinity.is_empty() {
+            self.anti_affinity_pods += 1;
+        }
+        self.pods.push(pod);
+    }
+
+    /// Stops counting the pod with `key`.
+    pub fn remove_pod(&mut self, key: &str) {
+        if let Some(position) = self.pods.iter().position(|p| p.key == key)
+            && !self.pods.swap_remove(position).anti_affinity.is_empty()
+        {
+            self.anti_affinity_pods -= 1;
+        }
     }
 }
 
@@ -295,7 +360,8 @@ struct Precomputed<'a> {
 
 impl<'a> Precomputed<'a> {
     fn new(pod: &PodView, nodes: &'a [NodeView]) -> Self {
-        let anti_affinity_holders = nodes.iter().flat_map(|n| n.pods.iter().filter(|p| !p.anti_affinity.is_empty()).map(move |p| (n, p))).collect();
+        let anti_affinity_holders =
+            nodes.iter().filter(|n| n.anti_affinity_pods > 0).flat_map(|n| n.pods.iter().filter(|p| !p.anti_affinity.is_empty()).map(move |p| (n, p))).collect();
         let mut zone_siblings = HashMap::new();
         if let Some(owner) = &pod.owner_uid {
             for node in nodes {
@@ -342,8 +408,8 @@ fn filter(pod: &PodView, node: &NodeView, nodes: &[NodeView], pre: &Precomputed<
         return Err("node(s) were not ready".into());
     }
     match pod.runtime {
-        Runtime::Wasm if node.label("shoal.dev/wasm") != Some("true") => return Err("node(s) cannot run Wasm components".into()),
-        Runtime::Containers if node.label("shoal.dev/containers") != Some("true") => return Err("node(s) cannot run OCI containers".into()),
+        Runtime::Wasm if !node.runs_wasm => return Err("node(s) cannot run Wasm components".into()),
+        Runtime::Containers if !node.runs_containers => return Err("node(s) cannot run OCI containers".into()),
         _ => {}
     }
     if let Some(taint) = node.taints.iter().find(|t| (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&pod.tolerations, t)) {
@@ -405,8 +471,8 @@ fn filter(pod: &PodView, node: &NodeView, nodes: &[NodeView], pre: &Precomputed<
 /// A node's score out of roughly 0..=300: least allocated, preferences, spreading.
 fn score(pod: &PodView, node: &NodeView, nodes: &[NodeView], pre: &Precomputed<'_>) -> i64 {
     let fraction = |requested: i64, allocatable: i64| if allocatable <= 0 { 0 } else { ((allocatable - requested).max(0) * 100) / allocatable };
-    let cpu = fraction(node.requested.milli_cpu + pod.requests.milli_cpu, node.allocatable.milli_cpu);
-    let memory = fraction(node.requested.memory + pod.requests.memory, node.allocatable.memory);
+    let cpu = fraction(node.requested.scored_milli_cpu() + pod.requests.scored_milli_cpu(), node.allocatable.milli_cpu);
+    let memory = fraction(node.requested.scored_memory() + pod.requests.scored_memory(), node.allocatable.memory);
     let pods = fraction(node.requested.pods + 1, node.allocatable.pods);
     let mut score = (cpu + memory + pods) / 3;
 
@@ -505,7 +571,7 @@ mod tests {
     }
 
     fn with_pod(mut node: NodeView, labels: Value, owner: Option<&str>) -> NodeView {
-        node.pods.push(PlacedPod {
+        node.add_pod(PlacedPod {
             key: format!("default/x{}", node.pods.len()),
             namespace: "default".into(),
             labels: labels.as_object().cloned().unwrap_or_default(),
@@ -669,7 +735,7 @@ mod tests {
     #[test]
     fn existing_anti_affinity_is_symmetric() {
         let mut holder = node("a", json!({}));
-        holder.pods.push(PlacedPod {
+        holder.add_pod(PlacedPod {
             key: "default/db".into(),
             namespace: "default".into(),
             labels: serde_json::Map::new(),
@@ -695,6 +761,26 @@ mod tests {
             "initContainers": [{"resources": {"requests": {"cpu": "2", "memory": "1Mi"}}}],
             "containers": [{"resources": {"requests": {"cpu": "100m"}}}, {"resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}],
         }));
-        assert_eq!(requests, Resources { milli_cpu: 2000, memory: 64 * 1024 * 1024, pods: 1 });
+        // Scoring counts 200 MiB for the container that asks for no memory.
+        assert_eq!(requests, Resources { milli_cpu: 2000, memory: 64 << 20, pods: 1, unrequested_milli_cpu: 0, unrequested_memory: 200 << 20 });
+        assert_eq!((requests.scored_milli_cpu(), requests.scored_memory()), (2000, 264 << 20));
+    }
+
+    #[test]
+    fn pods_that_request_nothing_still_fill_a_node_for_scoring() {
+        let nothing = Resources::of_pod(&json!({"containers": [{"name": "main"}]}));
+        assert_eq!((nothing.milli_cpu, nothing.memory), (0, 0), "nothing is reserved for fitting");
+        assert_eq!((nothing.scored_milli_cpu(), nothing.scored_memory()), (DEFAULT_MILLI_CPU, DEFAULT_MEMORY));
+        let explicit_zero = Resources::of_pod(&json!({"containers": [{"resources": {"requests": {"cpu": "0"}}}]}));
+        assert_eq!(explicit_zero.scored_milli_cpu(), 0, "an explicit zero is kept, as kube-scheduler keeps it");
+        // Two equal nodes with room for 1,000 pods each: one pod more on a decides, wherever the
+        // search starts (a pod count alone moves the score by less than a point).
+        let mut fuller = node("a", json!({"status": {"allocatable": {"pods": "1000"}}}));
+        fuller.requested.add(&nothing);
+        let nodes = vec![fuller, node("b", json!({"status": {"allocatable": {"pods": "1000"}}}))];
+        let view = pod(json!({}));
+        for start in 0..2 {
+            assert_eq!(place(&view, &nodes, start).map(|i| nodes[i].name.clone()), Ok("b".into()), "start {start}");
+        }
     }
 }

@@ -150,3 +150,58 @@ async fn a_log_that_outgrows_its_byte_budget_is_compacted() {
     }
     store.shutdown().await;
 }
+
+fn service(namespace: &str, name: &str, cluster_ip: &str, node_port: Option<u16>) -> serde_json::Value {
+    let mut port = json!({"port": 80, "targetPort": 8080});
+    if let Some(node_port) = node_port {
+        port["nodePort"] = json!(node_port);
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"type": if node_port.is_some() { "NodePort" } else { "ClusterIP" }, "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": [port]}})
+}
+
+/// Two API servers (or one before and after a leader change) may allocate the same address from
+/// a state that does not yet show the other's write; the state machine, which sees writes in
+/// their final order, lets only the first one through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_addresses_are_unique_in_the_order_writes_are_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path())).await.expect("open");
+    let key = |namespace: &str, name: &str| ObjectKey::new("services", namespace, name);
+    store.write(Command::Create { key: key("default", "a"), object: service("default", "a", "10.43.0.10", Some(30080)) }).await.expect("raft").expect("a created");
+
+    // The same cluster IP in another namespace, and the same node port under another IP.
+    let same_ip = store.write(Command::Create { key: key("other", "b"), object: service("other", "b", "10.43.0.10", None) }).await.expect("raft");
+    assert_eq!(
+        same_ip.err(),
+        Some(WriteError::AddressTaken { field: "spec.clusterIPs".into(), value: "10.43.0.10".into(), detail: "provided IP is already allocated".into() })
+    );
+    let same_port = store.write(Command::Create { key: key("default", "c"), object: service("default", "c", "10.43.0.11", Some(30080)) }).await.expect("raft");
+    assert!(matches!(same_port, Err(WriteError::AddressTaken { ref value, .. }) if value == "30080"), "{same_port:?}");
+    assert!(store.get(&key("other", "b")).expect("read").is_none() && store.get(&key("default", "c")).expect("read").is_none(), "a rejected write stores nothing");
+
+    // In one batch (one log entry), the first claim wins and the second is refused.
+    let batch = Command::Batch(vec![
+        Command::Create { key: key("default", "d"), object: service("default", "d", "10.43.0.12", None) },
+        Command::Create { key: key("default", "e"), object: service("default", "e", "10.43.0.12", None) },
+    ]);
+    let (response, _) = store.write_indexed(batch).await.expect("raft");
+    let shoal_store::CommandResponse::Batch(answers) = response else { panic!("a batch answers with a batch: {response:?}") };
+    assert!(matches!(answers[0], shoal_store::CommandResponse::Written { .. }), "{:?}", answers[0]);
+    assert!(matches!(answers[1], shoal_store::CommandResponse::Rejected(WriteError::AddressTaken { .. })), "{:?}", answers[1]);
+
+    // A Service rewriting itself keeps its own addresses; headless Services claim none.
+    let current = store.get(&key("default", "a")).expect("read").expect("a");
+    let mut updated = service("default", "a", "10.43.0.10", Some(30080));
+    updated["metadata"]["labels"] = json!({"changed": "yes"});
+    let precondition = Precondition { resource_version: None, uid: current["metadata"]["uid"].as_str().map(str::to_owned) };
+    store.write(Command::Update { key: key("default", "a"), object: updated, precondition }).await.expect("raft").expect("a updated in place");
+    for name in ["h1", "h2"] {
+        store.write(Command::Create { key: key("default", name), object: service("default", name, "None", None) }).await.expect("raft").expect("headless");
+    }
+
+    // Deleting a Service frees its addresses.
+    store.write(Command::Delete { key: key("default", "a"), precondition: Precondition::default() }).await.expect("raft").expect("a deleted");
+    store.write(Command::Create { key: key("other", "b"), object: service("other", "b", "10.43.0.10", Some(30080)) }).await.expect("raft").expect("b takes a's addresses");
+    store.shutdown().await;
+}
