@@ -3,16 +3,20 @@
 //! Objects are `serde_json::Value`s addressed by [`ResourceInfo`]; errors from the server come
 //! back as the `Status` they were sent as ([`Error::Api`]).
 
+pub mod in_process;
 pub mod informer;
 mod kubeconfig;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
 use serde_json::Value;
 use shoal_api::{ApiError, ResourceInfo};
 
+pub use in_process::InProcess;
 pub use kubeconfig::Kubeconfig;
 pub use reqwest::Method;
 
@@ -86,6 +90,8 @@ pub struct Client {
     servers: Arc<std::sync::RwLock<Vec<String>>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
+    /// The API server of this process, when it is one of `servers`.
+    in_process: Option<InProcess>,
     /// The kubeconfig context's namespace (default `default`).
     pub default_namespace: String,
 }
@@ -149,8 +155,21 @@ impl Client {
             servers: Arc::new(std::sync::RwLock::new(servers)),
             current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             token,
+            in_process: None,
             default_namespace,
         }
+    }
+
+    /// Sends requests meant for the server this process runs through `in_process`, as a call
+    /// rather than over HTTPS (see [`InProcess`]).
+    pub fn with_in_process(mut self, in_process: InProcess) -> Self {
+        self.in_process = Some(in_process);
+        self
+    }
+
+    /// The in-process server, if `server` is it.
+    fn in_process_for(&self, server: &str) -> Option<&InProcess> {
+        self.in_process.as_ref().filter(|local| local.serves(server))
     }
 
     fn server_list(&self) -> Vec<String> {
@@ -222,9 +241,19 @@ impl Client {
     pub async fn request(&self, method: reqwest::Method, path: &str, query: &[(&str, String)], body: Option<(&str, Vec<u8>)>) -> Result<Value> {
         let attempts = self.servers.read().unwrap_or_else(|p| p.into_inner()).len().max(1);
         let mut attempt = 0;
-        let response = loop {
+        let (status, bytes) = loop {
             attempt += 1;
             let server = self.server();
+            if let Some(local) = self.in_process_for(&server) {
+                let response = local.send(&method, path, query, self.token.as_deref(), body.as_ref().map(|(t, b)| (*t, b.as_slice()))).await?;
+                let status = response.status();
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && method == reqwest::Method::GET && attempt < attempts {
+                    self.move_on(&server);
+                    continue;
+                }
+                let bytes = response.into_body().collect().await.map_err(|e| Error::Transport { url: server, detail: e.to_string() })?.to_bytes();
+                break (status, bytes);
+            }
             let mut request = self.http.request(method.clone(), format!("{server}{path}")).query(query).header("Accept", "application/json");
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
@@ -240,11 +269,12 @@ impl Client {
                 Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && method == reqwest::Method::GET && attempt < attempts => {
                     self.move_on(&server)
                 }
-                Ok(response) => break response,
+                Ok(response) => {
+                    let status = response.status();
+                    break (status, response.bytes().await.map_err(|e| self.transport(e))?);
+                }
             }
         };
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if status.is_success() {
             Ok(value)
@@ -314,30 +344,47 @@ impl Client {
     /// Opens a watch. The stream ends when the server closes it.
     pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
         let server = self.server();
-        let mut request = self.http.get(format!("{server}{}", info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                // The caller (an informer) retries; the retry goes to the next server.
-                if error.is_connect() {
+        let chunks: std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>> = match self.in_process_for(&server) {
+            Some(local) => {
+                let response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None).await?;
+                let status = response.status();
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                     self.move_on(&server);
                 }
-                return Err(self.transport(error));
+                if !status.is_success() {
+                    let bytes = response.into_body().collect().await.map_err(|e| Error::Transport { url: server, detail: e.to_string() })?.to_bytes();
+                    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
+                }
+                Box::pin(http_body_util::BodyDataStream::new(response.into_body()).map(|chunk| chunk.map_err(|e| e.to_string())))
+            }
+            None => {
+                let mut request = self.http.get(format!("{server}{}", info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
+                if let Some(token) = &self.token {
+                    request = request.bearer_auth(token);
+                }
+                let response = match request.send().await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        // The caller (an informer) retries; the retry goes to the next server.
+                        if error.is_connect() {
+                            self.move_on(&server);
+                        }
+                        return Err(self.transport(error));
+                    }
+                };
+                let status = response.status();
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    self.move_on(&server);
+                }
+                if !status.is_success() {
+                    let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+                    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
+                }
+                Box::pin(response.bytes_stream().map(|chunk| chunk.map_err(|e| e.to_string())))
             }
         };
-        let status = response.status();
-        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            self.move_on(&server);
-        }
-        if !status.is_success() {
-            let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
-        }
-        let chunks = response.bytes_stream();
         let lines = futures::stream::unfold((chunks, Vec::<u8>::new(), server), |(mut chunks, mut buffer, server)| async move {
             loop {
                 if let Some(position) = buffer.iter().position(|b| *b == b'\n') {
@@ -352,7 +399,7 @@ impl Client {
                 }
                 match chunks.next().await {
                     Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
-                    Some(Err(error)) => return Some((Err(Error::Transport { url: server.clone(), detail: error.to_string() }), (chunks, Vec::new(), server))),
+                    Some(Err(error)) => return Some((Err(Error::Transport { url: server.clone(), detail: error }), (chunks, Vec::new(), server))),
                     None => return None,
                 }
             }

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     /// Threads that own the data plane's, the ingress router's and the node ports' connections
     /// (see [`reactors`]); 0 serves them on the process's runtime.
     pub reactor_threads: usize,
+    /// The API server of this process (the local node of `shoal server` and `shoal up`): the
+    /// agent's requests to `server` become calls instead of HTTPS.
+    pub in_process: Option<shoal_client::InProcess>,
 }
 
 /// Where a pod's HTTP traffic for some ports goes.
@@ -216,7 +219,10 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         ip => ip.to_string(),
     };
-    let client = Client::new(&config.server, config.ca_pem.as_deref(), Some(config.token.clone()))?;
+    let mut client = Client::new(&config.server, config.ca_pem.as_deref(), Some(config.token.clone()))?;
+    if let Some(in_process) = config.in_process.clone() {
+        client = client.with_in_process(in_process);
+    }
     let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("compiled")))?;
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
     let builtin_registry_http = builtin_registry_http(&config)?;

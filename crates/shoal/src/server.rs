@@ -210,8 +210,8 @@ fn start_controllers(server: &ApiServer, args: &ServerArgs, shutdown: &Cancellat
     if args.disable_controllers {
         return Ok(None);
     }
-    let url = format!("https://127.0.0.1:{}", server.local_addr.port());
-    let client = shoal_client::Client::new(&url, Some(&server.credentials.ca_pem), Some(server.credentials.admin_token.clone()))?;
+    let client = shoal_client::Client::new(&server.loopback_url(), Some(&server.credentials.ca_pem), Some(server.credentials.admin_token.clone()))?
+        .with_in_process(server.in_process());
     let mut settings = shoal_controllers::Settings::new(controller_identity(&args.data_dir)?);
     settings.node_monitor_grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period.max(1));
     settings.job_backoff_base = std::time::Duration::from_secs(args.job_backoff_seconds);
@@ -248,7 +248,15 @@ async fn run_until_signal(server: Option<ApiServer>, node: Option<shoal_node::No
     Ok(ExitCode::SUCCESS)
 }
 
-async fn start_node(args: &NodeArgs, data_dir: PathBuf, server: String, ca_pem: Option<String>, token: String, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
+async fn start_node(
+    args: &NodeArgs,
+    data_dir: PathBuf,
+    server: String,
+    ca_pem: Option<String>,
+    token: String,
+    in_process: Option<shoal_client::InProcess>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<shoal_node::NodeAgent> {
     let config = shoal_node::NodeConfig {
         node_name: args.name(),
         data_dir,
@@ -263,14 +271,15 @@ async fn start_node(args: &NodeArgs, data_dir: PathBuf, server: String, ca_pem: 
         disable_containers: args.disable_containers,
         pod_cidr: args.pod_cidr.clone(),
         reactor_threads: args.data_plane_threads,
+        in_process,
     };
     shoal_node::start(config, shutdown.clone()).await.context("starting the node agent")
 }
 
-/// The local node of a server: it talks to its own API over loopback.
+/// The local node of a server: it talks to its own API in-process.
 async fn start_local_node(server: &ApiServer, args: &NodeArgs, data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
-    let url = format!("https://127.0.0.1:{}", server.local_addr.port());
-    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), shutdown).await
+    let url = server.loopback_url();
+    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), Some(server.in_process()), shutdown).await
 }
 
 pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
@@ -311,7 +320,7 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), &shutdown).await?;
+    let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), None, &shutdown).await?;
     eprintln!("shoal agent: node {} joined {}; data plane at http://{}{}", args.node.name(), args.server, node.data_addr, ingress_note(&node));
     run_until_signal(None, Some(node), None, shutdown).await
 }

@@ -1,0 +1,85 @@
+//! Integration tests of the API server: a real server (redb, a single-member Raft group, a TLS
+//! listener on a loopback port) in this process.
+
+use futures::StreamExt;
+use serde_json::json;
+use shoal_apiserver::{ApiServer, ApiServerConfig, HistoryLimits};
+use shoal_client::{Client, Error, ListOptions};
+use tokio_util::sync::CancellationToken;
+
+async fn start(dir: &std::path::Path, shutdown: &CancellationToken) -> ApiServer {
+    let config = ApiServerConfig {
+        data_dir: dir.to_owned(),
+        api_addr: "127.0.0.1:0".into(),
+        watch_history: HistoryLimits::default(),
+        registry_max_artifact_bytes: 64 << 20,
+        service_cidr: shoal_apiserver::services::Cidr::parse("10.43.0.0/16").expect("cidr"),
+        advertise_host: None,
+        join: None,
+        presets: Default::default(),
+        snapshot_every: None,
+        entries_kept_after_snapshot: None,
+    };
+    shoal_apiserver::start(config, shutdown.clone()).await.expect("the API server starts")
+}
+
+/// Requests from this process's own clients are calls into the router, not HTTPS: they get the
+/// same answers, streams and checks as a remote client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_requests_are_served_and_checked_like_remote_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shutdown = CancellationToken::new();
+    let server = start(dir.path(), &shutdown).await;
+    let (ca, admin) = (server.credentials.ca_pem.clone(), server.credentials.admin_token.clone());
+    let url = server.loopback_url();
+    let in_process = server.in_process();
+    let local = Client::new(&url, Some(&ca), Some(admin.clone())).expect("client").with_in_process(in_process.clone());
+    let remote = Client::new(&url, Some(&ca), Some(admin)).expect("client");
+    let configmaps = shoal_api::resources::by_name("configmaps").expect("configmaps are served");
+
+    // A watch through the call streams like one over HTTPS.
+    let listed = local.list(configmaps, Some("default"), &ListOptions::default()).await.expect("list");
+    let options = ListOptions { resource_version: listed["metadata"]["resourceVersion"].as_str().map(str::to_owned), ..ListOptions::default() };
+    let mut events = Box::pin(local.watch(configmaps, Some("default"), &options).await.expect("watch"));
+
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+    let created = local.create(configmaps, Some("default"), &object, "in-process-test").await.expect("create in-process");
+    assert_eq!(created["metadata"]["namespace"], "default", "{created}");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.expect("an event in time").expect("open").expect("decoded");
+    assert_eq!((event.event_type.as_str(), &event.object["metadata"]["name"]), ("ADDED", &json!("a")));
+
+    // Both ways read the same object.
+    let before = in_process.requests();
+    let through_https = remote.get(configmaps, Some("default"), "a").await.expect("get over HTTPS");
+    assert_eq!(in_process.requests(), before, "a client without the call uses HTTPS");
+    assert_eq!(through_https, local.get(configmaps, Some("default"), "a").await.expect("get in-process"));
+    assert_eq!(in_process.requests(), before + 1, "the in-process client made a call, not an HTTPS request");
+
+    // The server's checks apply: a Status error comes back as one, with its code.
+    match local.create(configmaps, Some("default"), &object, "in-process-test").await {
+        Err(Error::Api(status)) => assert_eq!((status.code, status.reason), (409, "AlreadyExists"), "{status:?}"),
+        other => panic!("a duplicate create must be refused: {other:?}"),
+    }
+    // Query parameters arrive encoded: a label selector with a comma and a space.
+    let selected = local
+        .list(configmaps, Some("default"), &ListOptions { label_selector: Some("app in (x, y)".into()), ..ListOptions::default() })
+        .await
+        .expect("list with a selector");
+    assert_eq!(selected["items"], json!([]), "{selected}");
+
+    // The token is still checked: a call with a wrong one is refused.
+    let stranger = Client::new(&url, Some(&ca), Some("not-a-token".into())).expect("client").with_in_process(server.in_process());
+    match stranger.get(configmaps, Some("default"), "a").await {
+        Err(Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
+        other => panic!("a wrong token must be refused in-process too: {other:?}"),
+    }
+    // A client whose server is another one (after a failover) uses HTTPS to it, not the call.
+    let elsewhere = Client::new(&server.url.replace("127.0.0.1", "localhost"), Some(&ca), Some(server.credentials.admin_token.clone()))
+        .expect("client")
+        .with_in_process(in_process.clone());
+    let before = in_process.requests();
+    elsewhere.get(configmaps, Some("default"), "a").await.expect("get over HTTPS by another name");
+    assert_eq!(in_process.requests(), before, "only requests to the server the call stands for use it");
+    shutdown.cancel();
+    server.wait().await;
+}
