@@ -8,16 +8,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 nodes="${NODES:-1000}"
 pods="${PODS:-10000}"
+# SHOAL_BIN: another build of shoal to measure (to compare two commits on one machine).
+shoal="${SHOAL_BIN:-./target/release/shoal}"
 cargo build --release -q -p shoal -p shoal-benches
 work="$(mktemp -d)"
 trap 'kill "${agent_pid:-0}" "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --disable-node --node-monitor-grace-period 40 2>"$work/server.log" &
+"$shoal" server --data-dir "$work/data" --api-addr 127.0.0.1:0 --disable-node --node-monitor-grace-period 40 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
 sleep 0.5
 url="$(awk '/server:/ {print $2}' "$work/data/admin.kubeconfig")"
-./target/release/shoal agent --server "$url" --token "$(cat "$work/data/node-token")" --ca-file "$work/data/pki/ca.crt" \
+"$shoal" agent --server "$url" --token "$(cat "$work/data/node-token")" --ca-file "$work/data/pki/ca.crt" \
   --data-dir "$work/agent" --node-name hollow --hollow-nodes "$nodes" 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 1 600); do grep -q 'hollow nodes' "$work/agent.log" && break; sleep 0.1; done

@@ -88,6 +88,9 @@ pub struct AppState {
     pub(crate) service_cidr: services::Cidr,
 }
 
+/// The body of an answer to [`ApiServer::call`] (a watch streams through it).
+pub type CallBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// A running API server.
 pub struct ApiServer {
     pub local_addr: SocketAddr,
@@ -99,28 +102,29 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// The URL this process's own clients name the server by (loopback, whatever the listen
-    /// address): [`ApiServer::in_process`] stands for it.
+    /// address): their [`ApiServer::call`] stands for it.
     pub fn loopback_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.local_addr.port())
     }
 
     /// This server as a function call, for the clients in this process (controllers, the
-    /// scheduler, the local node): no TLS, no HTTP/2 framing, no socket. Requests still carry
-    /// their token and go through the same router as a remote client's.
-    pub fn in_process(&self) -> shoal_client::InProcess {
+    /// scheduler, the local node; `shoal_client::InProcess` wraps it): no TLS, no HTTP/2
+    /// framing, no socket. Requests still carry their token and go through the same router as
+    /// a remote client's.
+    pub fn call(&self) -> impl Fn(http::Request<bytes::Bytes>) -> futures::future::BoxFuture<'static, http::Response<CallBody>> + Send + Sync + 'static {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
         let router = self.router.clone();
-        shoal_client::InProcess::new(&self.loopback_url(), move |request| {
+        move |request| {
             let router = router.clone();
             Box::pin(async move {
                 let response = match router.oneshot(request.map(axum::body::Body::from)).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                response.map(|body| body.map_err(shoal_client::in_process::BoxError::from).boxed_unsync())
+                response.map(|body| body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
             })
-        })
+        }
     }
 
     /// Waits until every connection and background task has finished after shutdown, then

@@ -211,11 +211,16 @@ fn start_controllers(server: &ApiServer, args: &ServerArgs, shutdown: &Cancellat
         return Ok(None);
     }
     let client = shoal_client::Client::new(&server.loopback_url(), Some(&server.credentials.ca_pem), Some(server.credentials.admin_token.clone()))?
-        .with_in_process(server.in_process());
+        .with_in_process(in_process(server));
     let mut settings = shoal_controllers::Settings::new(controller_identity(&args.data_dir)?);
     settings.node_monitor_grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period.max(1));
     settings.job_backoff_base = std::time::Duration::from_secs(args.job_backoff_seconds);
     Ok(Some(shoal_controllers::start(client, settings, shutdown.clone())))
+}
+
+/// The server as a call, for this process's own clients.
+fn in_process(server: &ApiServer) -> shoal_client::InProcess {
+    shoal_client::InProcess::new(&server.loopback_url(), server.call())
 }
 
 /// This server's stable identity for leader election, kept in the data directory: a restarted
@@ -279,7 +284,7 @@ async fn start_node(
 /// The local node of a server: it talks to its own API in-process.
 async fn start_local_node(server: &ApiServer, args: &NodeArgs, data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
     let url = server.loopback_url();
-    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), Some(server.in_process()), shutdown).await
+    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), Some(in_process(server)), shutdown).await
 }
 
 pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {

@@ -32,7 +32,7 @@ async fn in_process_requests_are_served_and_checked_like_remote_ones() {
     let server = start(dir.path(), &shutdown).await;
     let (ca, admin) = (server.credentials.ca_pem.clone(), server.credentials.admin_token.clone());
     let url = server.loopback_url();
-    let in_process = server.in_process();
+    let in_process = shoal_client::InProcess::new(&server.loopback_url(), server.call());
     let local = Client::new(&url, Some(&ca), Some(admin.clone())).expect("client").with_in_process(in_process.clone());
     let remote = Client::new(&url, Some(&ca), Some(admin)).expect("client");
     let configmaps = shoal_api::resources::by_name("configmaps").expect("configmaps are served");
@@ -68,7 +68,7 @@ async fn in_process_requests_are_served_and_checked_like_remote_ones() {
     assert_eq!(selected["items"], json!([]), "{selected}");
 
     // The token is still checked: a call with a wrong one is refused.
-    let stranger = Client::new(&url, Some(&ca), Some("not-a-token".into())).expect("client").with_in_process(server.in_process());
+    let stranger = Client::new(&url, Some(&ca), Some("not-a-token".into())).expect("client").with_in_process(shoal_client::InProcess::new(&server.loopback_url(), server.call()));
     match stranger.get(configmaps, Some("default"), "a").await {
         Err(Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
         other => panic!("a wrong token must be refused in-process too: {other:?}"),
