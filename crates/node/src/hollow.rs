@@ -90,7 +90,7 @@ async fn renew_leases(client: Client, names: Vec<String>, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
         }
         let now = meta::format_micro_time(jiff::Timestamp::now());
-        futures::stream::iter(names.iter())
+        let renewals = futures::stream::iter(names.iter())
             .for_each_concurrent(IN_FLIGHT, |name| {
                 let client = client.clone();
                 let now = now.clone();
@@ -107,8 +107,11 @@ async fn renew_leases(client: Client, names: Vec<String>, shutdown: Cancellation
                         tracing::debug!(%error, node = name, "renewing a hollow node's lease");
                     }
                 }
-            })
-            .await;
+            });
+        tokio::select! {
+            _ = renewals => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -119,17 +122,27 @@ async fn run_pods(client: Client, names: HashSet<String>, shutdown: Cancellation
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut revision: Option<String> = None;
     let mut handled: HashSet<String> = HashSet::new();
+    // Every wait below also ends at shutdown: with the server gone, listing and watching fail
+    // forever, and a loop that only retried them would never see the signal.
     loop {
         let mut events: Vec<Value> = Vec::new();
         if revision.is_none() {
-            match client.list_all(pods, None, &ListOptions { limit: Some(1000), ..Default::default() }).await {
+            let first_page = ListOptions { limit: Some(1000), ..Default::default() };
+            let listed = tokio::select! {
+                listed = client.list_all(pods, None, &first_page) => listed,
+                _ = shutdown.cancelled() => return,
+            };
+            match listed {
                 Ok((items, listed)) => {
                     events = items;
                     revision = Some(listed);
                 }
                 Err(error) => {
                     tracing::debug!(%error, "hollow nodes listing pods");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
                     continue;
                 }
             }
@@ -138,7 +151,11 @@ async fn run_pods(client: Client, names: HashSet<String>, shutdown: Cancellation
             act(&client, &names, &permits, &mut handled, pod).await;
         }
         let options = ListOptions { resource_version: revision.clone(), timeout_seconds: Some(300), ..Default::default() };
-        let stream = match client.watch(pods, None, &options).await {
+        let opened = tokio::select! {
+            opened = client.watch(pods, None, &options) => opened,
+            _ = shutdown.cancelled() => return,
+        };
+        let stream = match opened {
             Ok(stream) => stream,
             Err(_) => {
                 revision = None;
