@@ -18,7 +18,7 @@ use shoal_api::{ApiError, meta, table};
 use shoal_store::{EventType, WatchError};
 
 use crate::AppState;
-use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, with_type};
+use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, typed, with_type};
 use crate::request::{self, MAX_BODY_BYTES, Query, Route, Target};
 
 pub fn error_response(error: &ApiError) -> Response {
@@ -26,7 +26,15 @@ pub fn error_response(error: &ApiError) -> Response {
     json_response(code, &error.to_status())
 }
 
-fn json_response(code: StatusCode, value: &Value) -> Response {
+/// One line of a watch stream.
+#[derive(serde::Serialize)]
+struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    object: objects::Typed<'a>,
+}
+
+fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = code;
@@ -285,7 +293,7 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             }
             let object = request::decode_body(headers, body)?;
             let written = objects::create(state, info, namespace, object, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::CREATED, &with_type(info, written.object)), &written.warnings))
+            Ok(with_warnings(json_response(StatusCode::CREATED, &typed(info, &written.object)), &written.warnings))
         }
         (Method::PUT, Some(name)) => {
             let desired = request::decode_body(headers, body)?;
@@ -296,7 +304,7 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
                 shoal_api::apply::record_update(info.kind, &current, &mut desired, &field_manager(query, headers), &info.api_version(), &objects::now());
             }
             let written = objects::update(state, info, namespace, name, &current, desired, scope, precondition, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
+            Ok(with_warnings(json_response(StatusCode::OK, &typed(info, &written.object)), &written.warnings))
         }
         (Method::PATCH, Some(name)) => {
             let patch_type = match request::content_type(headers).as_str() {
@@ -313,14 +321,14 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
                     let config = request::decode_body(headers, body)?;
                     let (written, created) = objects::server_side_apply(state, info, namespace, name, config, manager, query.flag("force"), validation, dry_run).await?;
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    return Ok(with_warnings(json_response(code, &with_type(info, written.object)), &written.warnings));
+                    return Ok(with_warnings(json_response(code, &typed(info, &written.object)), &written.warnings));
                 }
                 other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/apply-patch+yaml, application/strategic-merge-patch+json, application/merge-patch+json or application/json-patch+json"))),
             };
             let patch = request::decode_body(headers, body)?;
             let manager = field_manager(query, headers);
             let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, &manager, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &with_type(info, written.object)), &written.warnings))
+            Ok(with_warnings(json_response(StatusCode::OK, &typed(info, &written.object)), &written.warnings))
         }
         (Method::DELETE, Some(name)) => {
             let body_value = if body.is_empty() { json!({}) } else { request::decode_body(headers, body)? };
@@ -506,6 +514,12 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
             line.push(b'\n');
             Bytes::from(line)
         };
+        // A plain JSON event line straight from the stored object, without copying it.
+        let encode_shared = |event_type: &str, object: &Value| -> Bytes {
+            let mut line = serde_json::to_vec(&WatchLine { event_type, object: typed(info, object) }).unwrap_or_default();
+            line.push(b'\n');
+            Bytes::from(line)
+        };
         let mut watcher = match watcher {
             Ok(watcher) => watcher,
             Err(WatchError::Expired { requested, oldest }) => {
@@ -563,7 +577,8 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                         };
                         let line = match (before, now) {
                             (false, false) => continue,
-                            (false, true) => encode("ADDED", with_type(info, Value::clone(&event.object))),
+                            (false, true) if as_table => encode("ADDED", with_type(info, Value::clone(&event.object))),
+                            (false, true) => encode_shared("ADDED", &event.object),
                             (true, false) => {
                                 let mut previous = event.previous.as_deref().cloned().unwrap_or_else(|| Value::clone(&event.object));
                                 if let Some(metadata) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -573,7 +588,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                             }
                             // Plain JSON watchers share one encoding of each event.
                             (true, true) if as_table => encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object))),
-                            (true, true) => event.encoded.get_or_init(|| encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object)))).clone(),
+                            (true, true) => event.encoded.get_or_init(|| encode_shared(event.event_type.as_str(), &event.object)).clone(),
                         };
                         if sender.send(Ok(line)).await.is_err() {
                             return;

@@ -122,9 +122,10 @@ fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The result of a write: the stored object and warnings for the client.
+/// The result of a write: the stored object (shared with the store) and warnings for the
+/// client.
 pub struct Written {
-    pub object: Value,
+    pub object: Arc<Value>,
     pub warnings: Vec<String>,
 }
 
@@ -188,7 +189,7 @@ pub async fn create(
             if state.store.get(&key).map_err(store_error)?.is_some() {
                 return Err(ApiError::already_exists(info, &name));
             }
-            return Ok(Written { object, warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings });
         }
         match state.store.write(Command::Create { key: key.clone(), object }).await.map_err(store_error)? {
             Ok((_, stored)) => return Ok(Written { object: stored, warnings: admitted.warnings }),
@@ -346,14 +347,14 @@ pub async fn update(
         let stale = precondition.resource_version.is_some_and(|rv| Some(rv) != meta::resource_version(current));
         if !stale && same_but_resource_version(&object, current) {
             // Nothing changes: answer with the stored object and do not write.
-            return Ok(Written { object: current.clone(), warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(current.clone()), warnings: admitted.warnings });
         }
         if dry_run {
             if stale {
                 return Err(ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"));
             }
             meta::metadata_mut(&mut object).insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
-            return Ok(Written { object, warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings });
         }
         match state.store.write(Command::Update { key: key.clone(), object, precondition: precondition.clone() }).await.map_err(store_error)? {
             Ok(written) => break written,
@@ -716,8 +717,8 @@ pub async fn delete(
                 .write(Command::Update { key, object: terminating, precondition })
                 .await
                 .map_err(store_error)?
-                .map_err(|e| write_error(info, name, e))?
-                .1
+                .map_err(|e| write_error(info, name, e))
+                .map(|(_, stored)| Arc::unwrap_or_clone(stored))?
         };
         spawn_namespace_teardown(state, name.to_owned());
         return Ok(object);
@@ -768,7 +769,7 @@ pub async fn delete(
             .await
             .map_err(store_error)?
             .map_err(|e| write_error(info, name, e))?;
-        return Ok(stored);
+        return Ok(Arc::unwrap_or_clone(stored));
     }
     let precondition = Precondition { resource_version: None, uid: Some(meta::uid(&current).to_owned()) };
     let (_, deleted) = state
@@ -777,7 +778,7 @@ pub async fn delete(
         .await
         .map_err(store_error)?
         .map_err(|e| write_error(info, name, e))?;
-    Ok(deleted)
+    Ok(Arc::unwrap_or_clone(deleted))
 }
 
 /// Deletes everything in a terminating namespace, then the namespace itself. Runs until done;
@@ -1028,6 +1029,33 @@ pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> 
 }
 
 /// The object with `apiVersion` and `kind` set (list items carry them too).
+/// `object` as [`with_type`] would make it, serialised from a borrow: no copy of the object
+/// (an answer or a watch event shares the stored object).
+pub struct Typed<'a> {
+    info: &'a ResourceInfo,
+    object: &'a Value,
+}
+
+pub fn typed<'a>(info: &'a ResourceInfo, object: &'a Value) -> Typed<'a> {
+    Typed { info, object }
+}
+
+impl serde::Serialize for Typed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(fields) = self.object.as_object() else { return self.object.serialize(serializer) };
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("apiVersion", &self.info.api_version())?;
+        map.serialize_entry("kind", self.info.kind)?;
+        for (key, value) in fields {
+            if key != "apiVersion" && key != "kind" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
 pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
     if let Some(map) = object.as_object_mut() {
         let mut ordered = Map::new();
@@ -1044,6 +1072,24 @@ pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_serialises_what_with_type_builds_with_type_and_version_first() {
+        let pods = resources::by_name("pods").expect("pods");
+        let deployments = resources::by_name("deployments").expect("deployments");
+        for (info, object) in [
+            (pods, json!({"metadata": {"name": "p"}, "data": {"a": "1"}, "spec": {"x": [1, 2]}})),
+            // The stored kind and version are replaced by the resource's, as with_type does.
+            (deployments, json!({"apiVersion": "extensions/v1beta1", "kind": "Wrong", "metadata": {"name": "d"}})),
+            (pods, json!("not an object")),
+        ] {
+            let text = serde_json::to_string(&typed(info, &object)).expect("serialises");
+            assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON"), with_type(info, object.clone()), "{text}");
+            if object.is_object() {
+                assert!(text.starts_with(&format!("{{\"apiVersion\":\"{}\",\"kind\":\"{}\",", info.api_version(), info.kind)), "{text}");
+            }
+        }
+    }
 
     #[test]
     fn in_place_comparisons_match_comparing_copies() {

@@ -1,5 +1,7 @@
 //! The commands replicated through Raft and the state machine's answers to them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -69,8 +71,9 @@ pub struct Precondition {
 /// The state machine's answer to one command.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum CommandResponse {
-    /// The object as stored, with its new `resourceVersion`. For a delete, the last state.
-    Written { revision: u64, object: Value },
+    /// The object as stored, with its new `resourceVersion` (shared with the store, not a
+    /// copy). For a delete, the last state.
+    Written { revision: u64, object: Arc<Value> },
     Rejected(WriteError),
     /// A blob chunk was written or removed.
     BlobDone,

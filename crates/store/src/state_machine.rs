@@ -461,7 +461,7 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
     }
     let previous = if event_type == EventType::Modified { current } else { None };
     events.push(Event::new(revision, event_type, key, Arc::clone(&object), previous));
-    Ok(CommandResponse::Written { revision, object: Value::clone(&object) })
+    Ok(CommandResponse::Written { revision, object })
 }
 
 fn io_error(error: Error) -> StorageError<NodeId> {

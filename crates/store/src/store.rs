@@ -561,8 +561,8 @@ impl Store {
 
     /// Proposes `command` and waits until it is durable in the log and applied. The inner
     /// result is the state machine's verdict. Concurrent writes share log entries (see
-    /// [`propose`]).
-    pub async fn write(&self, command: Command) -> Result<Result<(u64, Value), WriteError>> {
+    /// [`propose`]). The object is the stored one, shared.
+    pub async fn write(&self, command: Command) -> Result<Result<(u64, Arc<Value>), WriteError>> {
         match self.write_indexed(command).await?.0 {
             CommandResponse::Written { revision, object } => Ok(Ok((revision, object))),
             CommandResponse::Rejected(error) => Ok(Err(error)),
