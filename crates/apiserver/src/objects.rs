@@ -109,11 +109,7 @@ fn generated_name(prefix: &str) -> String {
 /// Checks that `namespace` exists and is not being torn down.
 fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
     let namespaces = resources::by_name("namespaces").expect("namespaces are served");
-    let object = state
-        .store
-        .get(&key(namespaces, None, namespace))
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
+    let object = get_shared(state, namespaces, None, namespace)?;
     if !object["metadata"]["deletionTimestamp"].is_null() {
         return Err(ApiError::forbidden(format!(
             "unable to create new content in namespace {namespace} because it is being terminated"
@@ -303,10 +299,10 @@ pub async fn update(
             }
         }
     }
-    let current_metadata = current["metadata"].as_object().cloned().unwrap_or_default();
+    let current_metadata = current["metadata"].as_object();
     let metadata = meta::metadata_mut(&mut desired);
     for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
-        match current_metadata.get(field) {
+        match current_metadata.and_then(|m| m.get(field)) {
             Some(value) => metadata.insert(field.into(), value.clone()),
             None => metadata.remove(field),
         };
