@@ -344,47 +344,42 @@ impl Client {
     /// Opens a watch. The stream ends when the server closes it.
     pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
         let server = self.server();
-        let chunks: std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>> = match self.in_process_for(&server) {
-            Some(local) => {
-                let response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None).await?;
-                let status = response.status();
-                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                    self.move_on(&server);
+        // The answer's status and its body as a stream of chunks, however it was sent.
+        let (status, mut chunks): (reqwest::StatusCode, std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>) =
+            match self.in_process_for(&server) {
+                Some(local) => {
+                    let response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None).await?;
+                    (response.status(), Box::pin(http_body_util::BodyDataStream::new(response.into_body()).map(|chunk| chunk.map_err(|e| e.to_string()))))
                 }
-                if !status.is_success() {
-                    let bytes = response.into_body().collect().await.map_err(|e| Error::Transport { url: server, detail: e.to_string() })?.to_bytes();
-                    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
-                }
-                Box::pin(http_body_util::BodyDataStream::new(response.into_body()).map(|chunk| chunk.map_err(|e| e.to_string())))
-            }
-            None => {
-                let mut request = self.http.get(format!("{server}{}", info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
-                if let Some(token) = &self.token {
-                    request = request.bearer_auth(token);
-                }
-                let response = match request.send().await {
-                    Ok(response) => response,
-                    Err(error) => {
-                        // The caller (an informer) retries; the retry goes to the next server.
-                        if error.is_connect() {
-                            self.move_on(&server);
-                        }
-                        return Err(self.transport(error));
+                None => {
+                    let mut request = self.http.get(format!("{server}{}", info.collection_path(namespace))).query(&options.query(true)).header("Accept", "application/json");
+                    if let Some(token) = &self.token {
+                        request = request.bearer_auth(token);
                     }
-                };
-                let status = response.status();
-                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                    self.move_on(&server);
+                    let response = match request.send().await {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // The caller (an informer) retries; the retry goes to the next server.
+                            if error.is_connect() {
+                                self.move_on(&server);
+                            }
+                            return Err(self.transport(error));
+                        }
+                    };
+                    (response.status(), Box::pin(response.bytes_stream().map(|chunk| chunk.map_err(|e| e.to_string()))))
                 }
-                if !status.is_success() {
-                    let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
-                    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
-                }
-                Box::pin(response.bytes_stream().map(|chunk| chunk.map_err(|e| e.to_string())))
+            };
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            self.move_on(&server);
+        }
+        if !status.is_success() {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                bytes.extend_from_slice(&chunk.map_err(|detail| Error::Transport { url: server.clone(), detail })?);
             }
-        };
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(Error::Api(ApiError::from_status(status.as_u16(), &value)));
+        }
         let lines = futures::stream::unfold((chunks, Vec::<u8>::new(), server), |(mut chunks, mut buffer, server)| async move {
             loop {
                 if let Some(position) = buffer.iter().position(|b| *b == b'\n') {

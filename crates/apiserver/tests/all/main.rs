@@ -73,6 +73,13 @@ async fn in_process_requests_are_served_and_checked_like_remote_ones() {
         Err(Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
         other => panic!("a wrong token must be refused in-process too: {other:?}"),
     }
+    // So is a watch, with the answer's Status read from the body as over HTTPS.
+    for client in [&stranger, &Client::new(&url, Some(&ca), Some("not-a-token".into())).expect("client")] {
+        match client.watch(configmaps, Some("default"), &ListOptions::default()).await.map(|_| ()) {
+            Err(Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
+            other => panic!("a watch with a wrong token must be refused: {other:?}"),
+        }
+    }
     // A client whose server is another one (after a failover) uses HTTPS to it, not the call.
     let elsewhere = Client::new(&server.url.replace("127.0.0.1", "localhost"), Some(&ca), Some(server.credentials.admin_token.clone()))
         .expect("client")
