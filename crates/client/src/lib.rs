@@ -35,6 +35,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A response body as a stream of chunks (a watch's lines arrive through it).
+type Chunks = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>;
+
 /// One watch event.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
@@ -345,7 +348,7 @@ impl Client {
     pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
         let server = self.server();
         // The answer's status and its body as a stream of chunks, however it was sent.
-        let (status, mut chunks): (reqwest::StatusCode, std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>) =
+        let (status, mut chunks): (reqwest::StatusCode, Chunks) =
             match self.in_process_for(&server) {
                 Some(local) => {
                     let response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None).await?;
