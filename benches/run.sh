@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${SECONDS_PER_RUN:-10}"
+# SHOAL_BIN: another build of shoal to measure (to compare two commits on one machine).
+shoal="${SHOAL_BIN:-./target/release/shoal}"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p shoal -p shoal-benches
 work="$(mktemp -d)"
@@ -16,7 +18,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname
 
 start_server() {
   rm -rf "$work/data"
-  ./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 2>"$work/server.log" &
+  "$shoal" server --data-dir "$work/data" --api-addr 127.0.0.1:0 2>"$work/server.log" &
   server_pid=$!
   for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
   sleep 0.5
