@@ -189,10 +189,17 @@ async fn status_subresource_is_separate_from_the_main_resource() {
     let (_, created) = server.post(DEPLOYMENTS, &deployment("web")).await;
     let mut with_status = created.clone();
     with_status["status"] = json!({"replicas": 2, "readyReplicas": 2});
+    // Everything but status is ignored on /status: a changed spec, a new label, an extra field.
+    with_status["spec"]["replicas"] = json!(5);
+    with_status["metadata"]["labels"] = json!({"sneaked": "in"});
+    with_status["extra"] = json!(true);
     let (code, updated) = server.put(&format!("{DEPLOYMENTS}/web/status"), &with_status).await;
     assert_eq!(code, 200, "{updated}");
     assert_eq!(updated["status"]["readyReplicas"], 2);
     assert_eq!(updated["metadata"]["generation"], 1, "status writes do not bump generation");
+    assert_eq!(updated["spec"], created["spec"], "the spec stays as stored: {updated}");
+    assert_eq!(updated["metadata"]["labels"], created["metadata"]["labels"], "{updated}");
+    assert!(updated.get("extra").is_none(), "{updated}");
     let mut main = updated.clone();
     main["status"] = json!({"replicas": 0});
     main["spec"]["replicas"] = json!(3);

@@ -278,14 +278,14 @@ pub async fn update(
         return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
     }
     if scope == UpdateScope::Status {
-        // Only status changes through /status; everything else stays as stored.
-        let status = desired.get("status").cloned();
-        desired = current.clone();
-        match status {
-            Some(status) => desired["status"] = status,
-            None => {
-                if let Some(map) = desired.as_object_mut() {
-                    map.remove("status");
+        // Only status changes through /status; everything else stays as stored. A field the
+        // body already holds as stored (a status patch's body is the stored object patched) is
+        // kept rather than copied again.
+        if let (Some(fields), Some(stored)) = (desired.as_object_mut(), current.as_object()) {
+            fields.retain(|key, _| key == "status" || stored.contains_key(key));
+            for (key, value) in stored {
+                if key != "status" && fields.get(key) != Some(value) {
+                    fields.insert(key.clone(), value.clone());
                 }
             }
         }
@@ -444,17 +444,22 @@ pub async fn patch(
         // Shared with the store's copy: the patch works on its own copy only.
         let current = get_shared(state, info, namespace, name)?;
         let current: &Value = &current;
-        let mut patched = current.clone();
-        match patch_type {
+        let mut patched = match patch_type {
             PatchType::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
+                let mut patched = current.clone();
                 shoal_api::patch::merge_patch(&mut patched, patch);
+                patched
             }
-            PatchType::Json => shoal_api::patch::json_patch(&mut patched, patch)?,
-            PatchType::Strategic => patched = shoal_api::strategic::apply(info.kind, current, patch)?,
-        }
+            PatchType::Json => {
+                let mut patched = current.clone();
+                shoal_api::patch::json_patch(&mut patched, patch)?;
+                patched
+            }
+            PatchType::Strategic => shoal_api::strategic::apply(info.kind, current, patch)?,
+        };
         if matches!(scope, UpdateScope::Main) {
             shoal_api::apply::record_update(info.kind, current, &mut patched, manager, &info.api_version(), &now());
         }
