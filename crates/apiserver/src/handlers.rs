@@ -26,6 +26,19 @@ pub fn error_response(error: &ApiError) -> Response {
     json_response(code, &error.to_status())
 }
 
+/// The answer to a request that arrives while the server shuts down (on a connection opened
+/// before): 429 with Retry-After, as kube-apiserver's `--shutdown-send-retry-after` answers.
+/// Clients retry it; client-go resumes a watch from its resourceVersion, on the next server.
+/// Serving it instead would start a watch that the shutdown ends at once, which client-go takes
+/// for a broken watch and answers by listing everything again.
+fn shutting_down() -> Response {
+    let error = ApiError::new(429, "TooManyRequests", "the API server is shutting down, please try again later")
+        .with_details(json!({"retryAfterSeconds": 1}));
+    let mut response = error_response(&error);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// One line of a watch stream.
 #[derive(serde::Serialize)]
 struct WatchLine<'a> {
@@ -155,6 +168,9 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
     }
     if !authenticated(&state, &headers) {
         return error_response(&ApiError::unauthorized());
+    }
+    if state.shutdown.is_cancelled() {
+        return shutting_down();
     }
     let body = match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),

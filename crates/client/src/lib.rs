@@ -35,6 +35,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether an answer says to try another server: 503 from a server cut off from its group, 429
+/// from one shutting down.
+fn elsewhere(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::SERVICE_UNAVAILABLE || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
 /// A response body as a stream of chunks (a watch's lines arrive through it).
 type Chunks = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>;
 
@@ -250,7 +256,7 @@ impl Client {
             if let Some(local) = self.in_process_for(&server) {
                 let response = local.send(&method, path, query, self.token.as_deref(), body.as_ref().map(|(t, b)| (*t, b.as_slice()))).await?;
                 let status = response.status();
-                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && method == reqwest::Method::GET && attempt < attempts {
+                if elsewhere(status) && method == reqwest::Method::GET && attempt < attempts {
                     self.move_on(&server);
                     continue;
                 }
@@ -268,8 +274,9 @@ impl Client {
                 // Never sent: safe to send to another server.
                 Err(error) if error.is_connect() && attempt < attempts => self.move_on(&server),
                 Err(error) => return Err(self.transport(error)),
-                // A read refused by a server cut off from its group: another may serve it.
-                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && method == reqwest::Method::GET && attempt < attempts => {
+                // A read refused by a server cut off from its group or shutting down: another
+                // may serve it.
+                Ok(response) if elsewhere(response.status()) && method == reqwest::Method::GET && attempt < attempts => {
                     self.move_on(&server)
                 }
                 Ok(response) => {
@@ -372,7 +379,7 @@ impl Client {
                     (response.status(), Box::pin(response.bytes_stream().map(|chunk| chunk.map_err(|e| e.to_string()))))
                 }
             };
-        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        if elsewhere(status) {
             self.move_on(&server);
         }
         if !status.is_success() {
