@@ -88,7 +88,8 @@ pub struct AppState {
     pub(crate) service_cidr: services::Cidr,
 }
 
-/// The body of an answer to [`ApiServer::call`] (a watch streams through it).
+/// The body of an answer to [`ApiServer::call`] (a watch streams through it): the same type as
+/// `shoal_client::in_process::Body`, spelled out because this crate does not depend on the client.
 pub type CallBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A running API server.

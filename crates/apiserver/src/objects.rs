@@ -1029,7 +1029,6 @@ pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> 
     Ok(())
 }
 
-/// The object with `apiVersion` and `kind` set (list items carry them too).
 /// `object` as [`with_type`] would make it, serialised from a borrow: no copy of the object
 /// (an answer or a watch event shares the stored object).
 pub struct Typed<'a> {
@@ -1057,6 +1056,7 @@ impl serde::Serialize for Typed<'_> {
     }
 }
 
+/// The object with `apiVersion` and `kind` set (list items carry them too).
 pub fn with_type(info: &ResourceInfo, mut object: Value) -> Value {
     if let Some(map) = object.as_object_mut() {
         let mut ordered = Map::new();
