@@ -76,21 +76,20 @@ pub async fn start(client: Client, prefix: &str, count: usize, shutdown: Cancell
         outcome?;
     }
     let tasks = TaskTracker::new();
-    tasks.spawn(renew_leases(client.clone(), names.clone(), shutdown.clone()));
-    tasks.spawn(run_pods(client, names.into_iter().collect(), shutdown));
+    // Both loops end at shutdown wherever they wait: with the server gone, their requests fail
+    // and are retried forever, so they must not be left to notice the signal themselves.
+    tasks.spawn(shutdown.clone().run_until_cancelled_owned(renew_leases(client.clone(), names.clone())));
+    tasks.spawn(shutdown.run_until_cancelled_owned(run_pods(client, names.into_iter().collect())));
     Ok(HollowNodes { tasks })
 }
 
-async fn renew_leases(client: Client, names: Vec<String>, shutdown: CancellationToken) {
+async fn renew_leases(client: Client, names: Vec<String>) {
     let leases = resources::by_name("leases").expect("leases are served");
     let mut timer = tokio::time::interval(LEASE_EVERY);
     loop {
-        tokio::select! {
-            _ = timer.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
+        timer.tick().await;
         let now = meta::format_micro_time(jiff::Timestamp::now());
-        let renewals = futures::stream::iter(names.iter())
+        futures::stream::iter(names.iter())
             .for_each_concurrent(IN_FLIGHT, |name| {
                 let client = client.clone();
                 let now = now.clone();
@@ -107,42 +106,29 @@ async fn renew_leases(client: Client, names: Vec<String>, shutdown: Cancellation
                         tracing::debug!(%error, node = name, "renewing a hollow node's lease");
                     }
                 }
-            });
-        tokio::select! {
-            _ = renewals => {}
-            _ = shutdown.cancelled() => return,
-        }
+            })
+            .await;
     }
 }
 
 /// Marks pods bound to a hollow node Running and Ready, and completes their deletions.
-async fn run_pods(client: Client, names: HashSet<String>, shutdown: CancellationToken) {
+async fn run_pods(client: Client, names: HashSet<String>) {
     let pods = resources::by_name("pods").expect("pods are served");
     let names = Arc::new(names);
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut revision: Option<String> = None;
     let mut handled: HashSet<String> = HashSet::new();
-    // Every wait below also ends at shutdown: with the server gone, listing and watching fail
-    // forever, and a loop that only retried them would never see the signal.
     loop {
         let mut events: Vec<Value> = Vec::new();
         if revision.is_none() {
-            let first_page = ListOptions { limit: Some(1000), ..Default::default() };
-            let listed = tokio::select! {
-                listed = client.list_all(pods, None, &first_page) => listed,
-                _ = shutdown.cancelled() => return,
-            };
-            match listed {
+            match client.list_all(pods, None, &ListOptions { limit: Some(1000), ..Default::default() }).await {
                 Ok((items, listed)) => {
                     events = items;
                     revision = Some(listed);
                 }
                 Err(error) => {
                     tracing::debug!(%error, "hollow nodes listing pods");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             }
@@ -151,11 +137,7 @@ async fn run_pods(client: Client, names: HashSet<String>, shutdown: Cancellation
             act(&client, &names, &permits, &mut handled, pod).await;
         }
         let options = ListOptions { resource_version: revision.clone(), timeout_seconds: Some(300), ..Default::default() };
-        let opened = tokio::select! {
-            opened = client.watch(pods, None, &options) => opened,
-            _ = shutdown.cancelled() => return,
-        };
-        let stream = match opened {
+        let stream = match client.watch(pods, None, &options).await {
             Ok(stream) => stream,
             Err(_) => {
                 revision = None;
@@ -164,11 +146,7 @@ async fn run_pods(client: Client, names: HashSet<String>, shutdown: Cancellation
         };
         let mut stream = std::pin::pin!(stream);
         loop {
-            let event = tokio::select! {
-                event = stream.next() => event,
-                _ = shutdown.cancelled() => return,
-            };
-            match event {
+            match stream.next().await {
                 Some(Ok(event)) if event.event_type == "ERROR" => {
                     revision = None;
                     break;
