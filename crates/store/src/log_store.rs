@@ -6,11 +6,22 @@
 //! one fsync (group commit). Entries are also kept in memory (the log is compacted after each
 //! snapshot, so this is bounded) so that readers see them as soon as `append` returns, as
 //! openraft requires.
+//!
+//! Applying hands an entry over instead of copying it. openraft 0.9 reads the entries it applies
+//! through the store it was given, and the entries it replicates through the readers
+//! `get_log_reader` makes. So a read through the store itself moves each entry out of memory to
+//! the state machine, keeping only its id, once no other member may need it from this server's
+//! memory (`hand_over_through`: every member when this server is alone or a follower, the
+//! members' matched index when it leads others). A later read of a handed-over entry (a member
+//! that fell behind, a new leader's replication) gets it from disk. Copying each applied
+//! command's objects was a tenth of a busy server's time, and the copies kept every write twice
+//! in memory until the next purge.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -40,6 +51,9 @@ enum WriteOp {
     SaveMeta { key: &'static str, value: Vec<u8>, reply: Option<oneshot::Sender<Result<(), String>>> },
     Truncate { from_index: u64, reply: oneshot::Sender<Result<(), String>> },
     Purge { up_to_index: u64, last_purged: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },
+    /// Reads entries back (those handed over to the state machine), after every operation
+    /// queued before it is on disk.
+    Read { indexes: Vec<u64>, reply: oneshot::Sender<Result<Vec<(u64, Vec<u8>)>, String>> },
 }
 
 #[derive(Default)]
@@ -49,10 +63,23 @@ struct LogMeta {
     last_purged: Option<LogId<NodeId>>,
 }
 
+/// One entry of the log since the last purge: the entry itself, or only its id once it was
+/// handed over to the state machine (it is still on disk).
+struct Held {
+    log_id: LogId<NodeId>,
+    /// Its encoded size, counted in `bytes_held`.
+    size: u64,
+    entry: Option<Entry<TypeConfig>>,
+}
+
 struct Shared {
-    entries: RwLock<BTreeMap<u64, Entry<TypeConfig>>>,
-    /// Encoded bytes of the entries still held (since the last purge).
-    bytes_held: Arc<std::sync::atomic::AtomicU64>,
+    entries: RwLock<BTreeMap<u64, Held>>,
+    /// Encoded bytes of the log since the last purge.
+    bytes_held: Arc<AtomicU64>,
+    /// Entries up to this index may be handed over when read for applying (see the module
+    /// documentation). Zero, so nothing is handed over, until [`LogStore::hand_over_through`]'s
+    /// owner sets it.
+    hand_over_through: Arc<AtomicU64>,
     meta: Mutex<LogMeta>,
 }
 
@@ -61,6 +88,8 @@ struct Shared {
 pub struct LogStore {
     shared: Arc<Shared>,
     writer: mpsc::Sender<WriteOp>,
+    /// Whether this handle is the one openraft applies through (the store itself, not a reader).
+    applies: bool,
 }
 
 impl LogStore {
@@ -87,7 +116,7 @@ impl LogStore {
             for row in logs.range::<u64>(first_kept..).map_err(db)? {
                 let (index, bytes) = row.map_err(db)?;
                 let entry: Entry<TypeConfig> = serde_json::from_slice(bytes.value())?;
-                entries.insert(index.value(), entry);
+                entries.insert(index.value(), Held { log_id: entry.log_id, size: bytes.value().len() as u64, entry: Some(entry) });
             }
             if let Some(bytes) = table.get(VOTE_KEY).map_err(db)? {
                 meta.vote = Some(serde_json::from_slice(bytes.value())?);
@@ -101,16 +130,33 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(database, receiver, purge_up_to))?;
-        let bytes_held = entries.values().map(|entry| serde_json::to_vec(entry).map_or(0, |b| b.len() as u64)).sum();
-        let shared = Shared { entries: RwLock::new(entries), bytes_held: Arc::new(std::sync::atomic::AtomicU64::new(bytes_held)), meta: Mutex::new(meta) };
-        let store = Self { shared: Arc::new(shared), writer };
+        let bytes_held = entries.values().map(|held| held.size).sum();
+        let shared = Shared {
+            entries: RwLock::new(entries),
+            bytes_held: Arc::new(AtomicU64::new(bytes_held)),
+            hand_over_through: Arc::new(AtomicU64::new(0)),
+            meta: Mutex::new(meta),
+        };
+        let store = Self { shared: Arc::new(shared), writer, applies: true };
         Ok((store, thread))
     }
 
     /// A live count of the bytes of log the store holds since the last purge. Holding it does not
     /// keep the store open.
-    pub fn bytes_held(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn bytes_held(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.shared.bytes_held)
+    }
+
+    /// The index up to which entries read for applying are handed over instead of copied, to be
+    /// kept at what no other member can still need from this server's memory. Holding it does
+    /// not keep the store open.
+    pub fn hand_over_through(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.hand_over_through)
+    }
+
+    /// A view of what the log holds in memory. Holding it does not keep the store open.
+    pub fn memory(&self) -> LogMemory {
+        LogMemory(Arc::clone(&self.shared))
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError<NodeId>> {
@@ -122,12 +168,26 @@ impl LogStore {
         self.shared.meta.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn entries_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    fn entries_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Held>> {
         self.shared.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn entries_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    fn entries_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Held>> {
         self.shared.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a log holds in memory (see [`LogStore::memory`]).
+#[derive(Clone)]
+pub struct LogMemory(Arc<Shared>);
+
+impl LogMemory {
+    /// How many entries since the last purge are held in memory, and how many were handed over
+    /// to the state machine (and are only on disk).
+    pub fn entries(&self) -> (usize, usize) {
+        let entries = self.0.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let handed_over = entries.values().filter(|held| held.entry.is_none()).count();
+        (entries.len() - handed_over, handed_over)
     }
 }
 
@@ -189,9 +249,25 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_
                 WriteOp::Truncate { reply, .. } | WriteOp::Purge { reply, .. } => {
                     let _ = reply.send(result);
                 }
+                WriteOp::Read { indexes, reply } => {
+                    let _ = reply.send(result.and_then(|()| read_entries(&database, &indexes).map_err(|error| error.to_string())));
+                }
             }
         }
     }
+}
+
+/// The encoded entries at `indexes`, read from disk.
+fn read_entries(database: &Database, indexes: &[u64]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let read = database.begin_read().map_err(db)?;
+    let logs = read.open_table(LOGS).map_err(db)?;
+    let mut found = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        if let Some(bytes) = logs.get(index).map_err(db)? {
+            found.push((*index, bytes.value().to_vec()));
+        }
+    }
+    Ok(found)
 }
 
 /// Writes one batch, plus one step of pending purging; returns whether purging remains.
@@ -214,6 +290,7 @@ fn write_batch(database: &Database, batch: &[WriteOp], purge_up_to: Option<u64>)
                 WriteOp::Truncate { from_index, .. } => {
                     logs.retain_in(*from_index.., |_, _| false).map_err(db)?;
                 }
+                WriteOp::Read { .. } => {}
                 WriteOp::Purge { last_purged, .. } => {
                     // Recording the purge point is what makes the purge durable; the entries
                     // below it are deleted step by step (and ignored when the log is loaded).
@@ -247,7 +324,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.entries_read().range(range).map(|(_, entry)| entry.clone()).collect())
+        let through = if self.applies { self.shared.hand_over_through.load(Ordering::Acquire) } else { 0 };
+        let hands_over = through > 0
+            && match range.start_bound() {
+                std::ops::Bound::Included(start) => *start <= through,
+                std::ops::Bound::Excluded(start) => *start < through,
+                std::ops::Bound::Unbounded => true,
+            };
+        // Entries in order; `None` where one was handed over and must come from disk.
+        let mut entries: Vec<(u64, Option<Entry<TypeConfig>>)> = if hands_over {
+            self.entries_write()
+                .range_mut(range)
+                .map(|(index, held)| (*index, if *index <= through { held.entry.take() } else { held.entry.clone() }))
+                .collect()
+        } else {
+            self.entries_read().range(range).map(|(index, held)| (*index, held.entry.clone())).collect()
+        };
+        let missing: Vec<u64> = entries.iter().filter(|(_, entry)| entry.is_none()).map(|(index, _)| *index).collect();
+        if missing.is_empty() {
+            return Ok(entries.into_iter().filter_map(|(_, entry)| entry).collect());
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.writer.send(WriteOp::Read { indexes: missing.clone(), reply }).map_err(|_| StorageIOError::read_logs(&closed()))?;
+        let read_error = |message: String| StorageError::from(StorageIOError::read_logs(&std::io::Error::other(message)));
+        let found = receiver.await.map_err(|_| read_error(closed().to_string()))?.map_err(read_error)?;
+        let mut found: BTreeMap<u64, Vec<u8>> = found.into_iter().collect();
+        for (index, entry) in &mut entries {
+            if entry.is_none() {
+                let bytes = found.remove(index).ok_or_else(|| read_error(format!("log entry {index} was handed over but is not on disk")))?;
+                *entry = Some(serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
+            }
+        }
+        Ok(entries.into_iter().filter_map(|(_, entry)| entry).collect())
     }
 }
 
@@ -256,12 +364,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id = self.meta().last_purged;
-        let last_log_id = self.entries_read().values().next_back().map(|entry| entry.log_id).or(last_purged_log_id);
+        let last_log_id = self.entries_read().values().next_back().map(|held| held.log_id).or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
+        Self { applies: false, ..self.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -300,9 +408,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut memory = self.entries_write();
             for entry in entries {
                 let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-                self.shared.bytes_held.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let size = bytes.len() as u64;
+                self.shared.bytes_held.fetch_add(size, Ordering::Relaxed);
                 encoded.push((entry.log_id.index, bytes));
-                memory.insert(entry.log_id.index, entry);
+                memory.insert(entry.log_id.index, Held { log_id: entry.log_id, size, entry: Some(entry) });
             }
         }
         self.send(WriteOp::Append { entries: encoded, callback })
@@ -324,8 +433,86 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut entries = self.entries_write();
         entries.retain(|index, _| *index > log_id.index);
         // Recount what remains (purges are rare; appends only add).
-        let remaining: u64 = entries.values().map(|entry| serde_json::to_vec(entry).map_or(0, |b| b.len() as u64)).sum();
-        self.shared.bytes_held.store(remaining, std::sync::atomic::Ordering::Relaxed);
+        let remaining: u64 = entries.values().map(|held| held.size).sum();
+        self.shared.bytes_held.store(remaining, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, ObjectKey};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        let object = serde_json::json!({"metadata": {"name": format!("c{index}")}, "data": {"k": index}});
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(Command::Create { key: ObjectKey::new("configmaps", "default", format!("c{index}")), object }) }
+    }
+
+    fn name(entry: &Entry<TypeConfig>) -> String {
+        match &entry.payload {
+            EntryPayload::Normal(Command::Create { key, .. }) => key.name.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// A log of entries 1..=10 on disk, opened (so all are held in memory).
+    fn opened(dir: &Path) -> (LogStore, std::thread::JoinHandle<()>) {
+        let path = dir.join("log.redb");
+        {
+            let database = Database::create(&path).expect("create");
+            let write = database.begin_write().expect("write");
+            {
+                let mut logs = write.open_table(LOGS).expect("table");
+                for index in 1..=10 {
+                    logs.insert(index, serde_json::to_vec(&entry(index)).expect("encode").as_slice()).expect("insert");
+                }
+            }
+            write.commit().expect("commit");
+        }
+        LogStore::open(&path).expect("open")
+    }
+
+    #[tokio::test]
+    async fn applied_entries_are_handed_over_and_read_back_from_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, writer) = opened(dir.path());
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(store.memory().entries(), (10, 0));
+
+        // Nothing is handed over until the hand-over point is set.
+        let read = store.try_get_log_entries(1..=4).await.expect("read");
+        assert_eq!(read.iter().map(name).collect::<Vec<_>>(), ["c1", "c2", "c3", "c4"]);
+        assert_eq!(store.memory().entries(), (10, 0));
+
+        // Reads for applying hand over what is at or below the point, and copy the rest.
+        store.hand_over_through().store(6, Ordering::Release);
+        let read = store.try_get_log_entries(3..9).await.expect("read");
+        assert_eq!(read.iter().map(name).collect::<Vec<_>>(), ["c3", "c4", "c5", "c6", "c7", "c8"]);
+        assert_eq!(store.memory().entries(), (6, 4));
+
+        // A reader (replication) never hands over, and gets handed-over entries from disk, in
+        // order with those still in memory.
+        let read = reader.try_get_log_entries(1..=10).await.expect("read");
+        assert_eq!(read.iter().map(name).collect::<Vec<_>>(), (1..=10).map(|i| format!("c{i}")).collect::<Vec<_>>());
+        assert_eq!(read[4].log_id.index, 5);
+        assert_eq!(store.memory().entries(), (6, 4));
+
+        // Reading handed-over entries again for applying also works, and the log's state still
+        // knows its last entry.
+        let read = store.try_get_log_entries(5..=6).await.expect("read");
+        assert_eq!(read.iter().map(name).collect::<Vec<_>>(), ["c5", "c6"]);
+        assert_eq!(store.get_log_state().await.expect("state").last_log_id.map(|id| id.index), Some(10));
+
+        // A purge recounts the bytes held from the sizes kept with handed-over entries.
+        let before = store.bytes_held().load(Ordering::Relaxed);
+        store.purge(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.expect("purge");
+        let after = store.bytes_held().load(Ordering::Relaxed);
+        let purged: u64 = (1..=4).map(|i| serde_json::to_vec(&entry(i)).expect("encode").len() as u64).sum();
+        assert_eq!(before - after, purged);
+        assert_eq!(store.memory().entries(), (4, 2));
+        drop((store, reader));
+        writer.join().expect("writer");
     }
 }

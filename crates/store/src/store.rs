@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::command::{Command, CommandResponse, ObjectKey, WriteError};
 use crate::error::{Error, Result};
 use crate::history::{HistoryLimits, WatchError, Watcher};
-use crate::log_store::LogStore;
+use crate::log_store::{LogMemory, LogStore};
 use crate::network::{CallError, NetworkFactory, Transport, paths};
 use crate::state_machine::{StateMachine, StateShared};
 use crate::Raft;
@@ -155,6 +155,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Store {
     id: u64,
+    /// What the Raft log holds in memory.
+    log_memory: LogMemory,
     /// Reads on a follower waiting for the leader's read index (see `coalesced_read_index`).
     read_indexes: Arc<std::sync::Mutex<ReadIndexQueue>>,
     /// When a quorum last confirmed this server's leadership (the time before it asked).
@@ -176,6 +178,8 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir)?;
         let (log_store, log_writer) = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
         let log_bytes = log_store.bytes_held();
+        let hand_over_through = log_store.hand_over_through();
+        let log_memory = log_store.memory();
         let state = StateShared::open(&config.data_dir.join("state.redb"), config.history.clone())?;
         let raft_config = Config {
             cluster_name: "shoal".into(),
@@ -243,11 +247,18 @@ impl Store {
             }
         }
         tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
+        tokio::spawn(follow_replication(raft.clone(), config.node_id, hand_over_through));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), queue));
         let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
         tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
-        Ok(Self { id: config.node_id, read_indexes: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, log_memory, read_indexes: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+    }
+
+    /// How many Raft log entries this server holds in memory, and how many of those since the
+    /// last purge were handed over to the state machine (and are only on disk).
+    pub fn log_entries_in_memory(&self) -> (usize, usize) {
+        self.log_memory.entries()
     }
 
     /// This server's member id.
@@ -870,6 +881,30 @@ async fn monitor_group(raft: Raft, transport: Transport, id: u64, in_step: tokio
 
 /// Triggers a snapshot (and with it log compaction) whenever the log outgrows `limit` bytes, so
 /// that large batch entries cannot grow memory without bound between entry-count snapshots.
+/// Keeps the log's hand-over point (see `log_store`) at what no other member can still need
+/// from this server's memory: everything on a follower or a lone leader, and the lowest index
+/// every other member has matched on a leader of several.
+async fn follow_replication(raft: Raft, id: u64, through: Arc<std::sync::atomic::AtomicU64>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let value = {
+            let metrics = metrics.borrow_and_update();
+            match (&metrics.state, &metrics.replication) {
+                (ServerState::Leader, Some(progress)) => {
+                    progress.iter().filter(|(member, _)| **member != id).map(|(_, matched)| matched.map_or(0, |log_id| log_id.index)).min().unwrap_or(u64::MAX)
+                }
+                // A leader whose progress is not reported yet.
+                (ServerState::Leader, None) => 0,
+                _ => u64::MAX,
+            }
+        };
+        through.store(value, std::sync::atomic::Ordering::Release);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn bound_log_size(raft: Raft, log_bytes: Arc<std::sync::atomic::AtomicU64>, limit: u64) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_trigger: Option<tokio::time::Instant> = None;

@@ -130,6 +130,34 @@ async fn snapshots_compact_the_log_and_restarts_keep_everything() {
     store.shutdown().await;
 }
 
+/// A lone server hands applied log entries over to its state machine instead of keeping a copy
+/// in memory; a restart still replays and keeps everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_entries_leave_memory_and_a_restart_keeps_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(config(dir.path())).await.expect("open");
+        for index in 0..50 {
+            let name = format!("cm-{index:03}");
+            store
+                .write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object: config_map(&name, "v") })
+                .await
+                .expect("raft")
+                .expect("created");
+        }
+        let (in_memory, handed_over) = store.log_entries_in_memory();
+        assert!(handed_over >= 45, "applied entries were handed over: {in_memory} in memory, {handed_over} handed over");
+        assert!(in_memory <= 5, "applied entries were handed over: {in_memory} in memory, {handed_over} handed over");
+        store.shutdown().await;
+    }
+    let store = Store::open(config(dir.path())).await.expect("reopen");
+    let listed = store.list("configmaps", Some("default"), None, None, &|_| true).expect("list");
+    assert_eq!(listed.items.len(), 50);
+    let write = store.write(Command::Create { key: ObjectKey::new("configmaps", "default", "after"), object: config_map("after", "v") }).await.expect("raft");
+    assert!(write.is_ok(), "writes go on after the restart: {write:?}");
+    store.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_outgrows_its_byte_budget_is_compacted() {
     let dir = tempfile::tempdir().expect("tempdir");
