@@ -19,6 +19,7 @@ pub mod strategic;
 pub mod table;
 pub mod token;
 pub mod validation;
+pub mod watch;
 pub mod yaml;
 
 pub use error::{ApiError, FieldError};

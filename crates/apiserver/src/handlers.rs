@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use shoal_api::admission::FieldValidation;
 use shoal_api::resources::{self, RESOURCES, ResourceInfo};
 use shoal_api::selector::{FieldSelector, LabelSelector};
+use shoal_api::watch::{ObjectEvent, ObjectEvents, WantObjects};
 use shoal_api::{ApiError, meta, table};
 use shoal_store::{EventType, WatchError};
 
@@ -162,7 +163,8 @@ pub async fn health() -> &'static str {
 }
 
 /// Everything under `/api` and `/apis`.
-pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, wants_objects: Option<axum::Extension<WantObjects>>, body: Body) -> Response {
+    let wants_objects = wants_objects.is_some();
     if uri.path() == "/v2" || uri.path().starts_with("/v2/") {
         return crate::registry::handle(state, method, uri, headers, body).await;
     }
@@ -195,12 +197,12 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
             if target.info.plural == "services" && matches!(method, Method::POST | Method::PUT | Method::PATCH) && !state.store.is_alone() =>
         {
             match state.store.leader() {
-                Some((leader, _)) if leader == state.store.id() => resource(&state, &method, &headers, &query, target, &body).await,
+                Some((leader, _)) if leader == state.store.id() => resource(&state, &method, &headers, &query, target, &body, wants_objects).await,
                 Some((_, url)) => forward(&state, &url, &method, &uri, &headers, body).await,
                 None => Err(ApiError::unavailable("the control plane has no leader right now; Services are allocated by the leader")),
             }
         }
-        Ok(Route::Resource(target)) => resource(&state, &method, &headers, &query, target, &body).await,
+        Ok(Route::Resource(target)) => resource(&state, &method, &headers, &query, target, &body, wants_objects).await,
         Err(error) => Err(error),
     };
     match result {
@@ -239,7 +241,8 @@ fn wants_table(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, query: &Query, target: Target, body: &Bytes) -> Result<Response, ApiError> {
+/// `wants_objects`: an in-process caller takes watch events as objects (`WantObjects`).
+async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, query: &Query, target: Target, body: &Bytes, wants_objects: bool) -> Result<Response, ApiError> {
     let info = target.info;
     let namespace = target.namespace.as_deref();
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
@@ -294,7 +297,7 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         };
     }
     match (method.clone(), target.name.as_deref()) {
-        (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace),
+        (Method::GET, None) if query.flag("watch") => watch(state, headers, query, info, namespace, wants_objects),
         (Method::GET, None) => list(state, headers, query, info, namespace),
         (Method::GET, Some(name)) => {
             let object = with_type(info, objects::get(state, info, namespace, name)?);
@@ -491,7 +494,7 @@ fn title_case(name: &str) -> String {
 }
 
 /// The watch stream: chunked JSON lines, one event each.
-fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'static ResourceInfo, namespace: Option<&str>) -> Result<Response, ApiError> {
+fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'static ResourceInfo, namespace: Option<&str>, wants_objects: bool) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query, info)?;
     let as_table = wants_table(headers);
     let bookmarks = query.flag("allowWatchBookmarks");
@@ -520,7 +523,17 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
         Some(text) => text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))?,
     };
     let watcher = state.store.watch(start).map(|w| w.only(resource.clone()));
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    // In-process callers that asked for objects get the stored ones, shared; everyone else JSON
+    // lines (or Table rows) in the body.
+    let (out, body, object_events) = if wants_objects && !as_table {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<ObjectEvent>(64);
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
+        (WatchOut::Objects(sender), Body::empty(), Some(ObjectEvents::new(Box::pin(stream))))
+    } else {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
+        (WatchOut::Lines(sender), Body::from_stream(stream), None)
+    };
     let shutdown = state.shutdown.clone();
     let mut in_step = state.store.in_step();
     state.tasks.spawn(async move {
@@ -539,12 +552,12 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
         let mut watcher = match watcher {
             Ok(watcher) => watcher,
             Err(WatchError::Expired { requested, oldest }) => {
-                let _ = sender.send(Ok(encode("ERROR", expired(requested, oldest)))).await;
+                out.send("ERROR", expired(requested, oldest), &encode).await;
                 return;
             }
         };
         for object in initial {
-            if sender.send(Ok(encode("ADDED", with_type(info, object)))).await.is_err() {
+            if !out.send("ADDED", with_type(info, object), &encode).await {
                 return;
             }
         }
@@ -563,11 +576,11 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                         return;
                     }
                 }
-                _ = sender.closed() => return,
+                _ = out.closed() => return,
                 _ = bookmark_timer.tick(), if bookmarks => {
                     let revision = watcher.last_revision();
                     let bookmark = json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": revision.to_string(), "annotations": {"k8s.io/initial-events-end": "false"}}});
-                    if sender.send(Ok(encode("BOOKMARK", bookmark))).await.is_err() {
+                    if !out.send("BOOKMARK", bookmark, &encode).await {
                         return;
                     }
                 }
@@ -575,7 +588,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                     let events = match batch {
                         Ok(events) => events,
                         Err(WatchError::Expired { requested, oldest }) => {
-                            let _ = sender.send(Ok(encode("ERROR", expired(requested, oldest)))).await;
+                            out.send("ERROR", expired(requested, oldest), &encode).await;
                             return;
                         }
                     };
@@ -591,22 +604,47 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                             (EventType::Modified, Some(previous)) => matches(previous),
                             _ => now,
                         };
-                        let line = match (before, now) {
+                        // The event type this watch reports, and whether it is the event's own
+                        // (whose JSON line all plain watchers share).
+                        let (event_type, own) = match (before, now) {
                             (false, false) => continue,
-                            (false, true) if as_table => encode("ADDED", with_type(info, Value::clone(&event.object))),
-                            (false, true) => encode_shared("ADDED", &event.object),
+                            (false, true) => ("ADDED", false),
                             (true, false) => {
                                 let mut previous = event.previous.as_deref().cloned().unwrap_or_else(|| Value::clone(&event.object));
                                 if let Some(metadata) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
                                     metadata.insert("resourceVersion".into(), json!(event.revision.to_string()));
                                 }
-                                encode("DELETED", with_type(info, previous))
+                                if !out.send("DELETED", with_type(info, previous), &encode).await {
+                                    return;
+                                }
+                                continue;
                             }
-                            // Plain JSON watchers share one encoding of each event.
-                            (true, true) if as_table => encode(event.event_type.as_str(), with_type(info, Value::clone(&event.object))),
-                            (true, true) => event.encoded.get_or_init(|| encode_shared(event.event_type.as_str(), &event.object)).clone(),
+                            (true, true) => (event.event_type.as_str(), true),
                         };
-                        if sender.send(Ok(line)).await.is_err() {
+                        let sent = match &out {
+                            WatchOut::Objects(sender) => {
+                                // The stored object is handed over as it is when it already
+                                // names this resource's kind and version (stored objects do).
+                                let object = if event.object["kind"] == info.kind && event.object["apiVersion"] == info.api_version() {
+                                    Arc::clone(&event.object)
+                                } else {
+                                    Arc::new(with_type(info, Value::clone(&event.object)))
+                                };
+                                sender.send(ObjectEvent { event_type, object }).await.is_ok()
+                            }
+                            WatchOut::Lines(sender) => {
+                                let line = if as_table {
+                                    encode(event_type, with_type(info, Value::clone(&event.object)))
+                                } else if own {
+                                    // Plain JSON watchers share one encoding of each event.
+                                    event.encoded.get_or_init(|| encode_shared(event_type, &event.object)).clone()
+                                } else {
+                                    encode_shared(event_type, &event.object)
+                                };
+                                sender.send(Ok(line)).await.is_ok()
+                            }
+                        };
+                        if !sent {
                             return;
                         }
                     }
@@ -614,11 +652,39 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
             }
         }
     });
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(body);
+    if let Some(object_events) = object_events {
+        response.extensions_mut().insert(object_events);
+    }
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     Ok(response.into_response())
+}
+
+/// Where a watch's events go: JSON lines (or Table rows) in the response body, or the objects
+/// themselves to a caller in this process.
+enum WatchOut {
+    Lines(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>),
+    Objects(tokio::sync::mpsc::Sender<ObjectEvent>),
+}
+
+impl WatchOut {
+    /// Resolves once the watch's receiver is gone.
+    async fn closed(&self) {
+        match self {
+            Self::Lines(sender) => sender.closed().await,
+            Self::Objects(sender) => sender.closed().await,
+        }
+    }
+
+    /// Sends an object built for this watch (encoded as a line, or handed over); false once
+    /// the receiver is gone.
+    async fn send(&self, event_type: &'static str, object: Value, encode: &impl Fn(&str, Value) -> Bytes) -> bool {
+        match self {
+            Self::Lines(sender) => sender.send(Ok(encode(event_type, object))).await.is_ok(),
+            Self::Objects(sender) => sender.send(ObjectEvent { event_type, object: Arc::new(object) }).await.is_ok(),
+        }
+    }
 }
 
 /// The `Status` of an ERROR watch event for a revision no longer in the history.

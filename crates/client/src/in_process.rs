@@ -57,8 +57,10 @@ impl InProcess {
         self.url == server
     }
 
-    /// Sends one request: the same method, path, query and headers the HTTPS path sends.
-    pub(crate) async fn send(&self, method: &Method, path: &str, query: &[(&str, String)], token: Option<&str>, body: Option<(&str, &[u8])>) -> Result<http::Response<Body>> {
+    /// Sends one request: the same method, path, query and headers the HTTPS path sends. With
+    /// `want_objects`, a watch answers with its events as shared objects
+    /// (`shoal_api::watch::ObjectEvents`) instead of JSON lines.
+    pub(crate) async fn send(&self, method: &Method, path: &str, query: &[(&str, String)], token: Option<&str>, body: Option<(&str, &[u8])>, want_objects: bool) -> Result<http::Response<Body>> {
         let mut target = path.to_owned();
         if !query.is_empty() {
             let mut encoded = form_urlencoded::Serializer::new(String::new());
@@ -79,7 +81,10 @@ impl InProcess {
             }
             None => Bytes::new(),
         };
-        let request = request.body(content).map_err(|e| invalid(format!("{target}: {e}")))?;
+        let mut request = request.body(content).map_err(|e| invalid(format!("{target}: {e}")))?;
+        if want_objects {
+            request.extensions_mut().insert(shoal_api::watch::WantObjects);
+        }
         self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((self.call)(request).await)
     }

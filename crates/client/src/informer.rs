@@ -69,9 +69,8 @@ impl Contents {
         }
     }
 
-    fn put(&mut self, object: Value) -> (Option<Arc<Value>>, Arc<Value>) {
+    fn put(&mut self, object: Arc<Value>) -> (Option<Arc<Value>>, Arc<Value>) {
         let key = object_key(&object);
-        let object = Arc::new(object);
         let old = self.objects.insert(key.clone(), Arc::clone(&object));
         if let Some(old) = &old {
             self.index(&key, old, false);
@@ -180,7 +179,7 @@ impl Informer {
             }
         };
         if newer {
-            let (old, new) = self.write().put(object);
+            let (old, new) = self.write().put(Arc::new(object));
             self.notify(old.as_ref(), Some(&new));
         }
     }
@@ -217,7 +216,7 @@ impl Informer {
         }
     }
 
-    fn apply_event(&self, event_type: &str, object: Value) {
+    fn apply_event(&self, event_type: &str, object: Arc<Value>) {
         match event_type {
             "ADDED" | "MODIFIED" => {
                 if self.read().tombstones.contains(meta::uid(&object)) {
@@ -261,7 +260,7 @@ impl Informer {
         for item in items {
             let unchanged = self.read().objects.get(&object_key(&item)).is_some_and(|old| **old == item);
             if !unchanged {
-                let (old, new) = self.write().put(item);
+                let (old, new) = self.write().put(Arc::new(item));
                 self.notify(old.as_ref(), Some(&new));
             }
         }
@@ -356,16 +355,16 @@ mod tests {
     #[test]
     fn indexes_follow_changes_and_stale_events_are_ignored() {
         let informer = Informer::new(shoal_api::resources::by_name("pods").expect("pods"));
-        informer.apply_event("ADDED", pod("a", "5", Some("rs-1"), None));
-        informer.apply_event("ADDED", pod("b", "6", Some("rs-1"), Some("n1")));
+        informer.apply_event("ADDED", Arc::new(pod("a", "5", Some("rs-1"), None)));
+        informer.apply_event("ADDED", Arc::new(pod("b", "6", Some("rs-1"), Some("n1"))));
         assert_eq!(informer.owned_by("rs-1").len(), 2);
-        informer.apply_event("MODIFIED", pod("a", "7", None, Some("n1")));
+        informer.apply_event("MODIFIED", Arc::new(pod("a", "7", None, Some("n1"))));
         assert_eq!(informer.owned_by("rs-1").len(), 1);
         assert_eq!(informer.on_node("n1").len(), 2);
         // A replayed older revision does not overwrite the newer one.
-        informer.apply_event("MODIFIED", pod("a", "4", Some("rs-1"), None));
+        informer.apply_event("MODIFIED", Arc::new(pod("a", "4", Some("rs-1"), None)));
         assert_eq!(informer.owned_by("rs-1").len(), 1);
-        informer.apply_event("DELETED", pod("b", "8", Some("rs-1"), Some("n1")));
+        informer.apply_event("DELETED", Arc::new(pod("b", "8", Some("rs-1"), Some("n1"))));
         assert!(informer.owned_by("rs-1").is_empty());
         assert_eq!(informer.on_node("n1").len(), 1);
         assert_eq!(informer.list_namespace("default").len(), 1);
@@ -382,8 +381,8 @@ mod tests {
                 seen.lock().expect("lock").push(meta::name(old).to_owned());
             }
         }));
-        informer.apply_event("ADDED", pod("a", "1", None, None));
-        informer.apply_event("ADDED", pod("b", "2", None, None));
+        informer.apply_event("ADDED", Arc::new(pod("a", "1", None, None)));
+        informer.apply_event("ADDED", Arc::new(pod("b", "2", None, None)));
         informer.replace_all(vec![pod("b", "2", None, None)]);
         assert_eq!(*deleted.lock().expect("lock"), vec!["a".to_owned()]);
     }

@@ -44,11 +44,15 @@ fn elsewhere(status: reqwest::StatusCode) -> bool {
 /// A response body as a stream of chunks (a watch's lines arrive through it).
 type Chunks = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>;
 
+/// The events of a watch, in order; the stream ends when the server ends the watch.
+pub type Events = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
+
 /// One watch event.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
     pub event_type: String,
-    pub object: Value,
+    /// Shared with the server's store when the server runs in this process.
+    pub object: Arc<Value>,
 }
 
 /// Options for listing and watching.
@@ -254,7 +258,7 @@ impl Client {
             attempt += 1;
             let server = self.server();
             if let Some(local) = self.in_process_for(&server) {
-                let response = local.send(&method, path, query, self.token.as_deref(), body.as_ref().map(|(t, b)| (*t, b.as_slice()))).await?;
+                let response = local.send(&method, path, query, self.token.as_deref(), body.as_ref().map(|(t, b)| (*t, b.as_slice())), false).await?;
                 let status = response.status();
                 if elsewhere(status) && method == reqwest::Method::GET && attempt < attempts {
                     self.move_on(&server);
@@ -352,13 +356,20 @@ impl Client {
     }
 
     /// Opens a watch. The stream ends when the server closes it.
-    pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
+    pub async fn watch(&self, info: &ResourceInfo, namespace: Option<&str>, options: &ListOptions) -> Result<Events> {
         let server = self.server();
         // The answer's status and its body as a stream of chunks, however it was sent.
         let (status, mut chunks): (reqwest::StatusCode, Chunks) =
             match self.in_process_for(&server) {
                 Some(local) => {
-                    let response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None).await?;
+                    let mut response = local.send(&reqwest::Method::GET, &info.collection_path(namespace), &options.query(true), self.token.as_deref(), None, true).await?;
+                    // The server in this process hands its events over as objects.
+                    if response.status().is_success()
+                        && let Some(events) = response.extensions_mut().remove::<shoal_api::watch::ObjectEvents>().and_then(|events| events.take())
+                    {
+                        let events: Events = Box::pin(events.map(|event| Ok(WatchEvent { event_type: event.event_type.to_owned(), object: event.object })));
+                        return Ok(events);
+                    }
                     (response.status(), Box::pin(http_body_util::BodyDataStream::new(response.into_body()).map(|chunk| chunk.map_err(|e| e.to_string()))))
                 }
                 None => {
@@ -398,7 +409,7 @@ impl Client {
                         .map_err(|e| Error::Decode(e.to_string()))
                         .map(|mut value| WatchEvent {
                             event_type: value["type"].as_str().unwrap_or_default().to_owned(),
-                            object: value.get_mut("object").map(Value::take).unwrap_or_default(),
+                            object: Arc::new(value.get_mut("object").map(Value::take).unwrap_or_default()),
                         });
                     return Some((parsed, (chunks, buffer, server)));
                 }
@@ -409,6 +420,6 @@ impl Client {
                 }
             }
         });
-        Ok(lines)
+        Ok(Box::pin(lines))
     }
 }

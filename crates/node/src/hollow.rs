@@ -158,7 +158,7 @@ async fn run_pods(client: Client, names: HashSet<String>) {
                     if event.event_type == "DELETED" {
                         handled.remove(meta::uid(&event.object));
                     } else {
-                        act(&client, &names, &permits, &mut handled, event.object).await;
+                        act(&client, &names, &permits, &mut handled, Arc::unwrap_or_clone(event.object)).await;
                     }
                 }
                 _ => break,

@@ -534,7 +534,7 @@ async fn pod_loop(shared: Arc<Shared>) {
                 }
                 event = stream.next() => match event {
                     Some(Ok(event)) if event.event_type == "DELETED" => pods::stop(&shared, event.object["metadata"]["uid"].as_str().unwrap_or_default()),
-                    Some(Ok(event)) if event.event_type == "ADDED" || event.event_type == "MODIFIED" => pods::reconcile(&shared, event.object),
+                    Some(Ok(event)) if event.event_type == "ADDED" || event.event_type == "MODIFIED" => pods::reconcile(&shared, Arc::unwrap_or_clone(event.object)),
                     // Bookmarks, errors (410: re-list) and the end of the stream: re-list.
                     Some(Ok(event)) if event.event_type == "BOOKMARK" => {}
                     _ => break,

@@ -41,12 +41,41 @@ async fn in_process_requests_are_served_and_checked_like_remote_ones() {
     let listed = local.list(configmaps, Some("default"), &ListOptions::default()).await.expect("list");
     let options = ListOptions { resource_version: listed["metadata"]["resourceVersion"].as_str().map(str::to_owned), ..ListOptions::default() };
     let mut events = Box::pin(local.watch(configmaps, Some("default"), &options).await.expect("watch"));
+    let mut remote_events = Box::pin(remote.watch(configmaps, Some("default"), &options).await.expect("watch over HTTPS"));
+    // Watches that select by label see an object leave their selection as a DELETED.
+    let selected = ListOptions { label_selector: Some("tier=web".into()), ..options.clone() };
+    let mut selected_events = Box::pin(local.watch(configmaps, Some("default"), &selected).await.expect("watch"));
+    let mut remote_selected_events = Box::pin(remote.watch(configmaps, Some("default"), &selected).await.expect("watch over HTTPS"));
+    async fn next(events: &mut shoal_client::Events) -> shoal_client::WatchEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.expect("an event in time").expect("open").expect("decoded")
+    }
 
-    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"tier": "web"}}, "data": {"k": "v"}});
     let created = local.create(configmaps, Some("default"), &object, "in-process-test").await.expect("create in-process");
     assert_eq!(created["metadata"]["namespace"], "default", "{created}");
-    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.expect("an event in time").expect("open").expect("decoded");
+    let event = next(&mut events).await;
     assert_eq!((event.event_type.as_str(), &event.object["metadata"]["name"]), ("ADDED", &json!("a")));
+    // In-process, the event is the stored object itself (shared with the store, not decoded
+    // from JSON), and it is what a watch over HTTPS gets.
+    assert!(std::sync::Arc::strong_count(&event.object) > 1, "the event shares the stored object");
+    let over_https = next(&mut remote_events).await;
+    assert_eq!((event.event_type.as_str(), &*event.object), (over_https.event_type.as_str(), &*over_https.object));
+    assert_eq!((&event.object["kind"], &event.object["apiVersion"]), (&json!("ConfigMap"), &json!("v1")));
+    assert_eq!(event.object["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    for events in [&mut selected_events, &mut remote_selected_events] {
+        assert_eq!(next(events).await.event_type, "ADDED");
+    }
+    let mut unlabelled = created.clone();
+    unlabelled["metadata"]["labels"] = json!({});
+    let updated = local.replace(configmaps, Some("default"), "a", &unlabelled).await.expect("update");
+    let (left, left_over_https) = (next(&mut selected_events).await, next(&mut remote_selected_events).await);
+    assert_eq!((left.event_type.as_str(), &*left.object), (left_over_https.event_type.as_str(), &*left_over_https.object));
+    assert_eq!(left.event_type, "DELETED");
+    assert_eq!(left.object["metadata"]["resourceVersion"], updated["metadata"]["resourceVersion"], "DELETED carries the revision it happened at");
+    assert_eq!(left.object["metadata"]["labels"], json!({"tier": "web"}), "DELETED carries the object as the watch last saw it");
+    let (modified, modified_over_https) = (next(&mut events).await, next(&mut remote_events).await);
+    assert_eq!((modified.event_type.as_str(), &*modified.object), (modified_over_https.event_type.as_str(), &*modified_over_https.object));
+    assert_eq!(modified.event_type, "MODIFIED");
 
     // Both ways read the same object.
     let before = in_process.requests();
