@@ -2,7 +2,7 @@
 //!
 //! Objects travel as `serde_json::Value` (what the store keeps and the wire carries); the
 //! Kubernetes types from k8s-openapi are the schema each kind is checked against. This crate
-//! does no IO and knows no async runtime.
+//! does no IO and knows no async runtime (`watch` names a stream type, from futures-core).
 
 pub mod admission;
 pub mod apply;
