@@ -48,6 +48,31 @@ struct WatchLine<'a> {
     object: objects::Typed<'a>,
 }
 
+/// A plain JSON watch line for `object` (with `apiVersion` and `kind` first, serialised from
+/// the borrow), ending in a newline.
+fn watch_line(event_type: &str, info: &ResourceInfo, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&WatchLine { event_type, object: typed(info, object) }).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// The answer to an applied write. The object's JSON is cut out of its watch event's shared
+/// line (`{"type":"ADDED","object":` … `}` and a newline), so the answer and every plain JSON
+/// watcher share one serialisation, whichever of them comes first.
+fn written_response(code: StatusCode, info: &ResourceInfo, written: &objects::Written) -> Response {
+    let Some((event_type, encoded)) = &written.encoded else { return json_response(code, &typed(info, &written.object)) };
+    let line = encoded.get_or_init(|| watch_line(event_type, info, &written.object));
+    let prefix = format!(r#"{{"type":"{event_type}","object":"#);
+    let start = prefix.len();
+    if line.len() < start + 2 || !line.starts_with(prefix.as_bytes()) || !line.ends_with(b"}\n") {
+        return json_response(code, &typed(info, &written.object));
+    }
+    let mut response = Response::new(Body::from(line.slice(start..line.len() - 2)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Body::from(body));
@@ -312,7 +337,7 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             }
             let object = request::decode_body(headers, body)?;
             let written = objects::create(state, info, namespace, object, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::CREATED, &typed(info, &written.object)), &written.warnings))
+            Ok(with_warnings(written_response(StatusCode::CREATED, info, &written), &written.warnings))
         }
         (Method::PUT, Some(name)) => {
             let desired = request::decode_body(headers, body)?;
@@ -323,7 +348,7 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
                 shoal_api::apply::record_update(info.kind, &current, &mut desired, &field_manager(query, headers), &info.api_version(), &objects::now());
             }
             let written = objects::update(state, info, namespace, name, &current, desired, scope, precondition, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &typed(info, &written.object)), &written.warnings))
+            Ok(with_warnings(written_response(StatusCode::OK, info, &written), &written.warnings))
         }
         (Method::PATCH, Some(name)) => {
             let patch_type = match request::content_type(headers).as_str() {
@@ -340,14 +365,14 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
                     let config = request::decode_body(headers, body)?;
                     let (written, created) = objects::server_side_apply(state, info, namespace, name, config, manager, query.flag("force"), validation, dry_run).await?;
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    return Ok(with_warnings(json_response(code, &typed(info, &written.object)), &written.warnings));
+                    return Ok(with_warnings(written_response(code, info, &written), &written.warnings));
                 }
                 other => return Err(ApiError::unsupported_media_type(format!("the patch content type {other:?} is not supported; use application/apply-patch+yaml, application/strategic-merge-patch+json, application/merge-patch+json or application/json-patch+json"))),
             };
             let patch = request::decode_body(headers, body)?;
             let manager = field_manager(query, headers);
             let written = objects::patch(state, info, namespace, name, patch_type, &patch, scope, &manager, validation, dry_run).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &typed(info, &written.object)), &written.warnings))
+            Ok(with_warnings(written_response(StatusCode::OK, info, &written), &written.warnings))
         }
         (Method::DELETE, Some(name)) => {
             let body_value = if body.is_empty() { json!({}) } else { request::decode_body(headers, body)? };
@@ -544,11 +569,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
             Bytes::from(line)
         };
         // A plain JSON event line straight from the stored object, without copying it.
-        let encode_shared = |event_type: &str, object: &Value| -> Bytes {
-            let mut line = serde_json::to_vec(&WatchLine { event_type, object: typed(info, object) }).unwrap_or_default();
-            line.push(b'\n');
-            Bytes::from(line)
-        };
+        let encode_shared = |event_type: &str, object: &Value| watch_line(event_type, info, object);
         let mut watcher = match watcher {
             Ok(watcher) => watcher,
             Err(WatchError::Expired { requested, oldest }) => {
@@ -858,6 +879,33 @@ fn group_document(group: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_written_answer_is_cut_from_the_watch_line_it_shares() {
+        let pods = resources::by_name("pods").expect("pods");
+        let object = Arc::new(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "\"quoted\" }"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}));
+        let plain = serde_json::to_vec(&typed(pods, &object)).expect("encode");
+        let body = |response: Response| async move { response.into_body().collect().await.expect("body").to_bytes() };
+        for event_type in ["ADDED", "MODIFIED"] {
+            // Answered before any watcher: the answer fills the line the watchers then share.
+            let written = objects::Written { object: Arc::clone(&object), warnings: Vec::new(), encoded: Some((event_type, Arc::default())) };
+            let answer = written_response(StatusCode::CREATED, pods, &written);
+            assert_eq!(answer.status(), StatusCode::CREATED);
+            assert_eq!(body(answer).await, plain);
+            let shared = written.encoded.as_ref().and_then(|(_, cell)| cell.get().cloned()).expect("the line is filled");
+            assert_eq!(shared, watch_line(event_type, pods, &object));
+            // A watcher came first: the answer is cut from its line.
+            let cell = Arc::new(std::sync::OnceLock::new());
+            cell.set(watch_line(event_type, pods, &object)).expect("empty");
+            let written = objects::Written { object: Arc::clone(&object), warnings: Vec::new(), encoded: Some((event_type, cell)) };
+            assert_eq!(body(written_response(StatusCode::OK, pods, &written)).await, plain);
+        }
+        // A line that is not the event's own frame is not cut: the answer is serialised afresh.
+        let cell = Arc::new(std::sync::OnceLock::new());
+        cell.set(watch_line("MODIFIED", pods, &object)).expect("empty");
+        let written = objects::Written { object: Arc::clone(&object), warnings: Vec::new(), encoded: Some(("ADDED", cell)) };
+        assert_eq!(body(written_response(StatusCode::OK, pods, &written)).await, plain);
+    }
 
     #[test]
     fn discovery_negotiates_the_first_acceptable_alternative() {

@@ -123,6 +123,9 @@ fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
 pub struct Written {
     pub object: Arc<Value>,
     pub warnings: Vec<String>,
+    /// For an applied create or update: its watch event's type and shared encoding, so the
+    /// answer and the JSON watch lines serialise the object once between them.
+    pub encoded: Option<(&'static str, Arc<std::sync::OnceLock<bytes::Bytes>>)>,
 }
 
 pub async fn create(
@@ -185,10 +188,10 @@ pub async fn create(
             if state.store.get(&key).map_err(store_error)?.is_some() {
                 return Err(ApiError::already_exists(info, &name));
             }
-            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings, encoded: None });
         }
-        match state.store.write(Command::Create { key: key.clone(), object }).await.map_err(store_error)? {
-            Ok((_, stored)) => return Ok(Written { object: stored, warnings: admitted.warnings }),
+        match state.store.write_stored(Command::Create { key: key.clone(), object }).await.map_err(store_error)? {
+            Ok(stored) => return Ok(Written { object: stored.object, warnings: admitted.warnings, encoded: Some(("ADDED", stored.encoded)) }),
             // Another server gave the same address away first: allocate again from the state
             // that now shows it.
             Err(WriteError::AddressTaken { .. }) if retryable && attempt < ALLOCATION_ATTEMPTS => continue,
@@ -321,7 +324,7 @@ pub async fn update(
     let precondition = Precondition { resource_version: precondition.resource_version, uid: Some(meta::uid(current).to_owned()) };
     let key = key(info, namespace, name);
     let mut attempt = 0;
-    let (revision, stored) = loop {
+    let shoal_store::Stored { revision, object: stored, encoded } = loop {
         attempt += 1;
         let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
         let _allocation = allocate_service_addresses(state, info, name, &mut object, Some(current)).await?;
@@ -343,16 +346,16 @@ pub async fn update(
         let stale = precondition.resource_version.is_some_and(|rv| Some(rv) != meta::resource_version(current));
         if !stale && same_but_resource_version(&object, current) {
             // Nothing changes: answer with the stored object and do not write.
-            return Ok(Written { object: Arc::new(current.clone()), warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(current.clone()), warnings: admitted.warnings, encoded: None });
         }
         if dry_run {
             if stale {
                 return Err(ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"));
             }
             meta::metadata_mut(&mut object).insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
-            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings });
+            return Ok(Written { object: Arc::new(object), warnings: admitted.warnings, encoded: None });
         }
-        match state.store.write(Command::Update { key: key.clone(), object, precondition: precondition.clone() }).await.map_err(store_error)? {
+        match state.store.write_stored(Command::Update { key: key.clone(), object, precondition: precondition.clone() }).await.map_err(store_error)? {
             Ok(written) => break written,
             // Another server gave the same node port away first: allocate again.
             Err(WriteError::AddressTaken { .. }) if retryable && attempt < ALLOCATION_ATTEMPTS => continue,
@@ -367,10 +370,10 @@ pub async fn update(
             .await
             .map_err(store_error)?;
         if let Ok((_, deleted)) = outcome {
-            return Ok(Written { object: deleted, warnings: admitted.warnings });
+            return Ok(Written { object: deleted, warnings: admitted.warnings, encoded: None });
         }
     }
-    Ok(Written { object: stored, warnings: admitted.warnings })
+    Ok(Written { object: stored, warnings: admitted.warnings, encoded: Some(("MODIFIED", encoded)) })
 }
 
 /// Gives a Service its cluster IP and node ports (see [`crate::services`]). The returned guard

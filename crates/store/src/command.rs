@@ -72,8 +72,15 @@ pub struct Precondition {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum CommandResponse {
     /// The object as stored, with its new `resourceVersion` (shared with the store, not a
-    /// copy). For a delete, the last state.
-    Written { revision: u64, object: Arc<Value> },
+    /// copy). For a delete, the last state. `encoded` is the write's watch event's shared
+    /// encoding (`history::Event::encoded`), so an answer and the watch lines can share one
+    /// serialisation; it does not travel between servers.
+    Written {
+        revision: u64,
+        object: Arc<Value>,
+        #[serde(skip)]
+        encoded: Arc<std::sync::OnceLock<bytes::Bytes>>,
+    },
     Rejected(WriteError),
     /// A blob chunk was written or removed.
     BlobDone,

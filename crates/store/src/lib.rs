@@ -16,7 +16,7 @@ mod store;
 pub use command::{Command, CommandResponse, ObjectKey, WriteError};
 pub use error::{Error, Result};
 pub use history::{Event, EventType, WatchError};
-pub use store::{ClusterStatus, MemberRequest, MemberStatus, Store, StoreConfig, WireError, WriteAnswer};
+pub use store::{ClusterStatus, MemberRequest, MemberStatus, Store, StoreConfig, Stored, WireError, WriteAnswer};
 
 openraft::declare_raft_types!(
     /// The Raft type configuration of Shoal's control plane.

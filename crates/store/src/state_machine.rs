@@ -460,8 +460,10 @@ fn execute(shared: &StateShared, memory: &mut Memory, command: Command, events: 
         memory.dirty.insert(encoded, Some(Arc::clone(&object)));
     }
     let previous = if event_type == EventType::Modified { current } else { None };
-    events.push(Event::new(revision, event_type, key, Arc::clone(&object), previous));
-    Ok(CommandResponse::Written { revision, object })
+    let event = Event::new(revision, event_type, key, Arc::clone(&object), previous);
+    let encoded = Arc::clone(&event.encoded);
+    events.push(event);
+    Ok(CommandResponse::Written { revision, object, encoded })
 }
 
 fn io_error(error: Error) -> StorageError<NodeId> {

@@ -151,6 +151,16 @@ const PROPOSALS_IN_FLIGHT: usize = 2;
 /// The most commands folded into one log entry.
 const MAX_BATCH: usize = 512;
 
+/// A write as applied: its revision, the stored object (shared) and the shared encoding of its
+/// watch event (`history::Event::encoded`), empty until someone serialises it, and always empty
+/// for a write forwarded to another server.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub revision: u64,
+    pub object: Arc<Value>,
+    pub encoded: Arc<std::sync::OnceLock<bytes::Bytes>>,
+}
+
 /// The replicated object store. Cloning shares it.
 #[derive(Clone)]
 pub struct Store {
@@ -574,8 +584,13 @@ impl Store {
     /// result is the state machine's verdict. Concurrent writes share log entries (see
     /// [`propose`]). The object is the stored one, shared.
     pub async fn write(&self, command: Command) -> Result<Result<(u64, Arc<Value>), WriteError>> {
+        Ok(self.write_stored(command).await?.map(|stored| (stored.revision, stored.object)))
+    }
+
+    /// [`Store::write`], with the shared encoding of the write's watch event.
+    pub async fn write_stored(&self, command: Command) -> Result<Result<Stored, WriteError>> {
         match self.write_indexed(command).await?.0 {
-            CommandResponse::Written { revision, object } => Ok(Ok((revision, object))),
+            CommandResponse::Written { revision, object, encoded } => Ok(Ok(Stored { revision, object, encoded })),
             CommandResponse::Rejected(error) => Ok(Err(error)),
             CommandResponse::Batch(_) | CommandResponse::BlobDone | CommandResponse::None => {
                 Err(Error::Raft("a write produced no response".into()))
