@@ -46,6 +46,9 @@ const PURGE_STEP: u64 = 256;
 
 type NodeId = u64;
 
+/// A log entry as stored: its index and its JSON.
+type Encoded = (u64, Vec<u8>);
+
 enum WriteOp {
     Append { entries: Vec<(u64, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
     SaveMeta { key: &'static str, value: Vec<u8>, reply: Option<oneshot::Sender<Result<(), String>>> },
@@ -53,7 +56,7 @@ enum WriteOp {
     Purge { up_to_index: u64, last_purged: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },
     /// Reads entries back (those handed over to the state machine), after every operation
     /// queued before it is on disk.
-    Read { indexes: Vec<u64>, reply: oneshot::Sender<Result<Vec<(u64, Vec<u8>)>, String>> },
+    Read { indexes: Vec<u64>, reply: oneshot::Sender<Result<Vec<Encoded>, String>> },
 }
 
 #[derive(Default)]
@@ -258,7 +261,7 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_
 }
 
 /// The encoded entries at `indexes`, read from disk.
-fn read_entries(database: &Database, indexes: &[u64]) -> Result<Vec<(u64, Vec<u8>)>> {
+fn read_entries(database: &Database, indexes: &[u64]) -> Result<Vec<Encoded>> {
     let read = database.begin_read().map_err(db)?;
     let logs = read.open_table(LOGS).map_err(db)?;
     let mut found = Vec::with_capacity(indexes.len());
