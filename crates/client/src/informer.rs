@@ -37,6 +37,10 @@ struct Contents {
     /// Uids this process deleted whose DELETED event has not arrived: late events for them are
     /// ignored so a deleted object does not reappear in the cache.
     tombstones: HashSet<String>,
+    /// Uids whose DELETED event arrived, with its revision: an object this process wrote
+    /// before the deletion (a graceful delete's answer, say) and records only after the event
+    /// must not bring it back.
+    deleted: HashMap<String, u64>,
     /// Keys of the objects each owner uid owns (any owner reference, controller or not).
     by_owner: HashMap<String, HashSet<String>>,
     /// Keys by the node a pod is bound to (pods only; empty otherwise).
@@ -175,7 +179,7 @@ impl Informer {
             let key = object_key(&object);
             match contents.objects.get(&key) {
                 Some(old) => meta::resource_version(old) < meta::resource_version(&object),
-                None => true,
+                None => !contents.deleted.get(meta::uid(&object)).is_some_and(|deleted_at| Some(*deleted_at) >= meta::resource_version(&object)),
             }
         };
         if newer {
@@ -231,7 +235,14 @@ impl Informer {
                 self.notify(old.as_ref(), Some(&new));
             }
             "DELETED" => {
-                self.write().tombstones.remove(meta::uid(&object));
+                {
+                    let mut contents = self.write();
+                    contents.tombstones.remove(meta::uid(&object));
+                    if contents.deleted.len() > 100_000 {
+                        contents.deleted.clear();
+                    }
+                    contents.deleted.insert(meta::uid(&object).to_owned(), meta::resource_version(&object).unwrap_or(u64::MAX));
+                }
                 let key = object_key(&object);
                 // A delete of an earlier incarnation must not remove a recreated object.
                 let other_incarnation = self.read().objects.get(&key).is_some_and(|old| meta::uid(old) != meta::uid(&object));
@@ -369,6 +380,25 @@ mod tests {
         assert_eq!(informer.on_node("n1").len(), 1);
         assert_eq!(informer.list_namespace("default").len(), 1);
         assert!(informer.list_namespace("other").is_empty());
+    }
+
+    #[test]
+    fn an_object_written_before_its_deletion_is_not_brought_back() {
+        let informer = Informer::new(shoal_api::resources::by_name("pods").expect("pods"));
+        informer.apply_event("ADDED", Arc::new(pod("a", "5", Some("rs-1"), Some("n1"))));
+        // A graceful delete answered with the terminating pod (revision 7); the node completed
+        // the deletion (revision 9), and that event arrived before the answer was recorded.
+        let mut terminating = pod("a", "7", Some("rs-1"), Some("n1"));
+        terminating["metadata"]["deletionTimestamp"] = serde_json::json!("2026-01-01T00:00:00Z");
+        informer.apply_event("DELETED", Arc::new(pod("a", "9", Some("rs-1"), Some("n1"))));
+        informer.remember(terminating);
+        assert!(informer.get("default/a").is_none(), "a deleted pod came back");
+        assert!(informer.owned_by("rs-1").is_empty());
+        // A new object of the same name (another uid) is recorded as usual.
+        let mut recreated = pod("a", "11", Some("rs-1"), None);
+        recreated["metadata"]["uid"] = serde_json::json!("uid-a-2");
+        informer.remember(recreated);
+        assert_eq!(informer.get("default/a").map(|p| p["metadata"]["uid"].clone()), Some(serde_json::json!("uid-a-2")));
     }
 
     #[test]
