@@ -179,7 +179,7 @@ impl Informer {
             let key = object_key(&object);
             match contents.objects.get(&key) {
                 Some(old) => meta::resource_version(old) < meta::resource_version(&object),
-                None => !contents.deleted.get(meta::uid(&object)).is_some_and(|deleted_at| Some(*deleted_at) >= meta::resource_version(&object)),
+                None => contents.deleted.get(meta::uid(&object)).is_none_or(|deleted_at| Some(*deleted_at) < meta::resource_version(&object)),
             }
         };
         if newer {
