@@ -552,12 +552,10 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
     // lines (or Table rows) in the body.
     let (out, body, object_events) = if wants_objects && !as_table {
         let (sender, receiver) = tokio::sync::mpsc::channel::<ObjectEvent>(64);
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
-        (WatchOut::Objects(sender), Body::empty(), Some(ObjectEvents::new(Box::pin(stream))))
+        (WatchOut::Objects(sender), Body::empty(), Some(ObjectEvents::new(Box::pin(received(receiver)))))
     } else {
         let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
-        (WatchOut::Lines(sender), Body::from_stream(stream), None)
+        (WatchOut::Lines(sender), Body::from_stream(received(receiver)), None)
     };
     let shutdown = state.shutdown.clone();
     let mut in_step = state.store.in_step();
@@ -568,8 +566,6 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
             line.push(b'\n');
             Bytes::from(line)
         };
-        // A plain JSON event line straight from the stored object, without copying it.
-        let encode_shared = |event_type: &str, object: &Value| watch_line(event_type, info, object);
         let mut watcher = match watcher {
             Ok(watcher) => watcher,
             Err(WatchError::Expired { requested, oldest }) => {
@@ -658,9 +654,9 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
                                     encode(event_type, with_type(info, Value::clone(&event.object)))
                                 } else if own {
                                     // Plain JSON watchers share one encoding of each event.
-                                    event.encoded.get_or_init(|| encode_shared(event_type, &event.object)).clone()
+                                    event.encoded.get_or_init(|| watch_line(event_type, info, &event.object)).clone()
                                 } else {
-                                    encode_shared(event_type, &event.object)
+                                    watch_line(event_type, info, &event.object)
                                 };
                                 sender.send(Ok(line)).await.is_ok()
                             }
@@ -680,6 +676,11 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     Ok(response.into_response())
+}
+
+/// What a channel receives, as a stream that ends when every sender is gone.
+fn received<T: Send + 'static>(receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) })
 }
 
 /// Where a watch's events go: JSON lines (or Table rows) in the response body, or the objects

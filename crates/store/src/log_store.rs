@@ -50,7 +50,7 @@ type NodeId = u64;
 type Encoded = (u64, Vec<u8>);
 
 enum WriteOp {
-    Append { entries: Vec<(u64, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
+    Append { entries: Vec<Encoded>, callback: LogFlushed<TypeConfig> },
     SaveMeta { key: &'static str, value: Vec<u8>, reply: Option<oneshot::Sender<Result<(), String>>> },
     Truncate { from_index: u64, reply: oneshot::Sender<Result<(), String>> },
     Purge { up_to_index: u64, last_purged: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },

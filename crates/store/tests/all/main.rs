@@ -13,6 +13,15 @@ fn config_map(name: &str, value: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
 }
 
+/// Creates the ConfigMap `name` in `default` with `value`, expecting it to be stored.
+async fn create_config_map(store: &Store, name: &str, value: &str) {
+    store
+        .write(Command::Create { key: ObjectKey::new("configmaps", "default", name), object: config_map(name, value) })
+        .await
+        .expect("raft")
+        .expect("created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_revisioned_checked_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -67,12 +76,7 @@ async fn listing_pages_and_snapshots_keep_every_object() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path())).await.expect("open");
     for index in 0..25 {
-        let name = format!("cm-{index:02}");
-        store
-            .write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object: config_map(&name, "v") })
-            .await
-            .expect("raft")
-            .expect("created");
+        create_config_map(&store, &format!("cm-{index:02}"), "v").await;
     }
     let mut names = Vec::new();
     let mut start_after = None;
@@ -99,12 +103,7 @@ async fn snapshots_compact_the_log_and_restarts_keep_everything() {
     {
         let store = Store::open(config.clone()).await.expect("open");
         for index in 0..150 {
-            let name = format!("cm-{index:03}");
-            store
-                .write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object: config_map(&name, "v") })
-                .await
-                .expect("raft")
-                .expect("created");
+            create_config_map(&store, &format!("cm-{index:03}"), "v").await;
         }
         store
             .write(Command::Delete { key: ObjectKey::new("configmaps", "default", "cm-000"), precondition: Precondition::default() })
@@ -138,12 +137,7 @@ async fn applied_entries_leave_memory_and_a_restart_keeps_them() {
     {
         let store = Store::open(config(dir.path())).await.expect("open");
         for index in 0..50 {
-            let name = format!("cm-{index:03}");
-            store
-                .write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object: config_map(&name, "v") })
-                .await
-                .expect("raft")
-                .expect("created");
+            create_config_map(&store, &format!("cm-{index:03}"), "v").await;
         }
         let (in_memory, handed_over) = store.log_entries_in_memory();
         assert!(handed_over >= 45, "applied entries were handed over: {in_memory} in memory, {handed_over} handed over");
@@ -167,9 +161,7 @@ async fn a_log_that_outgrows_its_byte_budget_is_compacted() {
     config.entries_kept_after_snapshot = 0;
     let store = Store::open(config).await.expect("open");
     for index in 0..100 {
-        let name = format!("big-{index:03}");
-        let object = config_map(&name, &"x".repeat(1024));
-        store.write(Command::Create { key: ObjectKey::new("configmaps", "default", &name), object }).await.expect("raft").expect("created");
+        create_config_map(&store, &format!("big-{index:03}"), &"x".repeat(1024)).await;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while store.raft_metrics().purged.is_none() {
