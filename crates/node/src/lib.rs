@@ -158,6 +158,8 @@ pub struct Shared {
     pub(crate) builtin_registry_http: reqwest::Client,
     /// Running pod workers by uid.
     pub(crate) pods: Mutex<HashMap<String, pods::PodHandle>>,
+    /// Pods whose graceful termination is under way, by uid.
+    pub(crate) terminating: Mutex<std::collections::HashSet<String>>,
     /// HTTP routes by (namespace, pod name): one per HTTP container.
     pub(crate) routes: RwLock<HashMap<(String, String), Vec<HttpRoute>>>,
     /// Log sinks by (namespace, pod name, container).
@@ -238,6 +240,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         config,
         host_ip,
         pods: Mutex::new(HashMap::new()),
+        terminating: Mutex::new(std::collections::HashSet::new()),
         routes: RwLock::new(HashMap::new()),
         pod_networks: RwLock::new(HashMap::new()),
         logs: RwLock::new(HashMap::new()),

@@ -43,9 +43,17 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, pod: Value) {
         return;
     }
     if !pod["metadata"]["deletionTimestamp"].is_null() {
+        // One termination per pod: later events of a terminating pod (its own status writes, a
+        // re-list) must not complete the deletion before the grace period has run.
+        if !shared.terminating.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.clone()) {
+            return;
+        }
         let handle = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
         let shared = Arc::clone(shared);
-        shared.clone().tasks.spawn(async move { terminate(&shared, pod, handle).await });
+        shared.clone().tasks.spawn(async move {
+            terminate(&shared, pod, handle).await;
+            shared.terminating.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        });
         return;
     }
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
@@ -111,15 +119,58 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
     }
     let pods = resources::by_name("pods").expect("pods are served");
     let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
-    match shared.client.delete(pods, Some(&namespace), &name, &options).await {
-        Ok(_) => {}
-        Err(shoal_client::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-        Err(error) => tracing::warn!(%error, pod = %name, "completing the pod's deletion"),
+    // The deletion is retried until the API takes it: a pod left Terminating would hold its
+    // name (and a StatefulSet-style replacement) forever. A 404 or 409 (the uid precondition)
+    // means the pod is already gone or replaced. On shutdown the pod stays Terminating and the
+    // restarted agent completes it after its re-list.
+    let completed = retry_with_backoff(&shared.shutdown, || async {
+        match shared.client.delete(pods, Some(&namespace), &name, &options).await {
+            Ok(_) => Attempt::Done,
+            Err(shoal_client::Error::Api(status)) if status.code == 404 || status.code == 409 => Attempt::Done,
+            Err(error) => {
+                tracing::warn!(%error, pod = %name, "completing the pod's deletion; retrying");
+                Attempt::Retry
+            }
+        }
+    })
+    .await;
+    if !completed {
+        return;
     }
     shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
     let log_dir = shared.config.data_dir.join("logs").join(format!("{namespace}_{name}_{}", pod["metadata"]["uid"].as_str().unwrap_or_default()));
     let _ = std::fs::remove_dir_all(log_dir);
     shared.runtime.release_unused();
+}
+
+/// The outcome of one try of an operation retried with back-off.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Done,
+    Retry,
+}
+
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` until it is done, waiting 100 ms, then twice as long each time up to 5 s,
+/// between tries. Returns false if `shutdown` ends the wait first.
+async fn retry_with_backoff<F, Fut>(shutdown: &CancellationToken, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Attempt>,
+{
+    let mut wait = RETRY_FIRST;
+    loop {
+        if attempt().await == Attempt::Done {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
 }
 
 /// Writes the pod's status and events.
@@ -707,5 +758,45 @@ pub(crate) async fn probe_loop<Check, Checked, Restart, Restarted>(
             }
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_step_is_retried_with_growing_waits_until_it_is_done() {
+        let shutdown = CancellationToken::new();
+        let tries = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let done = retry_with_backoff(&shutdown, || async {
+            if tries.fetch_add(1, Ordering::Relaxed) < 8 { Attempt::Retry } else { Attempt::Done }
+        })
+        .await;
+        assert!(done);
+        assert_eq!(tries.load(Ordering::Relaxed), 9);
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 + 5 seconds: doubling, capped at 5 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(16_300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_retries_without_completing() {
+        let shutdown = CancellationToken::new();
+        let tries = AtomicUsize::new(0);
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stopper.cancel();
+        });
+        let done = retry_with_backoff(&shutdown, || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            Attempt::Retry
+        })
+        .await;
+        assert!(!done);
+        // Tries at 0, 0.1, 0.3, 0.7 and 1.5 s; the wait after that is cut short at 2 s.
+        assert_eq!(tries.load(Ordering::Relaxed), 5);
     }
 }
