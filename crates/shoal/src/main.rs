@@ -6,6 +6,7 @@ mod cluster;
 mod deploy;
 mod describe;
 mod get;
+mod logging;
 mod logs;
 mod output;
 mod port_forward;
@@ -127,12 +128,7 @@ fn client(cli_kubeconfig: Option<PathBuf>, server: Option<&str>) -> anyhow::Resu
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(cli.command, Command::Server(_) | Command::Up(_) | Command::Agent(_));
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if is_server { "info,openraft=warn" } else { "warn" })
-        }))
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(is_server);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -150,17 +150,45 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[derive(Clone)]
 pub struct NetworkFactory {
     transport: Transport,
+    reachability: Arc<Reachability>,
 }
 
 impl NetworkFactory {
     pub fn new(transport: Transport) -> Self {
-        Self { transport }
+        Self { transport, reachability: Arc::default() }
+    }
+}
+
+/// Which peers the last Raft RPC failed to reach, and since when. openraft retries a peer it
+/// cannot reach every 500 ms (or at every heartbeat when calls time out) and logs each failure;
+/// the server shows those at most once a minute (`shoal` binary's log filter), and says here,
+/// once per change, that a member went away and when it came back.
+#[derive(Default)]
+struct Reachability {
+    down_since: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+}
+
+impl Reachability {
+    fn failed(&self, target: NodeId, error: &CallError) {
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(entry) = down.entry(target) {
+            entry.insert(std::time::Instant::now());
+            tracing::warn!(member = target, %error, "a member of the Raft group does not answer; retrying (repeats of openraft's own messages about it are logged at most once a minute)");
+        }
+    }
+
+    fn answered(&self, target: NodeId, url: &str) {
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = down.remove(&target) {
+            tracing::info!(member = target, url, after_ms = since.elapsed().as_millis() as u64, "a member of the Raft group answers again");
+        }
     }
 }
 
 /// A connection to one peer: its id and the base URL of its API.
 pub struct PeerConnection {
     transport: Transport,
+    reachability: Arc<Reachability>,
     target: NodeId,
     url: String,
 }
@@ -169,7 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection { transport: self.transport.clone(), target, url: node.addr.clone() }
+        PeerConnection { transport: self.transport.clone(), reachability: Arc::clone(&self.reachability), target, url: node.addr.clone() }
     }
 }
 
@@ -180,10 +208,19 @@ impl PeerConnection {
         A: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<A, E> = self.transport.call(&self.url, path, request, option.hard_ttl()).await.map_err(|error| match error {
-            CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
-            CallError::Failed { .. } => RPCError::Network(NetworkError::new(&error)),
-        })?;
+        let answer: Result<A, E> = match self.transport.call(&self.url, path, request, option.hard_ttl()).await {
+            Ok(answer) => {
+                self.reachability.answered(self.target, &self.url);
+                answer
+            }
+            Err(error) => {
+                self.reachability.failed(self.target, &error);
+                return Err(match error {
+                    CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+                    CallError::Failed { .. } => RPCError::Network(NetworkError::new(&error)),
+                });
+            }
+        };
         answer.map_err(|remote| RPCError::RemoteError(RemoteError::new(self.target, remote)))
     }
 }
