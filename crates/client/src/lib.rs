@@ -195,8 +195,11 @@ impl Client {
         let servers = self.server_list();
         let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
         if servers.get(current % servers.len().max(1)).is_some_and(|s| s == failed) {
-            let _ = self.current.compare_exchange(current, current + 1, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(failed, "moving to another API server");
+            let moved = self.current.compare_exchange(current, current + 1, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok();
+            // With one server known there is nowhere to move: the caller's own error says why.
+            if moved && servers.len() > 1 {
+                tracing::info!(failed, to = %servers[(current + 1) % servers.len()], "moving to another API server");
+            }
         }
     }
 
