@@ -49,10 +49,6 @@ impl QuietRepeats {
     fn new(window: Duration) -> Self {
         Self { window, last: Mutex::new(HashMap::new()) }
     }
-
-    fn admit(&self, callsite: Identifier, now: Instant) -> bool {
-        admit(&mut self.last.lock().unwrap_or_else(|p| p.into_inner()), callsite, now, self.window)
-    }
 }
 
 /// Whether `key` may log at `now`, given when each key last did; records it if so.
@@ -68,7 +64,7 @@ fn admit<K: std::hash::Hash + Eq>(last: &mut HashMap<K, Instant>, key: K, now: I
 
 impl<S> Filter<S> for QuietRepeats {
     fn enabled(&self, metadata: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        !is_limited(metadata) || self.admit(metadata.callsite(), Instant::now())
+        !is_limited(metadata) || admit(&mut self.last.lock().unwrap_or_else(|p| p.into_inner()), metadata.callsite(), Instant::now(), self.window)
     }
 
     fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
