@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::callsite::Identifier;
 use tracing::subscriber::Interest;
+use tracing::level_filters::LevelFilter;
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::{Context, Filter};
@@ -71,6 +72,14 @@ impl<S> Filter<S> for QuietRepeats {
         // The limited call sites must be asked about at every event; the rest never change.
         if is_limited(metadata) { Interest::sometimes() } else { Interest::always() }
     }
+
+    /// This filter only ever holds messages back, so it puts no bound on the level. Without a
+    /// hint, `And` drops the `EnvFilter`'s own bound too; the process's maximum level then
+    /// becomes TRACE, and every `log` record of every crate (wasmtime logs several per
+    /// instantiation) is formed and dispatched before being refused.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
 }
 
 #[cfg(test)]
@@ -88,6 +97,12 @@ mod tests {
         assert!(!admit(&mut last, "a", start + Duration::from_secs(59), window));
         assert!(admit(&mut last, "a", start + Duration::from_secs(60), window));
         assert!(!admit(&mut last, "a", start + Duration::from_secs(61), window), "the window restarts when a message passes");
+    }
+
+    #[test]
+    fn the_combined_filter_keeps_the_env_filters_level_bound() {
+        let filter = tracing_subscriber::EnvFilter::new("info,openraft=warn").and(QuietRepeats::new(WINDOW));
+        assert_eq!(Filter::<tracing_subscriber::Registry>::max_level_hint(&filter), Some(LevelFilter::INFO));
     }
 
     fn event(target: &'static str, level: Level) -> Metadata<'static> {

@@ -84,11 +84,59 @@ const LEASE_READS: Duration = Duration::from_millis(200);
 
 type ReadIndexAnswer = std::result::Result<std::result::Result<u64, WireError>, CallError>;
 
-/// The reads waiting for the next read-index request, and whether one is in flight.
-#[derive(Default)]
-struct ReadIndexQueue {
-    waiting: Vec<tokio::sync::oneshot::Sender<ReadIndexAnswer>>,
+/// The reads waiting for the next round of a read-index check, and whether a round is under way.
+struct Coalesced<T> {
+    waiting: Vec<tokio::sync::oneshot::Sender<T>>,
     in_flight: bool,
+}
+
+impl<T> Default for Coalesced<T> {
+    fn default() -> Self {
+        Self { waiting: Vec::new(), in_flight: false }
+    }
+}
+
+type Queue<T> = Arc<std::sync::Mutex<Coalesced<T>>>;
+
+/// Waits for the next round of `round` that begins after this call, sharing it with every
+/// caller waiting then: one round runs at a time, and a round answers exactly the callers that
+/// were waiting when it began (a read index fetched after a read began is valid for it, one
+/// fetched before is not). The first caller to find no round under way starts a task that runs
+/// rounds while callers keep arriving. `dropped` answers a caller whose round was lost (the
+/// runtime shutting down).
+async fn coalesce<T, F, Fut>(queue: &Queue<T>, dropped: impl FnOnce() -> T, mut round: F) -> T
+where
+    T: Clone + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let start = {
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.waiting.push(reply);
+        !std::mem::replace(&mut queue.in_flight, true)
+    };
+    if start {
+        let queue = Arc::clone(queue);
+        tokio::spawn(async move {
+            loop {
+                let batch = {
+                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let batch = std::mem::take(&mut queue.waiting);
+                    if batch.is_empty() {
+                        queue.in_flight = false;
+                        return;
+                    }
+                    batch
+                };
+                let outcome = round().await;
+                for reply in batch {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
+        });
+    }
+    answer.await.unwrap_or_else(|_| dropped())
 }
 
 /// What a peer answers when it cannot act on a forwarded call.
@@ -168,7 +216,9 @@ pub struct Store {
     /// What the Raft log holds in memory.
     log_memory: LogMemory,
     /// Reads on a follower waiting for the leader's read index (see `coalesced_read_index`).
-    read_indexes: Arc<std::sync::Mutex<ReadIndexQueue>>,
+    read_indexes: Queue<ReadIndexAnswer>,
+    /// Reads on the leader waiting for a quorum to confirm its leadership (see `read_index`).
+    leadership_checks: Queue<std::result::Result<u64, WireError>>,
     /// When a quorum last confirmed this server's leadership (the time before it asked).
     lease_from: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     in_step: tokio::sync::watch::Receiver<bool>,
@@ -262,7 +312,7 @@ impl Store {
         tokio::spawn(propose(raft.clone(), queue));
         let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
         tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
-        Ok(Self { id: config.node_id, log_memory, read_indexes: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, log_memory, read_indexes: Arc::default(), leadership_checks: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// How many Raft log entries this server holds in memory, and how many of those since the
@@ -420,11 +470,30 @@ impl Store {
     /// linearizable read must wait for. Within [`LEASE_READS`] of the last confirmation by a
     /// quorum it is this server's applied index (every write answered so far was applied here
     /// first); otherwise the leader confirms its leadership with a quorum first (read-index).
+    ///
+    /// Concurrent reads share one check (see [`coalesce`]): a read that finds a check under way
+    /// waits for the next, so a quorum is asked once per round trip however many reads wait, and
+    /// a leader cut off from its quorum sends one failing round at a time rather than one per
+    /// waiting read.
     pub async fn read_index(&self) -> std::result::Result<u64, WireError> {
         let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
         if leads && self.lease_valid() {
             return Ok(self.state.applied_index());
         }
+        let store = self.clone();
+        let check = coalesce(&self.leadership_checks, || Err(WireError::Failed("the leadership check was dropped".into())), move || {
+            let store = store.clone();
+            async move { store.confirm_leadership().await }
+        });
+        // A read that just missed a round waits for the next: bound the whole wait.
+        match tokio::time::timeout(READ_WAIT, check).await {
+            Ok(answer) => answer,
+            Err(_) => Err(WireError::Failed(format!("no majority confirmed this leader within {READ_WAIT:?}"))),
+        }
+    }
+
+    /// One leadership check: a quorum confirms this leader, whose commit point is the read index.
+    async fn confirm_leadership(&self) -> std::result::Result<u64, WireError> {
         let asked = std::time::Instant::now();
         match tokio::time::timeout(READ_WAIT, self.raft.ensure_linearizable()).await {
             Err(_) => Err(WireError::Failed(format!("no majority confirmed this leader within {READ_WAIT:?}"))),
@@ -441,35 +510,15 @@ impl Store {
     /// (a read index fetched after a read began is valid for it), as etcd batches its
     /// linearizable reads.
     async fn coalesced_read_index(&self, leader: u64, url: String) -> ReadIndexAnswer {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let start_driver = {
-            let mut queue = self.read_indexes.lock().unwrap_or_else(|p| p.into_inner());
-            queue.waiting.push(reply);
-            !std::mem::replace(&mut queue.in_flight, true)
-        };
-        if start_driver {
-            let store = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut queue = store.read_indexes.lock().unwrap_or_else(|p| p.into_inner());
-                        let batch = std::mem::take(&mut queue.waiting);
-                        if batch.is_empty() {
-                            queue.in_flight = false;
-                            return;
-                        }
-                        batch
-                    };
-                    // The leader may have changed since the first read asked; ask the current one.
-                    let target = store.leader().filter(|(id, _)| *id != store.id).map_or_else(|| url.clone(), |(_, url)| url);
-                    let outcome = store.transport.call::<_, std::result::Result<u64, WireError>>(&target, paths::READ_INDEX, &(), READ_WAIT).await;
-                    for reply in batch {
-                        let _ = reply.send(outcome.clone());
-                    }
-                }
-            });
-        }
-        answer.await.unwrap_or_else(|_| Err(CallError::Failed { url: format!("member {leader}"), detail: "the read-index request was dropped".into() }))
+        let store = self.clone();
+        let dropped = || Err(CallError::Failed { url: format!("member {leader}"), detail: "the read-index request was dropped".into() });
+        coalesce(&self.read_indexes, dropped, move || {
+            let store = store.clone();
+            // The leader may have changed since the first read asked; ask the current one.
+            let target = store.leader().filter(|(id, _)| *id != store.id).map_or_else(|| url.clone(), |(_, url)| url);
+            async move { store.transport.call::<_, std::result::Result<u64, WireError>>(&target, paths::READ_INDEX, &(), READ_WAIT).await }
+        })
+        .await
     }
 
     fn lease_valid(&self) -> bool {
@@ -932,5 +981,65 @@ async fn bound_log_size(raft: Raft, log_bytes: Arc<std::sync::atomic::AtomicU64>
         if raft.trigger().snapshot().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Waits until `rounds` rounds have begun.
+    async fn until_begun(begun: &AtomicUsize, rounds: usize) {
+        while begun.load(Ordering::SeqCst) < rounds {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_answers_the_callers_waiting_when_it_began_and_later_ones_share_the_next() {
+        let queue: Queue<usize> = Arc::default();
+        let begun = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let round = {
+            let (begun, gate) = (Arc::clone(&begun), Arc::clone(&gate));
+            move || {
+                let (begun, gate) = (Arc::clone(&begun), Arc::clone(&gate));
+                async move {
+                    let number = begun.fetch_add(1, Ordering::SeqCst) + 1;
+                    gate.acquire().await.expect("gate").forget();
+                    number
+                }
+            }
+        };
+        let first = tokio::spawn({
+            let (queue, round) = (Arc::clone(&queue), round.clone());
+            async move { coalesce(&queue, || 0, round).await }
+        });
+        until_begun(&begun, 1).await;
+        // Two reads arrive while round 1 is under way: it may have confirmed leadership before
+        // they began, so they must wait for round 2, together.
+        let later: Vec<_> = (0..2)
+            .map(|_| {
+                let (queue, round) = (Arc::clone(&queue), round.clone());
+                tokio::spawn(async move { coalesce(&queue, || 0, round).await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(begun.load(Ordering::SeqCst), 1, "no second round while the first is under way");
+        gate.add_permits(1);
+        assert_eq!(first.await.expect("first"), 1);
+        until_begun(&begun, 2).await;
+        gate.add_permits(1);
+        for read in later {
+            assert_eq!(read.await.expect("later"), 2);
+        }
+        assert_eq!(begun.load(Ordering::SeqCst), 2, "one round for both later reads");
+        // With nobody waiting the driver stops; the next read starts a round of its own.
+        gate.add_permits(1);
+        assert_eq!(coalesce(&queue, || 0, round).await, 3);
     }
 }
