@@ -103,10 +103,13 @@ echo "echo calling http://hello-remote/ (other node) -c1: $(load 1 echo.localhos
 # The same latencies again, interleaved: each round sends one request to each target in turn, so
 # the machine's noise falls on every target alike and the differences are the paths' own.
 rounds="${PAIRED_ROUNDS:-20000}"
+# One connection per target on every reactor (they take connections in turn), so that every
+# target meets the same threads; DATA_PLANE_THREADS=0 (the shared runtime) needs one.
+reactors="${DATA_PLANE_THREADS:-$(nproc)}"
 echo "paired, $rounds rounds: the ingress hop (ingress vs data plane, both to hello)"
-./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|hello.localhost" "$data/_pods/default/$pod/" | sed 's/^/  /'
+CONNECTIONS="$reactors" ./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|hello.localhost" "$data/_pods/default/$pod/" | sed 's/^/  /'
 echo "paired, $rounds rounds: a guest's Service call (echo's plain answer vs echo calling hello on this node and on the other)"
-./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|echo.localhost" "http://127.0.0.1:$ingress/fetch?url=http://hello/|echo.localhost" \
+CONNECTIONS="$reactors" ./target/release/paired_latency "$rounds" "http://127.0.0.1:$ingress/|echo.localhost" "http://127.0.0.1:$ingress/fetch?url=http://hello/|echo.localhost" \
   "http://127.0.0.1:$ingress/fetch?url=http://hello-remote/|echo.localhost" | sed 's/^/  /'
 echo "in-process split of the same-node call (criterion):"
 cargo bench -q -p shoal-benches --bench service_call 2>/dev/null | grep -E "^same-node|time:" | paste - - | awk '{$1=$1; print "  " $0}' || true

@@ -45,7 +45,8 @@ measure_peer() {
   peer=""
 }
 
-# DATA_PLANE_THREADS=N serves connections on N reactor threads (default 0: the shared runtime).
+# DATA_PLANE_THREADS=N serves connections on N reactor threads (default: one per core; 0: the
+# process's shared runtime).
 ./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --data-addr 127.0.0.1:0 --ingress-addr 127.0.0.1:0 \
   --ingress-tls-addr 127.0.0.1:0 --node-name bench ${DATA_PLANE_THREADS:+--data-plane-threads "$DATA_PLANE_THREADS"} 2>"$work/shoal.log" &
 pids="$!"

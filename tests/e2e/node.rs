@@ -72,7 +72,9 @@ async fn bare_worker_pods_run_to_completion_with_exit_codes_and_logs() {
 
 #[tokio::test]
 async fn hello_pods_become_ready_and_answer_through_the_data_plane() {
-    let server = Server::start().await;
+    // Connections served on the process's shared runtime (reactors are the default, and every
+    // other test here runs on them).
+    let server = Server::start_with(&["--data-plane-threads", "0"]).await;
     push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
     create(&server, &pod("hello-a", "shoal.local/samples/hello:latest", "Always", &[])).await;
     create(&server, &pod("hello-b", "shoal.local/samples/hello:latest", "Always", &[("GREETING", "hi from b")])).await;

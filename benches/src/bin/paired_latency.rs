@@ -8,6 +8,12 @@
 //!
 //! Usage: `paired_latency ROUNDS TARGET…`, where TARGET is `URL` or `URL|HOST` (the Host header).
 //! Prints, per target, `p50 p90 p99 p99.9` in microseconds; every answer must be 2xx.
+//!
+//! `CONNECTIONS=K` (default 1) gives each target K connections, opened one after another before
+//! the next target's, and round r uses connection r mod K. A node with K reactor threads hands
+//! its connections to them in turn, so each target then has one connection on every reactor and
+//! the targets share the same mix of threads (with one connection each, which reactor a target
+//! lands on, and how long waking that thread takes, would differ between targets).
 
 use std::time::{Duration, Instant};
 
@@ -20,12 +26,12 @@ struct Target {
     address: String,
     path: String,
     host: String,
-    sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    senders: Vec<Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
     samples: Vec<Duration>,
 }
 
 impl Target {
-    fn parse(spec: &str) -> anyhow::Result<Self> {
+    fn parse(spec: &str, connections: usize) -> anyhow::Result<Self> {
         let (url, host) = match spec.split_once('|') {
             Some((url, host)) => (url, Some(host)),
             None => (spec, None),
@@ -37,20 +43,32 @@ impl Target {
             host: host.map(str::to_owned).unwrap_or_else(|| authority.clone()),
             address: authority,
             path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
-            sender: None,
+            senders: (0..connections).map(|_| None).collect(),
             samples: Vec::new(),
         })
     }
 
-    async fn once(&mut self) -> anyhow::Result<Duration> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&self.address).await?;
-            stream.set_nodelay(true)?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            self.sender = Some(sender);
+    /// Opens every connection that is not open.
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        for slot in self.senders.iter_mut() {
+            if slot.as_ref().is_none_or(|s| s.is_closed()) {
+                let stream = tokio::net::TcpStream::connect(&self.address).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                *slot = Some(sender);
+            }
         }
-        let sender = self.sender.as_mut().expect("connected");
+        Ok(())
+    }
+
+    /// One request over connection `round` mod K.
+    async fn once(&mut self, round: usize) -> anyhow::Result<Duration> {
+        let count = self.senders.len();
+        if self.senders[round % count].as_ref().is_none_or(|s| s.is_closed()) {
+            self.connect().await?;
+        }
+        let sender = self.senders[round % count].as_mut().expect("connected");
         sender.ready().await?;
         let request = hyper::Request::get(&self.path).header(hyper::header::HOST, &self.host).body(Empty::new())?;
         let started = Instant::now();
@@ -66,21 +84,25 @@ impl Target {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().ok_or_else(|| anyhow::anyhow!("usage: paired_latency ROUNDS TARGET…"))?.parse()?;
-    let mut targets = args.map(|a| Target::parse(&a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let connections: usize = std::env::var("CONNECTIONS").ok().map(|k| k.parse()).transpose()?.unwrap_or(1).max(1);
+    let mut targets = args.map(|a| Target::parse(&a, connections)).collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!targets.is_empty(), "usage: paired_latency ROUNDS TARGET…");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        // Warm-up: connections, caches, the pods' pools.
-        for _ in 0..rounds.min(1_000) {
+        for target in targets.iter_mut() {
+            target.connect().await?;
+        }
+        // Warm-up: caches, the pods' pools.
+        for round in 0..rounds.min(1_000) {
             for target in targets.iter_mut() {
-                target.once().await?;
+                target.once(round).await?;
             }
         }
         let count = targets.len();
         for round in 0..rounds {
             for offset in 0..count {
                 let target = &mut targets[(round + offset) % count];
-                let elapsed = target.once().await?;
+                let elapsed = target.once(round).await?;
                 target.samples.push(elapsed);
             }
         }

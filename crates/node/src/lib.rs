@@ -95,7 +95,8 @@ pub struct NodeConfig {
     /// The node's pod range for container pods (None: a /24 in 10.88.0.0/16 by the node's name).
     pub pod_cidr: Option<String>,
     /// Threads that own the data plane's, the ingress router's and the node ports' connections
-    /// (see [`reactors`]); 0 serves them on the process's runtime.
+    /// (see [`reactors`]); 0 serves them on the process's runtime. (The CLI's default is one
+    /// per core.)
     pub reactor_threads: usize,
     /// The API server of this process (the local node of `shoal server` and `shoal up`): the
     /// agent's requests to `server` become calls instead of HTTPS.

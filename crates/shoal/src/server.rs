@@ -109,14 +109,19 @@ pub struct NodeArgs {
     #[arg(long)]
     pod_cidr: Option<String>,
     /// Threads that own the connections of the data plane, the ingress router and the node
-    /// ports, each connection served wholly on one of them (default 0: served on the threads the
-    /// rest of the process shares). One per core raised throughput under load by about a quarter
-    /// in benches/RESULTS.md, at a cost in some one-at-a-time latencies.
-    #[arg(long, default_value_t = 0)]
-    data_plane_threads: usize,
+    /// ports, each connection served wholly on one of them (default: one per core; 0 serves
+    /// them on the threads the rest of the process shares). See benches/RESULTS.md for what
+    /// each choice measured.
+    #[arg(long)]
+    data_plane_threads: Option<usize>,
 }
 
 impl NodeArgs {
+    /// `--data-plane-threads`, or one reactor per core the process may run on.
+    fn reactor_threads(&self) -> usize {
+        self.data_plane_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     fn name(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "shoal-node".into())
@@ -275,7 +280,7 @@ async fn start_node(
         containerd_socket: args.containerd_socket.clone(),
         disable_containers: args.disable_containers,
         pod_cidr: args.pod_cidr.clone(),
-        reactor_threads: args.data_plane_threads,
+        reactor_threads: args.reactor_threads(),
         in_process,
     };
     shoal_node::start(config, shutdown.clone()).await.context("starting the node agent")
