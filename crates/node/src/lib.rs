@@ -230,7 +230,9 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     let cache = ArtifactCache::open(&config.data_dir.join("artifacts"), config.cache_bytes, shoal_oci::DEFAULT_MAX_ARTIFACT_BYTES)?;
     let builtin_registry_http = builtin_registry_http(&config)?;
     let containers = container_support(&config, &shutdown);
-    let reactors = reactors::Reactors::start(config.reactor_threads).map_err(|source| Error::Reactors { count: config.reactor_threads, source })?;
+    // Instances kept for a reactor's idle moment hold pool slots: at most an eighth of the pool.
+    let kept_instances = runtime.max_instances() / (8 * config.reactor_threads.max(1));
+    let reactors = reactors::Reactors::start(config.reactor_threads, kept_instances).map_err(|source| Error::Reactors { count: config.reactor_threads, source })?;
     let shared = Arc::new(Shared {
         builtin_registry_http,
         client,

@@ -28,14 +28,18 @@ pub struct Reactors {
 }
 
 impl Reactors {
-    /// Starts `count` reactor threads. They stop when the `Reactors` is dropped and their last
-    /// connection has finished.
-    pub fn start(count: usize) -> std::io::Result<Self> {
+    /// Starts `count` reactor threads, each keeping up to `kept_instances` finished Wasm
+    /// instances until it goes idle (see `shoal_runtime_wasm::defer_instance_drops`). They stop
+    /// when the `Reactors` is dropped and their last connection has finished.
+    pub fn start(count: usize, kept_instances: usize) -> std::io::Result<Self> {
         let mut senders = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // Instances whose requests are answered are dropped when the reactor goes idle,
+            // after the responses are written (see `defer_instance_drops`).
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(shoal_runtime_wasm::drop_retired).build()?;
             let (sender, mut jobs) = unbounded_channel::<Job>();
             std::thread::Builder::new().name(format!("shoal-reactor-{index}")).spawn(move || {
+                shoal_runtime_wasm::defer_instance_drops(kept_instances);
                 runtime.block_on(async move {
                     while let Some(job) = jobs.recv().await {
                         job();
@@ -97,7 +101,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_served_in_turn_on_the_reactor_threads() {
-        let reactors = Reactors::start(2).expect("reactors");
+        let reactors = Reactors::start(2, 0).expect("reactors");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let tasks = TaskTracker::new();

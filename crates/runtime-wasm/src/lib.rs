@@ -24,7 +24,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use command::{CommandOutcome, run_command};
-pub use http::{HttpHandler, HttpOutcome, ResponseBody};
+pub use http::{HttpHandler, HttpOutcome, MAX_KEPT_INSTANCES, ResponseBody, defer_instance_drops, drop_retired, kept_instances};
 /// The error type of guest response bodies.
 pub type BodyError = wasmtime_wasi_http::Error;
 pub use sandbox::{CpuLimit, LogLine, LogSink, OutboundFuture, OutboundHttp, Preopen, SandboxSpec, Stream};
@@ -179,6 +179,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// How many component instances the pool holds at once.
+    pub fn max_instances(&self) -> usize {
+        self.config.max_instances as usize
     }
 
     /// Loads the artifact `digest` from `wasm_path`: from the compile cache when possible, else

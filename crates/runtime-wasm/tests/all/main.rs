@@ -209,3 +209,38 @@ async fn a_cpu_limit_throttles_a_spinning_guest() {
     assert!(limited < Duration::from_millis(200), "a tenth of a core ran for {limited:?} of 600 ms");
     assert!(unlimited > limited * 2, "without a reachable limit the loop runs throughout ({unlimited:?} against {limited:?})");
 }
+
+/// On a thread that asked for it (the node's reactors), instances whose request finished wait
+/// for the thread's idle moment, up to the thread's limit; past it they are dropped at once.
+#[tokio::test]
+async fn finished_instances_wait_for_the_threads_idle_moment_up_to_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(prepared) = load(&runtime, "hello/hello.wasm").await else { panic!("hello is an HTTP component") };
+    let handler = HttpHandler::new(prepared, SandboxSpec::new(LogSink::new(10)), 16);
+    async fn answer(handler: &HttpHandler) -> String {
+        let (response, _) = handler.handle(request("/")).await;
+        assert_eq!(response.status(), 200);
+        body_text(response).await
+    }
+    assert_eq!(answer(&handler).await, "hello from shoal\n");
+    assert_eq!(shoal_runtime_wasm::kept_instances(), 0, "a thread that did not ask keeps nothing");
+
+    shoal_runtime_wasm::defer_instance_drops(2);
+    answer(&handler).await;
+    assert_eq!(shoal_runtime_wasm::kept_instances(), 1);
+    for _ in 0..3 {
+        answer(&handler).await;
+    }
+    assert_eq!(shoal_runtime_wasm::kept_instances(), 2, "past its limit the thread drops at once");
+    shoal_runtime_wasm::drop_retired();
+    assert_eq!(shoal_runtime_wasm::kept_instances(), 0);
+
+    shoal_runtime_wasm::defer_instance_drops(100);
+    for _ in 0..10 {
+        answer(&handler).await;
+    }
+    assert_eq!(shoal_runtime_wasm::kept_instances(), shoal_runtime_wasm::MAX_KEPT_INSTANCES, "no thread keeps more than the cap");
+    assert_eq!(handler.instantiations(), 15, "every request had an instance of its own");
+    shoal_runtime_wasm::drop_retired();
+}
