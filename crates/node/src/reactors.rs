@@ -47,6 +47,8 @@ impl Reactors {
                 });
                 // Let the connections still open finish (they end on the node's shutdown).
                 runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+                // Drop the last kept instances now, not in the thread-local destructors at exit.
+                shoal_runtime_wasm::drop_retired();
             })?;
             senders.push(sender);
         }
