@@ -85,6 +85,29 @@ fn service_call(c: &mut Criterion) {
         }
         group.finish();
     }
+    // The same calls, each after the thread slept (as a reactor does between one-at-a-time
+    // requests): only the call is timed. Against the hot loop above, this is what an idle
+    // thread's cold caches cost (`SHOAL_BENCH_IDLE_US`, default 200 µs of sleep).
+    let idle = std::time::Duration::from_micros(std::env::var("SHOAL_BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
+    let mut group = c.benchmark_group(format!("same-node service call, reactor, after {idle:?} idle"));
+    for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
+        group.bench_function(name, |b| {
+            b.to_async(&reactor).iter_custom(|iterations| {
+                let handler = Arc::clone(handler);
+                async move {
+                    let mut spent = std::time::Duration::ZERO;
+                    for _ in 0..iterations {
+                        std::thread::sleep(idle);
+                        let started = std::time::Instant::now();
+                        std::hint::black_box(call(&handler, uri).await);
+                        spent += started.elapsed();
+                    }
+                    spent
+                }
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, service_call);
