@@ -60,9 +60,10 @@ fn service_call(c: &mut Criterion) {
     // The node serves connections on reactors (a current-thread runtime per thread); the
     // two-worker runtime is how it served them before, kept for the comparison.
     let reactor = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let cases = [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")];
     for (runtime_name, runtime) in [("reactor", &reactor), ("two-worker runtime", &tokio)] {
         let mut group = c.benchmark_group(format!("same-node service call, {runtime_name}"));
-        for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
+        for &(name, handler, uri) in &cases {
             // The loop runs in a task of the runtime, as a node's connection task does
             // (criterion's own future runs on the bench's main thread, outside a multi-threaded
             // runtime's workers).
@@ -90,7 +91,7 @@ fn service_call(c: &mut Criterion) {
     // thread's cold caches cost (`SHOAL_BENCH_IDLE_US`, default 200 µs of sleep).
     let idle = std::time::Duration::from_micros(std::env::var("SHOAL_BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
     let mut group = c.benchmark_group(format!("same-node service call, reactor, after {idle:?} idle"));
-    for (name, handler, uri) in [("echo, plain answer", &echo, "http://bench/"), ("hello alone", &hello, "http://bench/"), ("echo -> http://hello/", &echo, "http://bench/fetch?url=http://hello/")] {
+    for &(name, handler, uri) in &cases {
         group.bench_function(name, |b| {
             b.to_async(&reactor).iter_custom(|iterations| {
                 let handler = Arc::clone(handler);

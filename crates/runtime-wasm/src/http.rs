@@ -49,7 +49,8 @@ pub fn defer_instance_drops(limit: usize) {
 
 /// Drops the instances this thread kept (see [`defer_instance_drops`]).
 pub fn drop_retired() {
-    let stores = KEPT.try_with(|kept| kept.borrow_mut().as_mut().map(|kept| std::mem::replace(&mut kept.stores, Vec::with_capacity(kept.limit))));
+    // Called at every park: nothing is allocated when nothing was kept.
+    let stores = KEPT.try_with(|kept| kept.borrow_mut().as_mut().filter(|kept| !kept.stores.is_empty()).map(|kept| std::mem::take(&mut kept.stores)));
     // Dropped here, outside the borrow.
     drop(stores);
 }
