@@ -59,6 +59,23 @@ enum WriteOp {
     Read { indexes: Vec<u64>, reply: oneshot::Sender<Result<Vec<Encoded>, String>> },
 }
 
+impl WriteOp {
+    /// Whether the batch holding this operation must be on disk before anyone is answered.
+    /// Appends, truncations, purge points and the vote must. The committed index does not (it
+    /// is a hint that openraft re-derives after a crash), nor does a read, nor the deletion of
+    /// entries below a recorded purge point (they are ignored on load). Committing those without
+    /// an fsync keeps them from costing the next append a second fsync in series: openraft saves
+    /// the committed index after every commit, so with one client every write was followed by
+    /// a commit that the next write's append had to wait behind.
+    fn needs_durability(&self) -> bool {
+        match self {
+            WriteOp::Append { .. } | WriteOp::Truncate { .. } | WriteOp::Purge { .. } => true,
+            WriteOp::SaveMeta { reply, .. } => reply.is_some(),
+            WriteOp::Read { .. } => false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct LogMeta {
     vote: Option<Vote<NodeId>>,
@@ -227,13 +244,15 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_
                 purge_pending = true;
             }
         }
+        let durable = batch.iter().any(WriteOp::needs_durability);
         let started = std::time::Instant::now();
-        let outcome = write_batch(&database, &batch, if purge_pending { purge_up_to } else { None }).map_err(|error| error.to_string());
+        let outcome =
+            write_batch(&database, &batch, if purge_pending { purge_up_to } else { None }, durable).map_err(|error| error.to_string());
         let elapsed = started.elapsed();
         if elapsed > std::time::Duration::from_millis(50) {
             tracing::warn!(operations = batch.len(), elapsed_ms = elapsed.as_millis() as u64, "slow raft log write");
         }
-        tracing::trace!(operations = batch.len(), "log batch committed");
+        tracing::trace!(operations = batch.len(), durable, micros = elapsed.as_micros() as u64, "log batch committed");
         if let Ok(more) = &outcome {
             purge_pending = *more;
         }
@@ -273,10 +292,15 @@ fn read_entries(database: &Database, indexes: &[u64]) -> Result<Vec<Encoded>> {
     Ok(found)
 }
 
-/// Writes one batch, plus one step of pending purging; returns whether purging remains.
-fn write_batch(database: &Database, batch: &[WriteOp], purge_up_to: Option<u64>) -> Result<bool> {
+/// Writes one batch, plus one step of pending purging; returns whether purging remains. A batch
+/// that is not `durable` is committed without an fsync: the next durable commit makes it durable
+/// too (redb's `Durability::None`).
+fn write_batch(database: &Database, batch: &[WriteOp], purge_up_to: Option<u64>, durable: bool) -> Result<bool> {
     let mut purge_remaining = false;
-    let write = database.begin_write().map_err(db)?;
+    let mut write = database.begin_write().map_err(db)?;
+    if !durable {
+        write.set_durability(redb::Durability::None).map_err(db)?;
+    }
     {
         let mut logs = write.open_table(LOGS).map_err(db)?;
         let mut meta = write.open_table(META).map_err(db)?;
@@ -517,5 +541,28 @@ mod tests {
         assert_eq!(store.memory().entries(), (4, 2));
         drop((store, reader));
         writer.join().expect("writer");
+    }
+
+    #[tokio::test]
+    async fn the_committed_index_is_written_without_an_fsync_and_kept_by_the_next_durable_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, writer) = opened(dir.path());
+        let committed = Some(LogId::new(CommittedLeaderId::new(1, 1), 7));
+        store.save_committed(committed).await.expect("save committed");
+        let vote = Vote::new(2, 1);
+        store.save_vote(&vote).await.expect("save vote");
+        drop(store);
+        writer.join().expect("writer");
+
+        let (mut store, writer) = LogStore::open(&dir.path().join("log.redb")).expect("reopen");
+        assert_eq!(store.read_committed().await.expect("committed"), committed);
+        assert_eq!(store.read_vote().await.expect("vote"), Some(vote));
+        drop(store);
+        writer.join().expect("writer");
+
+        let op = |reply: bool| WriteOp::SaveMeta { key: COMMITTED_KEY, value: Vec::new(), reply: reply.then(|| oneshot::channel().0) };
+        assert!(!op(false).needs_durability(), "the committed hint alone needs no fsync");
+        assert!(op(true).needs_durability(), "a write someone waits for (the vote) does");
+        assert!(!WriteOp::Read { indexes: vec![1], reply: oneshot::channel().0 }.needs_durability());
     }
 }
