@@ -88,9 +88,22 @@ fn service_call(c: &mut Criterion) {
     }
     // The same calls, each after the thread slept (as a reactor does between one-at-a-time
     // requests): only the call is timed. Against the hot loop above, this is what an idle
-    // thread's cold caches cost (`SHOAL_BENCH_IDLE_US`, default 200 µs of sleep).
+    // thread's cold caches cost (`SHOAL_BENCH_IDLE_US`, default 200 µs of sleep). With
+    // `SHOAL_BENCH_IDLE_SPIN=1` the thread spins for that time instead of sleeping: the gap then
+    // separates what time alone costs from what giving up the CPU costs.
     let idle = std::time::Duration::from_micros(std::env::var("SHOAL_BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
-    let mut group = c.benchmark_group(format!("same-node service call, reactor, after {idle:?} idle"));
+    let spin = std::env::var("SHOAL_BENCH_IDLE_SPIN").is_ok_and(|v| v == "1");
+    let wait = move || {
+        if spin {
+            let until = std::time::Instant::now() + idle;
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::sleep(idle);
+        }
+    };
+    let mut group = c.benchmark_group(format!("same-node service call, reactor, after {idle:?} {}", if spin { "spinning" } else { "idle" }));
     for &(name, handler, uri) in &cases {
         group.bench_function(name, |b| {
             b.to_async(&reactor).iter_custom(|iterations| {
@@ -98,7 +111,7 @@ fn service_call(c: &mut Criterion) {
                 async move {
                     let mut spent = std::time::Duration::ZERO;
                     for _ in 0..iterations {
-                        std::thread::sleep(idle);
+                        wait();
                         let started = std::time::Instant::now();
                         std::hint::black_box(call(&handler, uri).await);
                         spent += started.elapsed();
