@@ -4,6 +4,8 @@
 # created at once. Prints pods/s to bound and to Running and create → Running latencies.
 # Hollow nodes renew their Leases every 10 s as kubelet does, so the server's node-monitor grace
 # period is raised to kubelet's 40 s for this run.
+# BACKLOG=1: hold the scheduler while the pods are created, then let it go, and print how fast it
+# places the backlog (placements/s) as well (see benches/src/bin/schedule_pods.rs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 nodes="${NODES:-1000}"
@@ -26,7 +28,9 @@ for _ in $(seq 1 600); do grep -q 'hollow nodes' "$work/agent.log" && break; sle
 grep -q 'hollow nodes' "$work/agent.log" || { echo "the hollow nodes did not register" >&2; cat "$work/agent.log" >&2; exit 1; }
 sleep 2
 echo "hollow nodes: $nodes; pods: $pods"
-./target/release/schedule_pods "$work/data" "$pods"
+mode=()
+[ "${BACKLOG:-0}" = 1 ] && mode=(--backlog)
+./target/release/schedule_pods "$work/data" "$pods" "${mode[@]}"
 echo "server RSS: $(ps -o rss= -p "$server_pid" | awk '{printf "%.0f MiB", $1/1024}')"
 # CPU time in clock ticks (utime + stime from /proc/PID/stat), to the hundredth of a second.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }

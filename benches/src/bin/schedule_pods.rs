@@ -2,7 +2,14 @@
 //! `shoal server` whose nodes are hollow (`shoal agent --hollow-nodes`), and watches them to
 //! report pods/s to bound and to Running, and the create → Running latency per pod.
 //!
-//! Usage: schedule_pods DATA_DIR PODS
+//! With `--backlog` the scheduler is held while the pods are created, and then let go, so what
+//! is measured is how fast it places a backlog (placements/s), not how fast the API takes
+//! creates. It is held the way a standby server is: the benchmark takes the controllers' leader
+//! Lease (`kube-system/shoal-controller-manager`) under its own identity, the server stops its
+//! controllers and scheduler at its next renewal, and releasing the Lease lets the server take it
+//! back, start them again, and find every pod pending, as after a failover.
+//!
+//! Usage: schedule_pods DATA_DIR PODS [--backlog]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +27,11 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let data_dir = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: schedule_pods DATA_DIR PODS"))?);
     let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let backlog = match args.next().as_deref() {
+        None => false,
+        Some("--backlog") => true,
+        Some(other) => anyhow::bail!("unknown argument {other:?}; usage: schedule_pods DATA_DIR PODS [--backlog]"),
+    };
     let kubeconfig = std::fs::read_to_string(data_dir.join("admin.kubeconfig"))?;
     let url = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).ok_or_else(|| anyhow::anyhow!("no server in kubeconfig"))?.to_owned();
     let token = std::fs::read_to_string(data_dir.join("admin-token"))?.trim().to_owned();
@@ -27,6 +39,13 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&ca)?).build()?;
     let run = std::process::id();
     let prefix = format!("sched-{run}-");
+    let lease = Lease { client: client.clone(), url: format!("{url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/shoal-controller-manager"), token: token.clone() };
+    if backlog {
+        lease.set_holder(HOLDER, 3600).await?;
+        // The server learns at its next renewal (every 2 s) that it lost the Lease, and stops.
+        tokio::time::sleep(HOLD_SETTLE).await;
+        println!("scheduler held (the benchmark holds the controllers' Lease)");
+    }
 
     // Watch first, from the current revision, so no transition is missed.
     let list: serde_json::Value = client.get(format!("{url}/api/v1/namespaces/default/pods?limit=1")).bearer_auth(&token).send().await?.json().await?;
@@ -129,6 +148,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let failures = failures.len();
     let created = started.elapsed();
+    let released = if backlog {
+        lease.set_holder("", 15).await?;
+        Some(Instant::now())
+    } else {
+        None
+    };
     // Failed creates never run; wait for the others.
     target_sender.send(count - failures).ok();
     let (bound_at, running_at, latencies) = tokio::time::timeout(Duration::from_secs(600), observer).await??;
@@ -146,5 +171,55 @@ async fn main() -> anyhow::Result<()> {
         running_at.len() as f64 / running_all.as_secs_f64().max(1e-9)
     );
     println!("create → Running: p50 {}, p99 {}, max {}", millis(summary.p50), millis(summary.p99), millis(summary.max));
+    if let Some(released) = released {
+        let early = bound_at.values().filter(|at| **at < released).count();
+        anyhow::ensure!(early == 0, "{early} pods were bound while the scheduler was meant to be held: the server did not give up the Lease");
+        // The drain: from the first binding seen to the last. The wait before the first one is
+        // the server's next attempt at the Lease (every 2 s) and its informers' sync.
+        let first = bound_at.values().min().copied().unwrap_or(released);
+        let last = bound_at.values().max().copied().unwrap_or(released);
+        let drain = last.saturating_duration_since(first);
+        println!(
+            "backlog: Lease released → first binding {}; {} placements in {} = {:.0} placements/s",
+            millis(first.saturating_duration_since(released)),
+            bound_at.len(),
+            millis(drain),
+            bound_at.len().saturating_sub(1) as f64 / drain.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
+}
+
+/// The identity the benchmark holds the controllers' Lease under.
+const HOLDER: &str = "schedule-pods-benchmark";
+/// How long the server takes to notice that it lost the Lease: its renewal interval plus margin.
+const HOLD_SETTLE: Duration = Duration::from_millis(3000);
+
+/// The controllers' leader Lease, read and replaced with a resourceVersion precondition.
+struct Lease {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Lease {
+    /// Makes `holder` (empty: nobody) the holder, renewed now, retrying when the server renewed
+    /// it in between (409).
+    async fn set_holder(&self, holder: &str, seconds: u64) -> anyhow::Result<()> {
+        for _ in 0..50 {
+            let mut lease: serde_json::Value = self.client.get(&self.url).bearer_auth(&self.token).send().await?.error_for_status()?.json().await?;
+            let now = shoal_api::meta::format_micro_time(jiff::Timestamp::now());
+            lease["spec"]["holderIdentity"] = serde_json::json!(holder);
+            lease["spec"]["leaseDurationSeconds"] = serde_json::json!(seconds);
+            lease["spec"]["renewTime"] = serde_json::json!(now);
+            lease["spec"]["acquireTime"] = serde_json::json!(now);
+            let response = self.client.put(&self.url).bearer_auth(&self.token).json(&lease).send().await?;
+            match response.status() {
+                status if status.is_success() => return Ok(()),
+                reqwest::StatusCode::CONFLICT => tokio::time::sleep(Duration::from_millis(50)).await,
+                status => anyhow::bail!("replacing the controllers' Lease: {status}: {}", response.text().await.unwrap_or_default()),
+            }
+        }
+        anyhow::bail!("the controllers' Lease kept changing under the benchmark")
+    }
 }

@@ -23,7 +23,12 @@ use placement::{NodeView, PodView, Resources, Runtime};
 
 /// The scheduler names pods may ask for (`spec.schedulerName`).
 pub const SCHEDULER_NAMES: &[&str] = &["default-scheduler", "shoal-scheduler"];
-const BINDINGS_IN_FLIGHT: usize = 64;
+/// Bindings sent and not yet answered. Each waits for its Raft commit, behind the other writes
+/// of the moment (the nodes' status patches, events), so this bounds placements/s at about
+/// `BINDINGS_IN_FLIGHT / commit latency`: 64 capped a backlog of 10,000 pods at about 5,000/s
+/// (benches/RESULTS.md, session 15). kube-scheduler bounds its binding goroutines only by its
+/// client's rate limit.
+const BINDINGS_IN_FLIGHT: usize = 1024;
 /// How often unschedulable pods are retried even if nothing changed.
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
 
