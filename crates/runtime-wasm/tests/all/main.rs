@@ -180,6 +180,39 @@ async fn an_opted_in_pod_reuses_instances_and_a_trap_discards_one() {
     assert_eq!(response.status(), 200);
 }
 
+/// Reused instances are kept per thread; a thread with none takes another thread's idle one
+/// rather than making a new instance.
+#[test]
+fn a_reused_instance_serves_requests_from_any_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let handler = runtime.block_on(async {
+        let wasm = self::runtime(&dir);
+        let Workload::Http(prepared) = load(&wasm, "misbehave/misbehave.wasm").await else { panic!("http") };
+        Arc::new(HttpHandler::with_reuse(prepared, SandboxSpec::new(LogSink::new(10)), 4, 100))
+    });
+    for round in 0..6 {
+        let handler = Arc::clone(&handler);
+        // Each request on a new OS thread with a runtime of its own, one after the other.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let (response, _) = handler.handle(request("/ok")).await;
+                assert_eq!(body_text(response).await, "ok\n", "round {round}");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while handler.warm_instances() == 0 {
+                    assert!(Instant::now() < deadline, "the instance never returned to the pool");
+                    tokio::task::yield_now().await;
+                }
+            });
+        })
+        .join()
+        .expect("the request's thread");
+    }
+    assert_eq!(handler.instantiations(), 1, "six threads in turn share one instance");
+    assert_eq!(handler.warm_instances(), 1);
+}
+
 /// `resources.limits.cpu`: a spinning guest limited to a tenth of a core runs for about a tenth
 /// of its time and waits out the rest of each period; the same guest with a limit it cannot reach
 /// runs all the time. (Run time is what the limit charged, not a wall-clock speed.)
