@@ -138,8 +138,10 @@ fn thread_slot() -> usize {
 }
 
 impl WarmPools {
-    fn new() -> Self {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 64);
+    /// One pool per core for a pod that reuses instances; a single (unused) one otherwise, so
+    /// that the many pods that never reuse stay small.
+    fn new(reuse: bool) -> Self {
+        let count = if reuse { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 64) } else { 1 };
         Self { pools: (0..count).map(|_| Padded(std::sync::Mutex::new(Vec::new()))).collect() }
     }
 
@@ -194,7 +196,7 @@ impl HttpHandler {
     pub fn with_reuse(prepared: Arc<Prepared>, spec: SandboxSpec, max_concurrency: usize, reuse_limit: usize) -> Self {
         Self {
             reuse_limit: reuse_limit.max(1),
-            warm: Arc::new(WarmPools::new()),
+            warm: Arc::new(WarmPools::new(reuse_limit > 1)),
             instantiate_times: Arc::default(),
             prepared,
             spec,
