@@ -39,11 +39,13 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&ca)?).build()?;
     let run = std::process::id();
     let prefix = format!("sched-{run}-");
-    let lease = Lease { client: client.clone(), url: format!("{url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/shoal-controller-manager"), token: token.clone() };
+    // The Lease the server's controllers and scheduler run under, as the server names it.
+    let held = shoal_controllers::leader::LeaseConfig::new(HOLDER);
+    let lease = Lease { client: client.clone(), url: format!("{url}/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}", held.namespace, held.name), token: token.clone() };
     if backlog {
         lease.set_holder(HOLDER, 3600).await?;
-        // The server learns at its next renewal (every 2 s) that it lost the Lease, and stops.
-        tokio::time::sleep(HOLD_SETTLE).await;
+        // The server learns at its next renewal that it lost the Lease, and stops.
+        tokio::time::sleep(held.renew_every + Duration::from_secs(1)).await;
         println!("scheduler held (the benchmark holds the controllers' Lease)");
     }
 
@@ -192,8 +194,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// The identity the benchmark holds the controllers' Lease under.
 const HOLDER: &str = "schedule-pods-benchmark";
-/// How long the server takes to notice that it lost the Lease: its renewal interval plus margin.
-const HOLD_SETTLE: Duration = Duration::from_millis(3000);
 
 /// The controllers' leader Lease, read and replaced with a resourceVersion precondition.
 struct Lease {
