@@ -1,6 +1,7 @@
 -- wrk script: POST a ConfigMap with a unique name per request (thread id and counter), with the
 -- bearer token from the TOKEN environment variable.
 local counter = 0
+local limit = tonumber(os.getenv("LIMIT") or "")
 local thread_id = 0
 local threads = {}
 
@@ -17,6 +18,8 @@ function init(args)
 end
 
 function request()
+  -- With LIMIT set, each thread creates that many, then only asks for health.
+  if limit and counter >= limit then return wrk.format("GET", "/healthz", {}, "") end
   counter = counter + 1
   local body = string.format('{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"wrk-%d-%d-%d"},"data":{"k":"v"}}', os.time(), thread_id, counter)
   return wrk.format(nil, nil, nil, body)

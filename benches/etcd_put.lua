@@ -1,6 +1,7 @@
 -- wrk script: etcd v3 JSON gateway puts with a unique key per request (the peer measurement
 -- for API creates). Keys and values are base64, as the gateway wants.
 local counter = 0
+local limit = tonumber(os.getenv("LIMIT") or "")
 local threads = {}
 
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -28,6 +29,8 @@ function init(args)
 end
 
 function request()
+  -- With LIMIT set, each thread creates that many, then only asks for health.
+  if limit and counter >= limit then return wrk.format("GET", "/health", {}, "") end
   counter = counter + 1
   local key = base64(string.format("/registry/configmaps/default/wrk-%d-%d-%d", os.time(), tid, counter))
   local value = base64('{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"k":"v"}}')

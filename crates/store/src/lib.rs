@@ -26,9 +26,16 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = state_machine::SnapshotBytes,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// The page cache each redb file keeps in the process (redb's default is 1 GiB per file). Both
+/// files are written far more than read: objects are served from memory and log entries are read
+/// back only when a member lags. Left at the default, every page written stayed cached, so the
+/// process held a second copy of the state and of the log file; the operating system's page
+/// cache still serves what redb reads back.
+pub(crate) const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The Raft handle type for Shoal's control plane.
 pub type Raft = openraft::Raft<TypeConfig>;

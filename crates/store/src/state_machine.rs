@@ -11,6 +11,7 @@ use std::path::Path;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
@@ -81,7 +82,8 @@ pub struct StateShared {
     database: Database,
     memory: RwLock<Memory>,
     pub(crate) history: Arc<History>,
-    snapshot: Mutex<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>>,
+    /// The last snapshot built or installed, shared with every reader of it.
+    snapshot: Mutex<Option<(SnapshotMeta<NodeId, BasicNode>, Bytes)>>,
     /// Serialises flushes so that an older batch never lands after a newer one.
     flush_lock: Mutex<()>,
     flush_signal: Mutex<Option<std::sync::mpsc::Sender<()>>>,
@@ -90,7 +92,10 @@ pub struct StateShared {
 
 impl StateShared {
     pub fn open(path: &Path, history_limits: crate::history::HistoryLimits) -> Result<Arc<Self>> {
-        let database = Database::create(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
+        let database = Database::builder()
+            .set_cache_size(crate::REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(|source| Error::Open { path: path.to_owned(), source })?;
         let write = database.begin_write().map_err(db)?;
         write.open_table(OBJECTS).map_err(db)?;
         write.open_table(META).map_err(db)?;
@@ -510,16 +515,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { shared: Arc::clone(&self.shared) }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, StorageError<NodeId>> {
+        Ok(Box::new(SnapshotBytes::receiving()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBytes>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = snapshot.into_inner();
+        let bytes = snapshot.into_bytes();
         let _serialised = lock(&self.shared.flush_lock);
         let data: SnapshotData = serde_json::from_slice(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
@@ -554,7 +559,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let guard = self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         Ok(guard
             .as_ref()
-            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
+            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(SnapshotBytes::shared(bytes.clone())) }))
     }
 }
 
@@ -568,6 +573,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Serialising every object and the durable flush are long, synchronous work: keep them off
         // the async workers that serve requests and drive Raft.
         let shared = Arc::clone(&self.shared);
+        // Sized after the last snapshot, so the buffer does not grow by doubling (each step a
+        // fresh allocation of the whole table's size, touched page by page).
+        let expected = self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |(_, bytes)| bytes.len());
         let built = tokio::task::spawn_blocking(move || -> Result<(SnapshotData, Vec<u8>)> {
             // Make everything applied so far durable before openraft may purge the log entries
             // that produced it.
@@ -579,7 +587,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             // Serialise straight from the shared objects, in the layout of `SnapshotData`.
             let borrowed: Vec<(&str, &Value)> = objects.iter().map(|(key, object)| (key.as_str(), object.as_ref())).collect();
-            let bytes = serde_json::to_vec(&SnapshotView { last_applied, membership: &membership, revision, objects: borrowed })?;
+            let mut bytes = Vec::with_capacity(expected + expected / 8);
+            serde_json::to_writer(&mut bytes, &SnapshotView { last_applied, membership: &membership, revision, objects: borrowed })?;
+            // The snapshot is kept until the next one: without its spare capacity.
+            bytes.shrink_to_fit();
             Ok((SnapshotData { last_applied, membership, revision, objects: Vec::new() }, bytes))
         })
         .await;
@@ -593,7 +604,147 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             None => format!("0-0-{}", data.revision),
         };
         let meta = SnapshotMeta { last_log_id: data.last_applied, last_membership: data.membership, snapshot_id };
+        let bytes = Bytes::from(bytes);
         *self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotBytes::shared(bytes)) })
+    }
+}
+
+/// A snapshot's bytes as openraft reads and writes them (the group's `SnapshotData`).
+///
+/// A built snapshot is shared: the copy kept for lagging members, what `build_snapshot` returns
+/// and every copy handed out to send are one buffer, so a snapshot of the whole object table
+/// is held once instead of once per holder. A snapshot being received from the leader is written
+/// into a buffer of its own. Writing to a shared snapshot is refused: openraft only writes to the
+/// one it asked to receive into.
+pub struct SnapshotBytes(SnapshotCursor);
+
+enum SnapshotCursor {
+    Shared(Cursor<Bytes>),
+    Receiving(Cursor<Vec<u8>>),
+}
+
+impl SnapshotBytes {
+    /// A built snapshot, read from the start.
+    pub fn shared(bytes: Bytes) -> Self {
+        Self(SnapshotCursor::Shared(Cursor::new(bytes)))
+    }
+
+    /// An empty buffer to receive a snapshot into.
+    pub fn receiving() -> Self {
+        Self(SnapshotCursor::Receiving(Cursor::new(Vec::new())))
+    }
+
+    /// The whole snapshot, whatever the position.
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            SnapshotCursor::Shared(cursor) => cursor.into_inner(),
+            SnapshotCursor::Receiving(cursor) => Bytes::from(cursor.into_inner()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, len) = match &self.0 {
+            SnapshotCursor::Shared(cursor) => ("shared", cursor.get_ref().len()),
+            SnapshotCursor::Receiving(cursor) => ("receiving", cursor.get_ref().len()),
+        };
+        write!(f, "SnapshotBytes({kind}, {len} bytes)")
+    }
+}
+
+impl tokio::io::AsyncRead for SnapshotBytes {
+    fn poll_read(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().0 {
+            SnapshotCursor::Shared(cursor) => std::pin::Pin::new(cursor).poll_read(cx, buf),
+            SnapshotCursor::Receiving(cursor) => std::pin::Pin::new(cursor).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncSeek for SnapshotBytes {
+    fn start_seek(self: std::pin::Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
+        match &mut self.get_mut().0 {
+            SnapshotCursor::Shared(cursor) => std::pin::Pin::new(cursor).start_seek(position),
+            SnapshotCursor::Receiving(cursor) => std::pin::Pin::new(cursor).start_seek(position),
+        }
+    }
+
+    fn poll_complete(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<u64>> {
+        match &mut self.get_mut().0 {
+            SnapshotCursor::Shared(cursor) => std::pin::Pin::new(cursor).poll_complete(cx),
+            SnapshotCursor::Receiving(cursor) => std::pin::Pin::new(cursor).poll_complete(cx),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SnapshotBytes {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            SnapshotCursor::Shared(_) => std::task::Poll::Ready(Err(read_only())),
+            SnapshotCursor::Receiving(cursor) => std::pin::Pin::new(cursor).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn read_only() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::Unsupported, "a built snapshot is shared and read-only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_received_snapshot_is_written_then_read_back_whole() {
+        let mut snapshot = SnapshotBytes::receiving();
+        snapshot.write_all(b"{\"objects\":").await.expect("write");
+        snapshot.write_all(b"[]}").await.expect("write");
+        snapshot.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
+        let mut read = String::new();
+        snapshot.read_to_string(&mut read).await.expect("read");
+        assert_eq!(read, "{\"objects\":[]}");
+        assert_eq!(&snapshot.into_bytes()[..], b"{\"objects\":[]}");
+    }
+
+    #[tokio::test]
+    async fn a_shared_snapshot_reads_from_any_position_and_refuses_writes() {
+        let bytes = Bytes::from_static(b"0123456789");
+        let mut snapshot = SnapshotBytes::shared(bytes.clone());
+        snapshot.seek(std::io::SeekFrom::Start(6)).await.expect("seek");
+        let mut tail = Vec::new();
+        snapshot.read_to_end(&mut tail).await.expect("read");
+        assert_eq!(tail, b"6789");
+        let refused = snapshot.write_all(b"x").await.expect_err("a shared snapshot is read-only");
+        assert_eq!(refused.kind(), std::io::ErrorKind::Unsupported);
+        assert_eq!(snapshot.into_bytes().as_ptr(), bytes.as_ptr(), "no copy is made");
+    }
+
+    #[tokio::test]
+    async fn the_built_snapshot_and_every_copy_handed_out_share_one_buffer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = StateShared::open(&dir.path().join("state.redb"), crate::history::HistoryLimits::default()).expect("open");
+        let mut machine = StateMachine::new(Arc::clone(&shared));
+        let built = machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        let current = machine.get_current_snapshot().await.expect("current").expect("a snapshot was built");
+        let again = machine.get_current_snapshot().await.expect("current").expect("a snapshot was built");
+        assert_eq!(current.meta, built.meta);
+        let built = built.snapshot.into_bytes();
+        assert!(!built.is_empty());
+        assert_eq!(current.snapshot.into_bytes().as_ptr(), built.as_ptr());
+        assert_eq!(again.snapshot.into_bytes().as_ptr(), built.as_ptr());
+        let data: SnapshotData = serde_json::from_slice(&built).expect("a snapshot parses");
+        assert!(data.objects.is_empty());
+        shared.close().expect("close");
     }
 }
