@@ -23,14 +23,15 @@ per_thread=$((objects / 2))
 memory() { awk '/VmHWM/ {hwm=$2} /VmRSS/ {rss=$2} END {printf "peak %d MiB, now %d MiB", hwm/1024, rss/1024}' "/proc/$1/status"; }
 per_object() { awk -v kib="$(awk '/VmRSS/ {print $2}' "/proc/$1/status")" -v n="$objects" 'BEGIN {printf "%.0f B per object", kib * 1024 / n}'; }
 
+server_url() { awk '/server:/ {print $2}' "$work/s0/admin.kubeconfig"; }
 start_server() {
   "$bin" server --data-dir "$work/s0" --api-addr 127.0.0.1:0 --disable-node --disable-controllers 2>>"$work/s0.log" &
   pid=$!
-  for _ in $(seq 1 3000); do [ -f "$work/s0/admin.kubeconfig" ] && curl -sk -o /dev/null "$(awk '/server:/ {print $2}' "$work/s0/admin.kubeconfig")/healthz" && break; sleep 0.1; done
+  for _ in $(seq 1 3000); do [ -f "$work/s0/admin.kubeconfig" ] && curl -sk -o /dev/null "$(server_url)/healthz" && break; sleep 0.1; done
 }
 
 start_server
-url="$(awk '/server:/ {print $2}' "$work/s0/admin.kubeconfig")"
+url="$(server_url)"
 # The store's revision counts its writes: the creates are the difference.
 revision() {
   curl -sk -H "Authorization: Bearer $(cat "$work/s0/admin-token")" "$url/api/v1/namespaces/default/configmaps?limit=1" |
@@ -50,20 +51,21 @@ sleep 2
 echo "Shoal, restarted with them: $(memory "$pid") ($(per_object "$pid"))"
 stop
 
-if command -v etcd >/dev/null; then
+start_etcd() {
   etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
-    --listen-peer-urls http://127.0.0.1:23800 --log-level error >"$work/etcd.log" 2>&1 &
+    --listen-peer-urls http://127.0.0.1:23800 --log-level error >>"$work/etcd.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:23790/health && break; sleep 0.1; done
+}
+
+if command -v etcd >/dev/null; then
+  start_etcd
   printf 'etcd %s, %s puts (wrk -c64, %s s): ' "$(etcd --version | awk 'NR==1 {print $3}')" "$objects" "$seconds"
   LIMIT="$per_thread" wrk -t2 -c64 -d"${seconds}s" -s benches/etcd_put.lua http://127.0.0.1:23790/v3/kv/put >"$work/wrk.txt"
   sleep 2
   echo "$(memory "$pid") ($(per_object "$pid"))"
   stop
-  etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
-    --listen-peer-urls http://127.0.0.1:23800 --log-level error >>"$work/etcd.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:23790/health && break; sleep 0.1; done
+  start_etcd
   sleep 2
   echo "etcd, restarted with them: $(memory "$pid") ($(per_object "$pid"))"
   stop
