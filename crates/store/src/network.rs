@@ -8,9 +8,13 @@
 //! a network error (or `Unreachable` when the peer cannot be connected to, which makes openraft
 //! back off before retrying).
 //!
-//! Connections are pooled per peer by reqwest and negotiate HTTP/2 through ALPN, so concurrent
-//! calls to a peer share one TLS connection. openraft pipelines AppendEntries itself (one
-//! outstanding batch per follower); the store's group commit above Raft makes each entry a batch.
+//! Connections are pooled per peer by reqwest. The Raft RPCs go over HTTP/1.1, a connection per
+//! concurrent call, kept open for the next one; the store's other calls share one HTTP/2
+//! connection per peer, kept honest by pings. HTTP/2 cost the Raft RPCs more per call: in
+//! session 18's measurement a 3-member group's single-client write took 1.48 ms at p50 with
+//! the Raft RPCs over HTTP/1.1 and 1.70 ms over HTTP/2 (medians of 4 alternating rounds; 64
+//! clients wrote as fast either way; `benches/RESULTS.md`). openraft sends one AppendEntries at a
+//! time to each follower; the store's group commit above Raft makes each entry a batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +49,10 @@ pub mod paths {
 /// server token it presents.
 #[derive(Clone)]
 pub struct Transport {
+    /// HTTP/2, for the store's calls (forwarded writes, read indexes, membership, chunks).
     http: reqwest::Client,
+    /// HTTP/1.1, for the Raft RPCs (see the module documentation).
+    raft: reqwest::Client,
     token: Arc<str>,
     /// The calling server's member id, sent as [`MEMBER_HEADER`] (0 before it has one).
     member: u64,
@@ -70,27 +77,40 @@ impl Transport {
     /// A transport trusting `ca_pem` (the cluster CA) and presenting `token`. Without a CA (a
     /// single server that never calls a peer) the client trusts nothing.
     pub fn new(ca_pem: Option<&str>, token: &str, member: u64) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
+        let certificate = match ca_pem {
+            Some(ca) => Some(reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("the cluster CA: {e}"))?),
+            None => None,
+        };
+        let builder = || {
+            let builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .connect_timeout(Duration::from_secs(2))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .tcp_keepalive(Duration::from_secs(10))
+                .user_agent(concat!("shoal-server/", env!("CARGO_PKG_VERSION")));
+            match &certificate {
+                Some(certificate) => builder.add_root_certificate(certificate.clone()),
+                None => builder,
+            }
+        };
+        let http = builder()
             // A peer cut off without a reset (a partition, a dead machine) leaves a pooled
             // connection that swallows every request; TCP's retransmission backoff would keep it
-            // dead for minutes after the network heals. HTTP/2 pings find it within 2 s, and the
-            // next call connects afresh.
+            // dead for minutes after the network heals, and a call on it waits out its whole
+            // timeout (10 s for a forwarded write). HTTP/2 pings find it within 2 s, failing
+            // the calls on it, and the next call connects afresh.
             .http2_keep_alive_interval(Duration::from_secs(1))
             .http2_keep_alive_timeout(Duration::from_secs(1))
             .http2_keep_alive_while_idle(true)
-            .tcp_keepalive(Duration::from_secs(10))
-            .user_agent(concat!("shoal-server/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = ca_pem {
-            let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("the cluster CA: {e}"))?;
-            builder = builder.add_root_certificate(certificate);
-        }
-        let http = builder.build().map_err(|e| format!("building the peer client: {e}"))?;
-        Ok(Self { http, token: Arc::from(token), member })
+            .build()
+            .map_err(|e| format!("building the peer client: {e}"))?;
+        // Raft RPCs time out within openraft's short per-call limits (a heartbeat interval or an
+        // election timeout), and a call that times out drops its HTTP/1.1 connection, so the
+        // next one connects afresh without pings.
+        let raft = builder().http1_only().build().map_err(|e| format!("building the peer client: {e}"))?;
+        Ok(Self { http, raft, token: Arc::from(token), member })
     }
 
     /// Whether the server at `base` answers at all (`GET /healthz`) within `timeout`.
@@ -101,11 +121,26 @@ impl Transport {
 
     /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer.
     pub async fn call<Q: Serialize, A: DeserializeOwned>(&self, base: &str, path: &str, body: &Q, timeout: Duration) -> Result<A, CallError> {
+        self.call_with(&self.http, base, path, body, timeout).await
+    }
+
+    /// [`Transport::call`] for a Raft RPC, over HTTP/1.1.
+    async fn call_raft<Q: Serialize, A: DeserializeOwned>(&self, base: &str, path: &str, body: &Q, timeout: Duration) -> Result<A, CallError> {
+        self.call_with(&self.raft, base, path, body, timeout).await
+    }
+
+    async fn call_with<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<A, CallError> {
         let started = std::time::Instant::now();
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let body = serde_json::to_vec(body).map_err(|e| CallError::Failed { url: url.clone(), detail: format!("encoding: {e}") })?;
-        let response = self
-            .http
+        let response = client
             .post(&url)
             .bearer_auth(&*self.token)
             .header(MEMBER_HEADER, self.member)
@@ -208,7 +243,7 @@ impl PeerConnection {
         A: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<A, E> = match self.transport.call(&self.url, path, request, option.hard_ttl()).await {
+        let answer: Result<A, E> = match self.transport.call_raft(&self.url, path, request, option.hard_ttl()).await {
             Ok(answer) => {
                 self.reachability.answered(self.target, &self.url);
                 answer
