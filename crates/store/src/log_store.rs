@@ -254,14 +254,14 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_
                 Err(_) => break,
             }
         }
-        batch.retain_mut(|op| committed.take(op).is_none());
+        batch.retain_mut(|op| !committed.take(op));
         for op in &batch {
             if let WriteOp::Purge { up_to_index, .. } = op {
                 purge_up_to = Some(purge_up_to.map_or(*up_to_index, |current| current.max(*up_to_index)));
                 purge_pending = true;
             }
         }
-        // An append alone does not carry the hint unless it is due; anything rarer does.
+        // Appends carry the hint only when it is due; a vote, truncation or purge always does.
         let carries_hint =
             batch.iter().any(|op| matches!(op, WriteOp::SaveMeta { .. } | WriteOp::Truncate { .. } | WriteOp::Purge { .. }));
         let hint = committed.due(carries_hint);
@@ -340,14 +340,15 @@ struct CommittedHint {
 impl CommittedHint {
     const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-    /// Takes `op` over if it is the committed hint (nobody waits for it); otherwise gives it back.
-    fn take(&mut self, op: &mut WriteOp) -> Option<()> {
+    /// Takes the value out of `op` if `op` is the committed hint (nobody waits for it), and
+    /// says whether it was.
+    fn take(&mut self, op: &mut WriteOp) -> bool {
         match op {
             WriteOp::SaveMeta { key: COMMITTED_KEY, value, reply: None } => {
                 self.pending = Some(std::mem::take(value));
-                Some(())
+                true
             }
-            _ => None,
+            _ => false,
         }
     }
 
@@ -368,10 +369,10 @@ impl CommittedHint {
 
     /// Writes the pending value, durably, as the writer stops.
     fn write_on_close(mut self, database: &Database) {
-        if let Some(value) = self.pending.take() {
-            if let Err(error) = write_batch(database, &[], Some(&value), None, true) {
-                tracing::warn!(%error, "could not save the committed index on close");
-            }
+        if let Some(value) = self.pending.take()
+            && let Err(error) = write_batch(database, &[], Some(&value), None, true)
+        {
+            tracing::warn!(%error, "could not save the committed index on close");
         }
     }
 }
@@ -701,9 +702,9 @@ mod tests {
     fn the_committed_hint_rides_along_at_most_once_a_second_unless_a_rarer_write_carries_it() {
         let hint = |value: u8| WriteOp::SaveMeta { key: COMMITTED_KEY, value: vec![value], reply: None };
         let mut committed = CommittedHint::default();
-        assert!(committed.take(&mut hint(1)).is_some(), "the hint is taken out of the batch");
+        assert!(committed.take(&mut hint(1)), "the hint is taken out of the batch");
         let mut vote = WriteOp::SaveMeta { key: VOTE_KEY, value: vec![0], reply: None };
-        assert!(committed.take(&mut vote).is_none(), "other metadata stays in the batch");
+        assert!(!committed.take(&mut vote), "other metadata stays in the batch");
         assert_eq!(committed.due(false), Some(vec![1]), "never written yet: due at once");
         committed.written();
         committed.take(&mut hint(2));
