@@ -65,9 +65,9 @@ impl WriteOp {
     /// Appends, truncations, purge points and the vote must. The committed index does not (it
     /// is a hint that openraft re-derives after a crash), nor does a read, nor the deletion of
     /// entries below a recorded purge point (they are ignored on load). Committing those without
-    /// an fsync keeps them from costing the next append a second fsync in series: openraft saves
-    /// the committed index after every commit, so with one client every write was followed by
-    /// a commit that the next write's append had to wait behind.
+    /// an fsync keeps them from costing the next append a second fsync in series. (The writer
+    /// takes the committed index out of its batches and writes it now and then: see
+    /// [`CommittedHint`].)
     fn needs_durability(&self) -> bool {
         match self {
             WriteOp::Append { .. } | WriteOp::Truncate { .. } | WriteOp::Purge { .. } => true,
