@@ -328,6 +328,14 @@ async fn kubectl_get_prints_server_side_tables() {
     let all = kubectl.ok(&["get", "all"], None);
     assert!(all.contains("deployment.apps/web"), "{all}");
 
+    // `--sort-by` a field outside metadata: kubectl asks for whole objects in the rows
+    // (`includeObject=Object`), as `kubectl get events --sort-by=.lastTimestamp` does.
+    server.post("/api/v1/namespaces/default/configmaps", &crate::harness::config_map("a-second", "2")).await;
+    server.post("/api/v1/namespaces/default/configmaps", &crate::harness::config_map("b-first", "1")).await;
+    let sorted = kubectl.ok(&["get", "cm", "--sort-by=.data.value"], None);
+    let names: Vec<&str> = sorted.lines().skip(1).filter_map(|row| row.split_whitespace().next()).filter(|name| name.contains('-')).collect();
+    assert_eq!(names, ["b-first", "a-second"], "{sorted}");
+
     // Every cluster has the `kubernetes` Service, at the first address of the range.
     let services = kubectl.ok(&["get", "svc"], None);
     assert_eq!(header_of(&services), ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], "{services}");
@@ -350,22 +358,46 @@ async fn kubectl_create_twice_reports_already_exists() {
     assert_eq!(stderr.trim(), "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"twice\" already exists");
 }
 
-/// Imperative `kubectl create namespace` sends protobuf from 1.32 on: refused with 415 naming
-/// the workaround; kubectl 1.29 sends JSON and it works.
+/// Imperative `kubectl create namespace|configmap|secret|service` sends protobuf from 1.32 on:
+/// decoded like JSON. A kind without a protobuf table (a Deployment) is refused with 415 naming
+/// the workaround; kubectl 1.29 sends JSON for the same commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_create_namespace_names_the_workaround_for_protobuf() {
+async fn kubectl_create_sends_protobuf_and_it_is_decoded() {
     let server = Server::start_with(&["--disable-controllers"]).await;
-    let (code, _, stderr) = Kubectl::new(&server, "1.32").run(&["create", "namespace", "team-a"], None);
-    assert_ne!(code, 0);
-    assert!(stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
-    let (code, _, stderr) = Kubectl::new(&server, "1.32").run(&["create", "configmap", "settings", "--from-literal=a=b"], None);
-    assert_ne!(code, 0);
-    assert!(stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
+    for version in ["1.32", "1.33"] {
+        let kubectl = Kubectl::new(&server, version);
+        let team = format!("team-{}", version.replace('.', "-"));
+        assert!(kubectl.ok(&["create", "namespace", &team], None).contains(&format!("namespace/{team} created")));
+        let created = kubectl.ok(&["create", "configmap", "settings", "-n", &team, "--from-literal=a=b", "--from-literal=empty="], None);
+        assert!(created.contains("configmap/settings created"), "{created}");
+        let created = kubectl.ok(&["create", "secret", "generic", "password", "-n", &team, "--from-literal=p=s3cret"], None);
+        assert!(created.contains("secret/password created"), "{created}");
+        let created = kubectl.ok(&["create", "service", "nodeport", "web", "-n", &team, "--tcp=80:8080"], None);
+        assert!(created.contains("service/web created"), "{created}");
+
+        let (_, namespace) = server.get(&format!("/api/v1/namespaces/{team}")).await;
+        assert_eq!(namespace["status"]["phase"], "Active", "{namespace}");
+        let (_, config_map) = server.get(&format!("/api/v1/namespaces/{team}/configmaps/settings")).await;
+        assert_eq!(config_map["data"], serde_json::json!({"a": "b", "empty": ""}), "{config_map}");
+        let (_, secret) = server.get(&format!("/api/v1/namespaces/{team}/secrets/password")).await;
+        assert_eq!(secret["data"]["p"], "czNjcmV0", "base64 of s3cret: {secret}");
+        assert_eq!(secret["type"], "Opaque", "{secret}");
+        let (_, service) = server.get(&format!("/api/v1/namespaces/{team}/services/web")).await;
+        assert_eq!(service["spec"]["type"], "NodePort", "{service}");
+        assert_eq!(service["spec"]["selector"]["app"], "web", "{service}");
+        let port = &service["spec"]["ports"][0];
+        assert_eq!((&port["port"], &port["targetPort"], &port["protocol"]), (&serde_json::json!(80), &serde_json::json!(8080), &serde_json::json!("TCP")), "{service}");
+        let node_port = port["nodePort"].as_i64().unwrap_or_default();
+        assert!((30000..=32767).contains(&node_port), "a node port was allocated: {service}");
+
+        let (code, _, stderr) = kubectl.run(&["create", "deployment", "web", "-n", &team, "--image=shoal.local/web:1"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("apps/v1/Deployment") && stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
+        let manifest = kubectl.ok(&["create", "deployment", "web", "-n", &team, "--image=shoal.local/web:1", "--dry-run=client", "-o", "yaml"], None);
+        assert!(kubectl.ok(&["apply", "-f", "-"], Some(&manifest)).contains("deployment.apps/web created"));
+    }
     let created = Kubectl::new(&server, "1.29").ok(&["create", "namespace", "team-b"], None);
     assert!(created.contains("namespace/team-b created"), "{created}");
-    let workaround = Kubectl::new(&server, "1.32");
-    let manifest = workaround.ok(&["create", "namespace", "team-a", "--dry-run=client", "-o", "yaml"], None);
-    assert!(workaround.ok(&["apply", "-f", "-"], Some(&manifest)).contains("namespace/team-a created"));
 }
 
 /// `kubectl scale` through the scale subresource; `--current-replicas` guards it.

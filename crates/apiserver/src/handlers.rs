@@ -327,7 +327,8 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
         (Method::GET, Some(name)) => {
             let object = with_type(info, objects::get(state, info, namespace, name)?);
             if wants_table(headers) {
-                return Ok(json_response(StatusCode::OK, &table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true)));
+                let include = IncludeObject::parse(query)?;
+                return Ok(json_response(StatusCode::OK, &table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true, include)));
             }
             Ok(json_response(StatusCode::OK, &object))
         }
@@ -465,7 +466,7 @@ fn list(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stati
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let items: Vec<Value> = listed.items.into_iter().map(|o| with_type(info, o)).collect();
     if wants_table(headers) {
-        let mut table = table_of(info, &items, listed.revision, true);
+        let mut table = table_of(info, &items, listed.revision, true, IncludeObject::parse(query)?);
         if let Some(next) = &listed.continue_after {
             table["metadata"]["continue"] = json!(encode_continue(listed.revision, next));
         }
@@ -484,8 +485,31 @@ fn encode_continue(revision: u64, start_after: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
 }
 
+/// What each row of a Table carries besides its cells (`includeObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IncludeObject {
+    /// Nothing.
+    None,
+    /// The object's metadata, as a `PartialObjectMetadata` (kube-apiserver's default).
+    Metadata,
+    /// The whole object: what kubectl asks for to sort by a field outside metadata
+    /// (`--sort-by=.lastTimestamp`).
+    Object,
+}
+
+impl IncludeObject {
+    fn parse(query: &Query) -> Result<Self, ApiError> {
+        match query.get("includeObject").filter(|v| !v.is_empty()) {
+            None | Some("Metadata") => Ok(Self::Metadata),
+            Some("None") => Ok(Self::None),
+            Some("Object") => Ok(Self::Object),
+            Some(other) => Err(ApiError::bad_request(format!("includeObject must be None, Metadata or Object, not {other:?}"))),
+        }
+    }
+}
+
 /// A `meta.k8s.io/v1` Table of `objects`.
-fn table_of(info: &ResourceInfo, objects: &[Value], revision: u64, with_definitions: bool) -> Value {
+fn table_of(info: &ResourceInfo, objects: &[Value], revision: u64, with_definitions: bool, include: IncludeObject) -> Value {
     let now = jiff::Timestamp::now();
     let columns = table::columns(info);
     let definitions: Vec<Value> = columns
@@ -498,7 +522,15 @@ fn table_of(info: &ResourceInfo, objects: &[Value], revision: u64, with_definiti
     let rows: Vec<Value> = objects
         .iter()
         .map(|object| {
-            json!({"cells": table::row(info, object, now), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"].clone()}})
+            let mut row = json!({"cells": table::row(info, object, now)});
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Metadata => {
+                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"].clone()});
+                }
+                IncludeObject::Object => row["object"] = object.clone(),
+            }
+            row
         })
         .collect();
     let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": revision.to_string()}, "rows": rows});
@@ -522,6 +554,7 @@ fn title_case(name: &str) -> String {
 fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'static ResourceInfo, namespace: Option<&str>, wants_objects: bool) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query, info)?;
     let as_table = wants_table(headers);
+    let include = IncludeObject::parse(query)?;
     let bookmarks = query.flag("allowWatchBookmarks");
     let timeout = match query.number("timeoutSeconds")? {
         Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
@@ -561,7 +594,7 @@ fn watch(state: &Arc<AppState>, headers: &HeaderMap, query: &Query, info: &'stat
     let mut in_step = state.store.in_step();
     state.tasks.spawn(async move {
         let encode = |event_type: &str, object: Value| -> Bytes {
-            let object = if as_table { table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true) } else { object };
+            let object = if as_table { table_of(info, std::slice::from_ref(&object), meta::resource_version(&object).unwrap_or(0), true, include) } else { object };
             let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
             line.push(b'\n');
             Bytes::from(line)

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use http::HeaderMap;
 use serde_json::Value;
 use shoal_api::resources::{self, ResourceInfo};
+use shoal_api::protobuf::ProtobufError;
 use shoal_api::{ApiError, yaml};
 
 /// The largest request body accepted (as kube-apiserver's 3 MiB).
@@ -141,11 +142,17 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
             yaml::from_str(text).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
         }
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::unsupported_media_type(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml. Shoal does not decode protobuf bodies; for imperative `kubectl create …` use `kubectl create … --dry-run=client -o yaml | kubectl apply -f -`",
-            ));
-        }
+        // kubectl 1.32 and later send the imperative `kubectl create namespace|configmap|secret|…`
+        // as protobuf, and do not retry with JSON.
+        "application/vnd.kubernetes.protobuf" => match shoal_api::protobuf::decode_object(body) {
+            Ok(value) => value,
+            Err(error @ ProtobufError::Malformed(_)) => return Err(ApiError::bad_request(error.to_string())),
+            Err(ProtobufError::Unsupported(detail)) => {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "{detail}. Send JSON or YAML instead: for an imperative `kubectl create …` use `kubectl create … --dry-run=client -o yaml | kubectl apply -f -`"
+                )));
+            }
+        },
         other => {
             return Err(ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
