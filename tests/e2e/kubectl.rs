@@ -358,9 +358,10 @@ async fn kubectl_create_twice_reports_already_exists() {
     assert_eq!(stderr.trim(), "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"twice\" already exists");
 }
 
-/// Imperative `kubectl create namespace|configmap|secret|service` sends protobuf from 1.32 on:
-/// decoded like JSON. A kind without a protobuf table (a Deployment) is refused with 415 naming
-/// the workaround; kubectl 1.29 sends JSON for the same commands.
+/// Imperative `kubectl create namespace|configmap|secret|service|deployment|cronjob|job|ingress`
+/// sends protobuf from 1.32 on: decoded like JSON (kinds without a protobuf table are refused
+/// with 415 naming the workaround, see the unit tests of `shoal_api::protobuf`). kubectl 1.29
+/// sends JSON for the same commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_sends_protobuf_and_it_is_decoded() {
     let server = Server::start_with(&["--disable-controllers"]).await;
@@ -390,11 +391,25 @@ async fn kubectl_create_sends_protobuf_and_it_is_decoded() {
         let node_port = port["nodePort"].as_i64().unwrap_or_default();
         assert!((30000..=32767).contains(&node_port), "a node port was allocated: {service}");
 
-        let (code, _, stderr) = kubectl.run(&["create", "deployment", "web", "-n", &team, "--image=shoal.local/web:1"], None);
-        assert_ne!(code, 0);
-        assert!(stderr.contains("apps/v1/Deployment") && stderr.contains("--dry-run=client -o yaml | kubectl apply -f -"), "{stderr}");
-        let manifest = kubectl.ok(&["create", "deployment", "web", "-n", &team, "--image=shoal.local/web:1", "--dry-run=client", "-o", "yaml"], None);
-        assert!(kubectl.ok(&["apply", "-f", "-"], Some(&manifest)).contains("deployment.apps/web created"));
+        let created = kubectl.ok(&["create", "deployment", "web", "-n", &team, "--image=shoal.local/web:1", "--replicas=0", "--port=8080"], None);
+        assert!(created.contains("deployment.apps/web created"), "{created}");
+        let (_, deployment) = server.get(&format!("/apis/apps/v1/namespaces/{team}/deployments/web")).await;
+        assert_eq!(deployment["spec"]["replicas"], 0, "an explicit zero is kept: {deployment}");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!((&container["image"], &container["ports"][0]["containerPort"]), (&serde_json::json!("shoal.local/web:1"), &serde_json::json!(8080)), "{deployment}");
+        kubectl.ok(&["create", "cronjob", "nightly", "-n", &team, "--image=shoal.local/job:1", "--schedule=0 3 * * *", "--", "run", "--all"], None);
+        let created = kubectl.ok(&["create", "job", "now", "-n", &team, "--from=cronjob/nightly"], None);
+        assert!(created.contains("job.batch/now created"), "{created}");
+        let (_, job) = server.get(&format!("/apis/batch/v1/namespaces/{team}/jobs/now")).await;
+        assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["run", "--all"]), "{job}");
+        assert_eq!(job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual", "{job}");
+        let created = kubectl.ok(&["create", "ingress", "site", "-n", &team, "--rule=shop.example/api*=web:http"], None);
+        assert!(created.contains("ingress.networking.k8s.io/site created"), "{created}");
+        let (_, ingress) = server.get(&format!("/apis/networking.k8s.io/v1/namespaces/{team}/ingresses/site")).await;
+        let path = &ingress["spec"]["rules"][0]["http"]["paths"][0];
+        assert_eq!(ingress["spec"]["rules"][0]["host"], "shop.example", "{ingress}");
+        assert_eq!((&path["path"], &path["pathType"]), (&serde_json::json!("/api"), &serde_json::json!("Prefix")), "{ingress}");
+        assert_eq!(path["backend"]["service"], serde_json::json!({"name": "web", "port": {"name": "http"}}), "a port by name has no number: {ingress}");
     }
     let created = Kubectl::new(&server, "1.29").ok(&["create", "namespace", "team-b"], None);
     assert!(created.contains("namespace/team-b created"), "{created}");

@@ -1,17 +1,19 @@
 //! Kubernetes' protobuf encoding of objects, decoded into the JSON form every other part of
 //! Shoal works with.
 //!
-//! kubectl 1.32 and later send the imperative `kubectl create namespace|configmap|secret|
-//! service …` as protobuf (`Content-Type: application/vnd.kubernetes.protobuf`) and do not retry
-//! with JSON. The body is the four bytes `k8s\0`, then a `runtime.Unknown` message that carries
-//! the object's `apiVersion` and `kind` and the object's own message in `raw`.
+//! kubectl 1.32 and later send the imperative `kubectl create namespace|configmap|secret|service|
+//! deployment|job|cronjob|ingress …` as protobuf (`Content-Type:
+//! application/vnd.kubernetes.protobuf`) and do not retry with JSON. The body is the four bytes
+//! `k8s\0`, then a `runtime.Unknown` message that carries the object's `apiVersion` and `kind` and
+//! the object's own message in `raw`.
 //!
 //! The decoder walks the protobuf wire format with a table per message: field number → JSON name
-//! and type, as Kubernetes' `generated.proto` files number them. It decodes only the kinds that
-//! have a table ([`decodes`]); for any other, and for a field number a table does not know, it
-//! says so rather than drop data. Singular scalars that are empty or zero are left out, as
-//! Kubernetes' `omitempty` JSON does (its protobuf encoder writes every non-pointer field, set or
-//! not); map values and list items are kept as they are.
+//! and type. `tables.rs` is generated (see `generate.py`) from k8s-pb's field numbers and
+//! k8s-openapi's JSON names. It decodes only the kinds that have a table ([`decodes`]); for any
+//! other, and for a field number a table does not know, it says so rather than drop data.
+//! Kubernetes' encoder writes every plain (non-pointer) field whether set or not, so what it
+//! writes for "unset" is left out again (see `unset`); map values and list items are kept as they
+//! are.
 
 use std::fmt;
 
@@ -59,6 +61,13 @@ enum Type {
     Time,
     /// `util.intstr.IntOrString`: written as a number or a string.
     IntOrString,
+    /// `api.resource.Quantity`: a message around its string form, written as that string.
+    Quantity,
+    /// `map<string, Quantity>` (a `ResourceList`).
+    QuantityMap,
+    /// A Go struct embedded with `json:",inline"` (`VolumeSource` in `Volume`): a message on the
+    /// wire whose fields JSON writes into the parent object.
+    Inline(&'static Schema),
     /// A nested message.
     Msg(&'static Schema),
     /// `meta.v1.FieldsV1`: a message whose one field holds JSON, written as that JSON.
@@ -75,16 +84,26 @@ struct Field {
     name: &'static str,
     ty: Type,
     repeated: bool,
+    /// A number that Go holds as a plain `omitempty` field, so zero means unset.
+    omit_zero: bool,
 }
 
+/// A field's number, JSON name and type (for the tables).
 const fn one(number: u32, name: &'static str, ty: Type) -> Field {
-    Field { number, name, ty, repeated: false }
+    Field { number, name, ty, repeated: false, omit_zero: false }
 }
 
+/// A repeated field's number, JSON name and type (for the tables).
 const fn list(number: u32, name: &'static str, ty: Type) -> Field {
-    Field { number, name, ty, repeated: true }
+    Field { number, name, ty, repeated: true, omit_zero: false }
 }
 
+/// A number whose zero means unset (for the tables).
+const fn omit_zero(number: u32, name: &'static str, ty: Type) -> Field {
+    Field { number, name, ty, repeated: false, omit_zero: true }
+}
+
+/// One message's fields.
 struct Schema {
     name: &'static str,
     fields: &'static [Field],
@@ -96,163 +115,10 @@ impl Schema {
     }
 }
 
+mod tables;
+
+use tables::KINDS;
 use Type::*;
-
-// apimachinery: meta/v1.
-
-static OBJECT_META: Schema = Schema {
-    name: "ObjectMeta",
-    fields: &[
-        one(1, "name", Str),
-        one(2, "generateName", Str),
-        one(3, "namespace", Str),
-        one(4, "selfLink", Str),
-        one(5, "uid", Str),
-        one(6, "resourceVersion", Str),
-        one(7, "generation", Int64),
-        one(8, "creationTimestamp", Time),
-        one(9, "deletionTimestamp", Time),
-        one(10, "deletionGracePeriodSeconds", Int64),
-        one(11, "labels", StrMap),
-        one(12, "annotations", StrMap),
-        list(13, "ownerReferences", Msg(&OWNER_REFERENCE)),
-        list(14, "finalizers", Str),
-        list(17, "managedFields", Msg(&MANAGED_FIELDS_ENTRY)),
-    ],
-};
-
-static OWNER_REFERENCE: Schema = Schema {
-    name: "OwnerReference",
-    fields: &[
-        one(1, "kind", Str),
-        one(3, "name", Str),
-        one(4, "uid", Str),
-        one(5, "apiVersion", Str),
-        one(6, "controller", Bool),
-        one(7, "blockOwnerDeletion", Bool),
-    ],
-};
-
-static MANAGED_FIELDS_ENTRY: Schema = Schema {
-    name: "ManagedFieldsEntry",
-    fields: &[
-        one(1, "manager", Str),
-        one(2, "operation", Str),
-        one(3, "apiVersion", Str),
-        one(4, "time", Time),
-        one(6, "fieldsType", Str),
-        one(7, "fieldsV1", FieldsV1),
-        one(8, "subresource", Str),
-    ],
-};
-
-static CONDITION: Schema = Schema {
-    name: "Condition",
-    fields: &[
-        one(1, "type", Str),
-        one(2, "status", Str),
-        one(3, "observedGeneration", Int64),
-        one(4, "lastTransitionTime", Time),
-        one(5, "reason", Str),
-        one(6, "message", Str),
-    ],
-};
-
-// core/v1.
-
-static NAMESPACE: Schema = Schema {
-    name: "Namespace",
-    fields: &[one(1, "metadata", Msg(&OBJECT_META)), one(2, "spec", Msg(&NAMESPACE_SPEC)), one(3, "status", Msg(&NAMESPACE_STATUS))],
-};
-
-static NAMESPACE_SPEC: Schema = Schema { name: "NamespaceSpec", fields: &[list(1, "finalizers", Str)] };
-
-static NAMESPACE_STATUS: Schema =
-    Schema { name: "NamespaceStatus", fields: &[one(1, "phase", Str), list(2, "conditions", Msg(&NAMESPACE_CONDITION))] };
-
-static NAMESPACE_CONDITION: Schema = Schema {
-    name: "NamespaceCondition",
-    fields: &[one(1, "type", Str), one(2, "status", Str), one(4, "lastTransitionTime", Time), one(5, "reason", Str), one(6, "message", Str)],
-};
-
-static CONFIG_MAP: Schema = Schema {
-    name: "ConfigMap",
-    fields: &[one(1, "metadata", Msg(&OBJECT_META)), one(2, "data", StrMap), one(3, "binaryData", BytesMap), one(4, "immutable", Bool)],
-};
-
-static SECRET: Schema = Schema {
-    name: "Secret",
-    fields: &[
-        one(1, "metadata", Msg(&OBJECT_META)),
-        one(2, "data", BytesMap),
-        one(3, "type", Str),
-        one(4, "stringData", StrMap),
-        one(5, "immutable", Bool),
-    ],
-};
-
-static SERVICE: Schema = Schema {
-    name: "Service",
-    fields: &[one(1, "metadata", Msg(&OBJECT_META)), one(2, "spec", Msg(&SERVICE_SPEC)), one(3, "status", Msg(&SERVICE_STATUS))],
-};
-
-static SERVICE_SPEC: Schema = Schema {
-    name: "ServiceSpec",
-    fields: &[
-        list(1, "ports", Msg(&SERVICE_PORT)),
-        one(2, "selector", StrMap),
-        one(3, "clusterIP", Str),
-        one(4, "type", Str),
-        list(5, "externalIPs", Str),
-        one(7, "sessionAffinity", Str),
-        one(8, "loadBalancerIP", Str),
-        list(9, "loadBalancerSourceRanges", Str),
-        one(10, "externalName", Str),
-        one(11, "externalTrafficPolicy", Str),
-        one(12, "healthCheckNodePort", Int32),
-        one(13, "publishNotReadyAddresses", Bool),
-        one(14, "sessionAffinityConfig", Msg(&SESSION_AFFINITY_CONFIG)),
-        one(17, "ipFamilyPolicy", Str),
-        list(18, "clusterIPs", Str),
-        list(19, "ipFamilies", Str),
-        one(20, "allocateLoadBalancerNodePorts", Bool),
-        one(21, "loadBalancerClass", Str),
-        one(22, "internalTrafficPolicy", Str),
-        one(23, "trafficDistribution", Str),
-    ],
-};
-
-static SERVICE_PORT: Schema = Schema {
-    name: "ServicePort",
-    fields: &[
-        one(1, "name", Str),
-        one(2, "protocol", Str),
-        one(3, "port", Int32),
-        one(4, "targetPort", IntOrString),
-        one(5, "nodePort", Int32),
-        one(6, "appProtocol", Str),
-    ],
-};
-
-static SESSION_AFFINITY_CONFIG: Schema = Schema { name: "SessionAffinityConfig", fields: &[one(1, "clientIP", Msg(&CLIENT_IP_CONFIG))] };
-
-static CLIENT_IP_CONFIG: Schema = Schema { name: "ClientIPConfig", fields: &[one(1, "timeoutSeconds", Int32)] };
-
-static SERVICE_STATUS: Schema =
-    Schema { name: "ServiceStatus", fields: &[one(1, "loadBalancer", Msg(&LOAD_BALANCER_STATUS)), list(2, "conditions", Msg(&CONDITION))] };
-
-static LOAD_BALANCER_STATUS: Schema = Schema { name: "LoadBalancerStatus", fields: &[list(1, "ingress", Msg(&LOAD_BALANCER_INGRESS))] };
-
-static LOAD_BALANCER_INGRESS: Schema = Schema {
-    name: "LoadBalancerIngress",
-    fields: &[one(1, "ip", Str), one(2, "hostname", Str), one(3, "ipMode", Str), list(4, "ports", Msg(&PORT_STATUS))],
-};
-
-static PORT_STATUS: Schema = Schema { name: "PortStatus", fields: &[one(1, "port", Int32), one(2, "protocol", Str), one(3, "error", Str)] };
-
-/// The kinds with a table: (apiVersion, kind, message).
-static KINDS: &[(&str, &str, &Schema)] =
-    &[("v1", "Namespace", &NAMESPACE), ("v1", "ConfigMap", &CONFIG_MAP), ("v1", "Secret", &SECRET), ("v1", "Service", &SERVICE)];
 
 /// The kinds this module decodes, as `apiVersion/kind`, for error messages.
 pub fn decodes() -> Vec<String> {
@@ -323,7 +189,7 @@ fn decode_message(bytes: &[u8], message: &Schema, depth: usize) -> Result<Map<st
         };
         let mismatch = || malformed(format!("{}.{} arrived with the wrong wire type", message.name, field.name));
         match field.ty {
-            StrMap | BytesMap => {
+            StrMap | BytesMap | QuantityMap => {
                 if wire != Wire::Len {
                     return Err(mismatch());
                 }
@@ -333,15 +199,29 @@ fn decode_message(bytes: &[u8], message: &Schema, depth: usize) -> Result<Map<st
                     map.insert(key, value);
                 }
             }
+            Inline(inner) => {
+                if wire != Wire::Len {
+                    return Err(mismatch());
+                }
+                object.extend(decode_message(reader.bytes()?, inner, depth + 1)?);
+            }
             _ if field.repeated => {
                 let items = object.entry(field.name).or_insert_with(|| Value::Array(Vec::new()));
                 let Value::Array(items) = items else { continue };
-                // (No table has a list of numbers, so packed lists do not arise.)
-                items.push(value(&mut reader, field, wire, depth)?.ok_or_else(mismatch)?);
+                match (field.ty, wire) {
+                    // A packed list of numbers: one length-delimited run of varints.
+                    (Int32 | Int64 | Bool, Wire::Len) => {
+                        let mut packed = Reader(reader.bytes()?);
+                        while !packed.0.is_empty() {
+                            items.push(scalar(field.ty, packed.varint()?));
+                        }
+                    }
+                    _ => items.push(value(&mut reader, field, wire, depth)?.ok_or_else(mismatch)?),
+                }
             }
             _ => {
                 let decoded = value(&mut reader, field, wire, depth)?.ok_or_else(mismatch)?;
-                if is_empty(&decoded) {
+                if unset(field, &decoded) {
                     object.remove(field.name);
                 } else {
                     object.insert(field.name.into(), decoded);
@@ -359,6 +239,7 @@ fn value(reader: &mut Reader<'_>, field: &Field, wire: Wire, depth: usize) -> Re
         (Str, Wire::Len) => Value::String(text(reader.bytes()?)?),
         (Time, Wire::Len) => time(reader.bytes()?)?,
         (IntOrString, Wire::Len) => int_or_string(reader.bytes()?)?,
+        (Quantity, Wire::Len) => Value::String(quantity(reader.bytes()?)?),
         (FieldsV1, Wire::Len) => fields_v1(reader.bytes()?)?,
         (Msg(inner), Wire::Len) => Value::Object(decode_message(reader.bytes()?, inner, depth + 1)?),
         _ => return Ok(None),
@@ -374,15 +255,16 @@ fn scalar(ty: Type, raw: u64) -> Value {
     }
 }
 
-/// What `omitempty` leaves out: empty strings, zero numbers, false, empty objects and null.
-fn is_empty(value: &Value) -> bool {
+/// Whether a singular field's value is what Kubernetes' JSON leaves out. Its protobuf encoder
+/// writes every plain (non-pointer) field, set or not: an empty string or a zero time means
+/// unset, and so does a zero in the numbers marked `omit_zero`. Other zeros, `false` and empty
+/// messages (`emptyDir: {}`) were set and are kept.
+fn unset(field: &Field, value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::String(text) => text.is_empty(),
-        Value::Bool(flag) => !flag,
-        Value::Number(number) => number.as_i64() == Some(0),
-        Value::Object(map) => map.is_empty(),
-        Value::Array(items) => items.is_empty(),
+        Value::Number(number) => field.omit_zero && number.as_i64() == Some(0),
+        _ => false,
     }
 }
 
@@ -394,12 +276,29 @@ fn map_entry(bytes: &[u8], ty: Type) -> Result<(std::string::String, Value), Pro
             (1, Wire::Len) => key = text(reader.bytes()?)?,
             (2, Wire::Len) => {
                 let bytes = reader.bytes()?;
-                value = if matches!(ty, BytesMap) { base64(bytes) } else { text(bytes)? };
+                value = match ty {
+                    BytesMap => base64(bytes),
+                    QuantityMap => quantity(bytes)?,
+                    _ => text(bytes)?,
+                };
             }
             _ => return Err(malformed("a map entry holds a field other than its key and value")),
         }
     }
     Ok((key, Value::String(value)))
+}
+
+/// `Quantity{string = 1}`: its string form (`500m`, `1Gi`).
+fn quantity(bytes: &[u8]) -> Result<std::string::String, ProtobufError> {
+    let mut reader = Reader(bytes);
+    let mut text_form = std::string::String::new();
+    while let Some((number, wire)) = reader.key()? {
+        match (number, wire) {
+            (1, Wire::Len) => text_form = text(reader.bytes()?)?,
+            _ => return Err(malformed("a Quantity holds a field other than its string")),
+        }
+    }
+    Ok(text_form)
 }
 
 /// `FieldsV1{raw = 1}`: the raw bytes are the JSON of a field set.
@@ -640,9 +539,11 @@ mod tests {
                     ],
                     "selector": {"app": "web"},
                     "type": "NodePort",
+                    "publishNotReadyAddresses": false,
                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
                     "ipFamilies": ["IPv4"],
                 },
+                "status": {"loadBalancer": {}},
             })
         );
     }
@@ -650,7 +551,11 @@ mod tests {
     #[test]
     fn a_namespace_and_a_config_map_decode() {
         let namespace = decode_object(&envelope("v1", "Namespace", &message(&[bytes(1, &metadata("team", "")), bytes(2, &[]), bytes(3, &[])]))).expect("decodes");
-        assert_eq!(namespace, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": {"app": "web", "empty": ""}}}));
+        // Empty messages were sent (Go writes every plain struct field) and stay, as in JSON.
+        assert_eq!(
+            namespace,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": {"app": "web", "empty": ""}}, "spec": {}, "status": {}})
+        );
         let raw = message(&[bytes(1, &metadata("settings", "team")), entry(2, "a", b"b"), entry(3, "blob", b"\x01"), number(4, 1)]);
         let config_map = decode_object(&envelope("v1", "ConfigMap", &raw)).expect("decodes");
         assert_eq!(config_map["data"], json!({"a": "b"}));
@@ -659,9 +564,50 @@ mod tests {
     }
 
     #[test]
+    fn a_deployment_keeps_set_zeros_and_writes_inline_structs_into_their_parent() {
+        let quantity = |text: &str| bytes(1, text.as_bytes());
+        let resources = message(&[entry(1, "cpu", &quantity("500m")), entry(2, "memory", &quantity("64Mi"))]);
+        let http_get = message(&[bytes(1, b"/healthz"), bytes(2, &message(&[number(1, 1), number(2, 0), bytes(3, b"http")])), bytes(3, b""), bytes(4, b"")]);
+        let probe = message(&[bytes(1, &message(&[bytes(2, &http_get)])), number(2, 0), number(3, 0), number(4, 5)]);
+        let container = message(&[bytes(1, b"web"), bytes(2, b"shoal.local/web:1"), bytes(8, &resources), bytes(11, &probe), number(16, 0)]);
+        // A volume's source is an inline struct: `emptyDir` sits beside `name`.
+        let volume = message(&[bytes(1, b"scratch"), bytes(2, &message(&[bytes(2, &message(&[bytes(1, b"")]))]))]);
+        // supplementalGroups, packed.
+        let security = message(&[bytes(4, &[0x01, 0x02])]);
+        let pod = message(&[bytes(1, &volume), bytes(2, &container), bytes(14, &security)]);
+        let template = message(&[bytes(1, &message(&[entry(11, "app", b"web")])), bytes(2, &pod)]);
+        let selector = message(&[entry(1, "app", b"web")]);
+        let spec = message(&[number(1, 0), bytes(2, &selector), bytes(3, &template), number(5, 0), number(6, 0)]);
+        let raw = message(&[bytes(1, &message(&[bytes(1, b"web")])), bytes(2, &spec)]);
+        let object = decode_object(&envelope("apps/v1", "Deployment", &raw)).expect("decodes");
+        assert_eq!(
+            object["spec"],
+            json!({
+                "replicas": 0,
+                "revisionHistoryLimit": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "volumes": [{"name": "scratch", "emptyDir": {}}],
+                        "containers": [{
+                            "name": "web",
+                            "image": "shoal.local/web:1",
+                            "resources": {"limits": {"cpu": "500m"}, "requests": {"memory": "64Mi"}},
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
+                            "stdin": false,
+                        }],
+                        "securityContext": {"supplementalGroups": [1, 2]},
+                    },
+                },
+            })
+        );
+    }
+
+    #[test]
     fn kinds_and_fields_without_a_table_are_named_not_dropped() {
-        let error = decode_object(&envelope("apps/v1", "Deployment", &[])).expect_err("no table");
-        assert!(matches!(&error, ProtobufError::Unsupported(text) if text.contains("apps/v1/Deployment") && text.contains("v1/ConfigMap")), "{error}");
+        let error = decode_object(&envelope("apps/v1", "StatefulSet", &[])).expect_err("no table");
+        assert!(matches!(&error, ProtobufError::Unsupported(text) if text.contains("apps/v1/StatefulSet") && text.contains("apps/v1/Deployment")), "{error}");
         let raw = message(&[bytes(1, &metadata("x", "")), bytes(99, b"new")]);
         let error = decode_object(&envelope("v1", "ConfigMap", &raw)).expect_err("unknown field");
         assert_eq!(error, ProtobufError::Unsupported("field 99 of ConfigMap is not known to Shoal's protobuf decoder".into()));
