@@ -164,12 +164,29 @@ pub fn row(info: &ResourceInfo, object: &Value, now: jiff::Timestamp) -> Vec<Str
                     None => format!("{}/{}", int(&p["port"]), text(&p["protocol"])),
                 })
                 .collect();
-            let external: Vec<String> = status["loadBalancer"]["ingress"].as_array().into_iter().flatten().map(|i| text(&i["ip"])).collect();
+            // kubectl's EXTERNAL-IP: the external name, or the balancer's addresses (`<pending>`
+            // until it has one) and any `externalIPs`.
+            let listed = |value: &Value| -> Vec<String> { value.as_array().into_iter().flatten().map(text).filter(|t| !t.is_empty()).collect() };
+            let external = match spec["type"].as_str() {
+                Some("ExternalName") => text(&spec["externalName"]),
+                Some("LoadBalancer") => {
+                    let mut addresses: Vec<String> = status["loadBalancer"]["ingress"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| if i["ip"].is_string() { text(&i["ip"]) } else { text(&i["hostname"]) })
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    addresses.extend(listed(&spec["externalIPs"]));
+                    if addresses.is_empty() { "<pending>".to_owned() } else { addresses.join(",") }
+                }
+                _ => listed(&spec["externalIPs"]).join(","),
+            };
             vec![
                 name,
                 text(&spec["type"]),
                 or_none(text(&spec["clusterIP"])),
-                or_none(external.join(",")),
+                or_none(external),
                 or_none(ports.join(",")),
                 created,
                 map_selector(&spec["selector"]),
@@ -284,6 +301,21 @@ mod tests {
         let info = by_name("deploy").expect("served");
         assert_eq!(row(info, &object, now), vec!["web", "1/2", "2", "1", "5m", "app", "img:1", "app=web"]);
         assert_eq!(columns(info).len(), row(info, &object, now).len());
+    }
+
+    #[test]
+    fn service_external_ip_column_follows_the_type() {
+        let now = jiff::Timestamp::now();
+        let info = by_name("svc").expect("served");
+        let external = |spec: serde_json::Value, status: serde_json::Value| row(info, &json!({"metadata": {"name": "s"}, "spec": spec, "status": status}), now)[3].clone();
+        assert_eq!(external(json!({"type": "ExternalName", "externalName": "db.example.com"}), json!({})), "db.example.com");
+        assert_eq!(external(json!({"type": "LoadBalancer"}), json!({})), "<pending>");
+        assert_eq!(
+            external(json!({"type": "LoadBalancer", "externalIPs": ["192.0.2.9"]}), json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}, {"hostname": "lb.example"}]}})),
+            "10.0.0.1,lb.example,192.0.2.9"
+        );
+        assert_eq!(external(json!({"type": "ClusterIP", "externalIPs": ["192.0.2.1", "192.0.2.2"]}), json!({})), "192.0.2.1,192.0.2.2");
+        assert_eq!(external(json!({"type": "NodePort"}), json!({})), "<none>");
     }
 
     #[test]

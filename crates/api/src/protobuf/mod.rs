@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 /// The prefix of every protobuf-encoded Kubernetes object.
 const MAGIC: &[u8] = b"k8s\0";
 
-/// How deep messages may nest. The tables below nest a handful of levels; this bounds a hostile
+/// How deep messages may nest. The tables nest a handful of levels; this bounds a hostile
 /// body that repeats a message field inside itself.
 const MAX_DEPTH: usize = 32;
 
@@ -129,8 +129,8 @@ pub fn decodes() -> Vec<String> {
 /// form, with `apiVersion` and `kind` from the envelope.
 pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
     let envelope = body.strip_prefix(MAGIC).ok_or_else(|| malformed("it does not start with the bytes \"k8s\\0\""))?;
-    let mut api_version = std::string::String::new();
-    let mut kind = std::string::String::new();
+    let mut api_version = String::new();
+    let mut kind = String::new();
     let mut raw: &[u8] = &[];
     let mut reader = Reader(envelope);
     while let Some((number, wire)) = reader.key()? {
@@ -177,7 +177,7 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
     Ok(Value::Object(object))
 }
 
-fn decode_message(bytes: &[u8], message: &Schema, depth: usize) -> Result<Map<std::string::String, Value>, ProtobufError> {
+fn decode_message(bytes: &[u8], message: &Schema, depth: usize) -> Result<Map<String, Value>, ProtobufError> {
     if depth > MAX_DEPTH {
         return Err(malformed(format!("messages nest deeper than {MAX_DEPTH} levels")));
     }
@@ -268,8 +268,8 @@ fn unset(field: &Field, value: &Value) -> bool {
     }
 }
 
-fn map_entry(bytes: &[u8], ty: Type) -> Result<(std::string::String, Value), ProtobufError> {
-    let (mut key, mut value) = (std::string::String::new(), std::string::String::new());
+fn map_entry(bytes: &[u8], ty: Type) -> Result<(String, Value), ProtobufError> {
+    let (mut key, mut value) = (String::new(), String::new());
     let mut reader = Reader(bytes);
     while let Some((number, wire)) = reader.key()? {
         match (number, wire) {
@@ -289,9 +289,9 @@ fn map_entry(bytes: &[u8], ty: Type) -> Result<(std::string::String, Value), Pro
 }
 
 /// `Quantity{string = 1}`: its string form (`500m`, `1Gi`).
-fn quantity(bytes: &[u8]) -> Result<std::string::String, ProtobufError> {
+fn quantity(bytes: &[u8]) -> Result<String, ProtobufError> {
     let mut reader = Reader(bytes);
-    let mut text_form = std::string::String::new();
+    let mut text_form = String::new();
     while let Some((number, wire)) = reader.key()? {
         match (number, wire) {
             (1, Wire::Len) => text_form = text(reader.bytes()?)?,
@@ -333,7 +333,7 @@ fn time(bytes: &[u8]) -> Result<Value, ProtobufError> {
 }
 
 fn int_or_string(bytes: &[u8]) -> Result<Value, ProtobufError> {
-    let (mut kind, mut number, mut string) = (0u64, 0i32, std::string::String::new());
+    let (mut kind, mut number, mut string) = (0u64, 0i32, String::new());
     let mut reader = Reader(bytes);
     while let Some((field, wire)) = reader.key()? {
         match (field, wire) {
@@ -350,11 +350,11 @@ fn int_or_string(bytes: &[u8]) -> Result<Value, ProtobufError> {
     }
 }
 
-fn text(bytes: &[u8]) -> Result<std::string::String, ProtobufError> {
+fn text(bytes: &[u8]) -> Result<String, ProtobufError> {
     std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| malformed("a string field is not UTF-8"))
 }
 
-fn base64(bytes: &[u8]) -> std::string::String {
+fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
