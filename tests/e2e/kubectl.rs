@@ -415,6 +415,69 @@ async fn kubectl_create_sends_protobuf_and_it_is_decoded() {
     assert!(created.contains("namespace/team-b created"), "{created}");
 }
 
+/// `kubectl auth whoami` and `kubectl auth can-i [--list]` answer for the admin kubeconfig and
+/// for one holding the node token, and the node token is refused what node agents never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_answers_for_each_token_and_the_node_token_is_limited() {
+    let server = Server::start_with(&["--disable-controllers"]).await;
+    let node_token = std::fs::read_to_string(server.data_dir.join("node-token")).expect("node token").trim().to_owned();
+    let admin_config = std::fs::read_to_string(server.kubeconfig()).expect("kubeconfig");
+    let admin_line = admin_config.lines().find(|line| line.trim_start().starts_with("token:")).expect("a token line").to_owned();
+    let node_config = admin_config.replace(&admin_line, &format!("    token: {node_token}"));
+    let node_kubeconfig = server.data_dir.join("node.kubeconfig");
+    std::fs::write(&node_kubeconfig, node_config).expect("write the node kubeconfig");
+    // 1.29 sends JSON; 1.33 sends protobuf bodies.
+    for version in ["1.29", "1.33"] {
+        let admin = Kubectl::new(&server, version);
+        let node = Kubectl { kubeconfig: node_kubeconfig.clone(), ..Kubectl::new(&server, version) };
+
+        let whoami = admin.ok(&["auth", "whoami"], None);
+        assert!(whoami.contains("shoal-admin") && whoami.contains("system:masters"), "kubectl {version}: {whoami}");
+        let whoami = node.ok(&["auth", "whoami", "-o", "json"], None);
+        let whoami: Value = serde_json::from_str(&whoami).expect("json");
+        assert_eq!(whoami["status"]["userInfo"]["username"], "shoal-node", "kubectl {version}: {whoami}");
+        assert_eq!(whoami["status"]["userInfo"]["groups"][0], "system:nodes", "kubectl {version}: {whoami}");
+
+        for (who, args, answer) in [
+            (&admin, &["create", "deployments"][..], "yes"),
+            (&admin, &["delete", "nodes"][..], "yes"),
+            (&node, &["watch", "pods", "-A"][..], "yes"),
+            (&node, &["patch", "pods", "--subresource=status"][..], "yes"),
+            // TYPE/NAME: the pod named "status", not the subresource.
+            (&node, &["patch", "pods/status"][..], "no"),
+            (&node, &["update", "leases", "-n", "kube-node-lease"][..], "yes"),
+            (&node, &["update", "leases", "-n", "default"][..], "no"),
+            (&node, &["create", "deployments"][..], "no"),
+            (&node, &["create", "pods"][..], "no"),
+            (&node, &["get", "pods", "--subresource=log"][..], "no"),
+        ] {
+            let mut full = vec!["auth", "can-i"];
+            full.extend_from_slice(args);
+            let (code, stdout, stderr) = who.run(&full, None);
+            // `yes`, or `no` and the reason.
+            assert_eq!(stdout.split_whitespace().next(), Some(answer), "kubectl {version} {full:?}: {stdout}{stderr}");
+            assert_eq!(code, if answer == "yes" { 0 } else { 1 }, "kubectl {version} {full:?}: {stderr}");
+        }
+        let listed = node.ok(&["auth", "can-i", "--list"], None);
+        assert!(listed.contains("pods/status") && listed.contains("selfsubjectaccessreviews.authorization.k8s.io"), "kubectl {version}: {listed}");
+        assert!(!listed.contains("leases"), "the lease rule holds only in kube-node-lease: {listed}");
+        assert!(admin.ok(&["auth", "can-i", "--list"], None).contains("*.*"), "kubectl {version}");
+
+        // What node agents do works; anything else is refused with a Status that says why.
+        node.ok(&["get", "secrets", "-A"], None);
+        node.ok(&["get", "endpointslices", "-A"], None);
+        let (code, _, stderr) = node.run(&["create", "deployment", &format!("web-{}", version.replace('.', "-")), "--image=shoal.local/web:1"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains(r#"User "shoal-node" cannot create resource "deployments" in API group "apps" in the namespace "default""#), "kubectl {version}: {stderr}");
+        let (code, _, stderr) = node.run(&["delete", "namespace", "default"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("forbidden"), "kubectl {version}: {stderr}");
+    }
+    let (status, body) = server.get("/api/v1/namespaces/default").await;
+    assert_eq!(status, 200, "the namespace the node token tried to delete is still there: {body}");
+    assert!(body["metadata"]["deletionTimestamp"].is_null(), "{body}");
+}
+
 /// `kubectl scale` through the scale subresource; `--current-replicas` guards it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_uses_the_scale_subresource() {

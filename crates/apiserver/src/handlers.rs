@@ -18,7 +18,7 @@ use shoal_api::watch::{ObjectEvent, ObjectEvents, WantObjects};
 use shoal_api::{ApiError, meta, table};
 use shoal_store::{EventType, WatchError};
 
-use crate::AppState;
+use crate::{AppState, authz};
 use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, typed, with_type};
 use crate::request::{self, MAX_BODY_BYTES, Query, Route, Target};
 
@@ -102,8 +102,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// Whether the request carries a valid bearer token.
 fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = bearer_token(headers) else { return false };
-    constant_time_eq(state.credentials.admin_token.as_bytes(), token) || shoal_api::token::matches(&state.credentials.node_token, token)
+    authz::identify(state, headers).is_some()
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -193,9 +192,7 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
     if uri.path() == "/v2" || uri.path().starts_with("/v2/") {
         return crate::registry::handle(state, method, uri, headers, body).await;
     }
-    if !authenticated(&state, &headers) {
-        return error_response(&ApiError::unauthorized());
-    }
+    let Some(identity) = authz::identify(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
     if state.shutdown.is_cancelled() {
         return shutting_down();
     }
@@ -208,6 +205,13 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
             return error_response(&ApiError::bad_request(format!("reading the request body: {error}")));
         }
     };
+    if let Some(kind) = authz::review_kind(uri.path()) {
+        let answer = request::decode_body(&headers, &body).and_then(|object| authz::review(identity, kind, &method, object));
+        return match answer {
+            Ok(answer) => json_response(StatusCode::CREATED, &answer),
+            Err(error) => error_response(&error),
+        };
+    }
     let query = Query::parse(uri.query());
     let result = match request::route(uri.path()) {
         Ok(Route::Discovery { group: None, version: None, legacy_core }) if method == Method::GET && let Some(version) = aggregated_discovery_version(&headers) => {
@@ -215,6 +219,7 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         }
         Ok(Route::Discovery { group, version, legacy_core }) if method == Method::GET => discovery(group, version, legacy_core),
         Ok(Route::Discovery { .. }) => Err(ApiError::method_not_allowed(method.as_str())),
+        Ok(Route::Resource(target)) if let Err(denied) = authz::authorize(identity, &authz::Attributes::of(&method, &target, query.flag("watch"))) => Err(denied),
         // Services get their cluster IP and node ports from the stored Services under a lock:
         // in a group of servers, only the leader allocates, so that two servers never hand out
         // the same address at once.
@@ -755,24 +760,27 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
     let body = match (group.as_deref(), version.as_deref()) {
         (None, None) if legacy_core => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
         (None, None) => {
-            let groups: Vec<Value> = resources::groups().into_iter().map(group_document).collect();
+            let groups: Vec<Value> = served_groups().into_iter().map(group_document).collect();
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
         }
         (Some(group), None) => {
-            if !resources::groups().contains(&group) {
-                return Err(ApiError::path_not_found());
-            }
-            let mut document = group_document(resources::groups().into_iter().find(|g| *g == group).unwrap_or_default());
+            let Some(group) = served_groups().into_iter().find(|g| *g == group) else { return Err(ApiError::path_not_found()) };
+            let mut document = group_document(group);
             document["kind"] = json!("APIGroup");
             document["apiVersion"] = json!("v1");
             document
         }
         (Some(group), Some(version)) => {
             let served: Vec<&ResourceInfo> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
-            if served.is_empty() {
+            let reviews: Vec<Value> = authz::REVIEWS
+                .iter()
+                .filter(|(g, _, _)| *g == group && version == "v1")
+                .map(|(_, kind, plural)| json!({"name": plural, "singularName": "", "namespaced": false, "kind": kind, "verbs": ["create"]}))
+                .collect();
+            if served.is_empty() && reviews.is_empty() {
                 return Err(ApiError::path_not_found());
             }
-            let mut listed = Vec::new();
+            let mut listed = reviews;
             for info in served {
                 listed.push(json!({
                     "name": info.plural, "singularName": info.singular, "namespaced": info.namespaced, "kind": info.kind,
@@ -839,21 +847,21 @@ fn aggregated_discovery(core: bool, version: &'static str) -> Response {
     if core {
         groups.push("");
     } else {
-        groups.extend(resources::groups());
+        groups.extend(served_groups());
     }
     let items: Vec<Value> = groups
         .into_iter()
         .map(|group| {
-            let mut versions: Vec<&str> = Vec::new();
-            for info in RESOURCES.iter().filter(|r| r.group == group) {
-                if !versions.contains(&info.version) {
-                    versions.push(info.version);
-                }
-            }
-            let versions: Vec<Value> = versions
+            let versions: Vec<Value> = group_versions(group)
                 .into_iter()
                 .map(|group_version| {
-                    let resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == group && r.version == group_version).map(discovered_resource).collect();
+                    let mut resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == group && r.version == group_version).map(discovered_resource).collect();
+                    resources.extend(authz::REVIEWS.iter().filter(|(g, _, _)| *g == group && group_version == "v1").map(|(group, kind, plural)| {
+                        json!({
+                            "resource": plural, "singularResource": "", "scope": "Cluster", "verbs": ["create"],
+                            "responseKind": {"group": group, "version": "v1", "kind": kind},
+                        })
+                    }));
                     json!({"version": group_version, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
@@ -896,16 +904,29 @@ fn discovered_resource(info: &ResourceInfo) -> Value {
     })
 }
 
-fn group_document(group: &str) -> Value {
-    let versions: Vec<&str> = {
-        let mut versions = Vec::new();
-        for info in RESOURCES.iter().filter(|r| r.group == group) {
-            if !versions.contains(&info.version) {
-                versions.push(info.version);
-            }
+/// The named groups, in discovery order: the stored kinds' groups, then the self reviews'.
+fn served_groups() -> Vec<&'static str> {
+    let mut groups = resources::groups();
+    groups.extend(authz::review_groups().into_iter().filter(|g| !resources::groups().contains(g)));
+    groups
+}
+
+/// The versions `group` serves, the preferred first.
+fn group_versions(group: &str) -> Vec<&'static str> {
+    let mut versions = Vec::new();
+    for info in RESOURCES.iter().filter(|r| r.group == group) {
+        if !versions.contains(&info.version) {
+            versions.push(info.version);
         }
-        versions
-    };
+    }
+    if versions.is_empty() && authz::review_groups().contains(&group) {
+        versions.push("v1");
+    }
+    versions
+}
+
+fn group_document(group: &str) -> Value {
+    let versions = group_versions(group);
     let listed: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     json!({"name": group, "versions": listed, "preferredVersion": listed.first().cloned().unwrap_or(Value::Null)})
 }

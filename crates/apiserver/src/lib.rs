@@ -3,6 +3,7 @@
 //! [`start`] opens the store (a Raft group over redb), creates or loads the cluster's
 //! credentials, writes the admin kubeconfig, and serves the API until the shutdown token fires.
 
+pub mod authz;
 pub mod cluster;
 pub mod error;
 mod handlers;

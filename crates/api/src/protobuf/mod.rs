@@ -76,6 +76,9 @@ enum Type {
     StrMap,
     /// `map<string, bytes>`: the values written in base64, as Kubernetes' JSON writes bytes.
     BytesMap,
+    /// `map<string, ExtraValue>` (a user's `extra`): each value a message of repeated strings,
+    /// written as a list of strings.
+    StrListMap,
 }
 
 #[derive(Clone, Copy)]
@@ -189,7 +192,7 @@ fn decode_message(bytes: &[u8], message: &Schema, depth: usize) -> Result<Map<St
         };
         let mismatch = || malformed(format!("{}.{} arrived with the wrong wire type", message.name, field.name));
         match field.ty {
-            StrMap | BytesMap | QuantityMap => {
+            StrMap | BytesMap | QuantityMap | StrListMap => {
                 if wire != Wire::Len {
                     return Err(mismatch());
                 }
@@ -269,7 +272,7 @@ fn unset(field: &Field, value: &Value) -> bool {
 }
 
 fn map_entry(bytes: &[u8], ty: Type) -> Result<(String, Value), ProtobufError> {
-    let (mut key, mut value) = (String::new(), String::new());
+    let (mut key, mut value) = (String::new(), if matches!(ty, StrListMap) { Value::Array(Vec::new()) } else { Value::String(String::new()) });
     let mut reader = Reader(bytes);
     while let Some((number, wire)) = reader.key()? {
         match (number, wire) {
@@ -277,15 +280,29 @@ fn map_entry(bytes: &[u8], ty: Type) -> Result<(String, Value), ProtobufError> {
             (2, Wire::Len) => {
                 let bytes = reader.bytes()?;
                 value = match ty {
-                    BytesMap => base64(bytes),
-                    QuantityMap => quantity(bytes)?,
-                    _ => text(bytes)?,
+                    BytesMap => Value::String(base64(bytes)),
+                    QuantityMap => Value::String(quantity(bytes)?),
+                    StrListMap => Value::Array(string_list(bytes)?),
+                    _ => Value::String(text(bytes)?),
                 };
             }
             _ => return Err(malformed("a map entry holds a field other than its key and value")),
         }
     }
-    Ok((key, Value::String(value)))
+    Ok((key, value))
+}
+
+/// `ExtraValue{repeated string items = 1}`: its strings.
+fn string_list(bytes: &[u8]) -> Result<Vec<Value>, ProtobufError> {
+    let mut reader = Reader(bytes);
+    let mut items = Vec::new();
+    while let Some((number, wire)) = reader.key()? {
+        match (number, wire) {
+            (1, Wire::Len) => items.push(Value::String(text(reader.bytes()?)?)),
+            _ => return Err(malformed("a list of strings holds a field other than its items")),
+        }
+    }
+    Ok(items)
 }
 
 /// `Quantity{string = 1}`: its string form (`500m`, `1Gi`).
@@ -602,6 +619,30 @@ mod tests {
                 },
             })
         );
+    }
+
+    #[test]
+    fn the_self_reviews_of_kubectl_auth_decode() {
+        // `kubectl auth can-i patch pods --subresource=status`: the spec, and `allowed: false`.
+        let attributes = message(&[bytes(1, b"default"), bytes(2, b"patch"), bytes(3, b""), bytes(5, b"pods"), bytes(6, b"status"), bytes(7, b"")]);
+        let raw = message(&[bytes(1, &message(&[])), bytes(2, &message(&[bytes(1, &attributes)])), bytes(3, &message(&[number(1, 0), bytes(2, b"")]))]);
+        let object = decode_object(&envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", &raw)).expect("decodes");
+        assert_eq!(
+            object,
+            json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "metadata": {},
+                "spec": {"resourceAttributes": {"namespace": "default", "verb": "patch", "resource": "pods", "subresource": "status"}},
+                "status": {"allowed": false},
+            })
+        );
+        // A user's `extra`: a map of lists of strings.
+        let extra = entry(4, "scopes", &message(&[bytes(1, b"a"), bytes(1, b"b")]));
+        let user = message(&[bytes(1, b"someone"), bytes(3, b"team"), extra]);
+        let raw = message(&[bytes(2, &message(&[bytes(1, &user)]))]);
+        let object = decode_object(&envelope("authentication.k8s.io/v1", "SelfSubjectReview", &raw)).expect("decodes");
+        assert_eq!(object["status"]["userInfo"], json!({"username": "someone", "groups": ["team"], "extra": {"scopes": ["a", "b"]}}));
     }
 
     #[test]

@@ -79,6 +79,32 @@ pub(super) static INGRESS: Schema = Schema {
     ],
 };
 
+pub(super) static SELF_SUBJECT_REVIEW: Schema = Schema {
+    name: "SelfSubjectReview",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        one(2, "status", Msg(&SELF_SUBJECT_REVIEW_STATUS)),
+    ],
+};
+
+pub(super) static SELF_SUBJECT_ACCESS_REVIEW: Schema = Schema {
+    name: "SelfSubjectAccessReview",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        one(2, "spec", Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+        one(3, "status", Msg(&SUBJECT_ACCESS_REVIEW_STATUS)),
+    ],
+};
+
+pub(super) static SELF_SUBJECT_RULES_REVIEW: Schema = Schema {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        one(2, "spec", Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+        one(3, "status", Msg(&SUBJECT_RULES_REVIEW_STATUS)),
+    ],
+};
+
 pub(super) static OBJECT_META: Schema = Schema {
     name: "ObjectMeta",
     fields: &[
@@ -254,6 +280,48 @@ pub(super) static INGRESS_STATUS: Schema = Schema {
     name: "IngressStatus",
     fields: &[
         one(1, "loadBalancer", Msg(&INGRESS_LOAD_BALANCER_STATUS)),
+    ],
+};
+
+pub(super) static SELF_SUBJECT_REVIEW_STATUS: Schema = Schema {
+    name: "SelfSubjectReviewStatus",
+    fields: &[
+        one(1, "userInfo", Msg(&USER_INFO)),
+    ],
+};
+
+pub(super) static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Schema = Schema {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        one(1, "resourceAttributes", Msg(&RESOURCE_ATTRIBUTES)),
+        one(2, "nonResourceAttributes", Msg(&NON_RESOURCE_ATTRIBUTES)),
+    ],
+};
+
+pub(super) static SUBJECT_ACCESS_REVIEW_STATUS: Schema = Schema {
+    name: "SubjectAccessReviewStatus",
+    fields: &[
+        one(1, "allowed", Bool),
+        one(2, "reason", Str),
+        one(3, "evaluationError", Str),
+        one(4, "denied", Bool),
+    ],
+};
+
+pub(super) static SELF_SUBJECT_RULES_REVIEW_SPEC: Schema = Schema {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[
+        one(1, "namespace", Str),
+    ],
+};
+
+pub(super) static SUBJECT_RULES_REVIEW_STATUS: Schema = Schema {
+    name: "SubjectRulesReviewStatus",
+    fields: &[
+        list(1, "resourceRules", Msg(&RESOURCE_RULE)),
+        list(2, "nonResourceRules", Msg(&NON_RESOURCE_RULE)),
+        one(3, "incomplete", Bool),
+        one(4, "evaluationError", Str),
     ],
 };
 
@@ -453,6 +521,57 @@ pub(super) static INGRESS_LOAD_BALANCER_STATUS: Schema = Schema {
     ],
 };
 
+pub(super) static USER_INFO: Schema = Schema {
+    name: "UserInfo",
+    fields: &[
+        one(1, "username", Str),
+        one(2, "uid", Str),
+        list(3, "groups", Str),
+        one(4, "extra", StrListMap),
+    ],
+};
+
+pub(super) static RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "ResourceAttributes",
+    fields: &[
+        one(1, "namespace", Str),
+        one(2, "verb", Str),
+        one(3, "group", Str),
+        one(4, "version", Str),
+        one(5, "resource", Str),
+        one(6, "subresource", Str),
+        one(7, "name", Str),
+        one(8, "fieldSelector", Msg(&FIELD_SELECTOR_ATTRIBUTES)),
+        one(9, "labelSelector", Msg(&LABEL_SELECTOR_ATTRIBUTES)),
+    ],
+};
+
+pub(super) static NON_RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "NonResourceAttributes",
+    fields: &[
+        one(1, "path", Str),
+        one(2, "verb", Str),
+    ],
+};
+
+pub(super) static RESOURCE_RULE: Schema = Schema {
+    name: "ResourceRule",
+    fields: &[
+        list(1, "verbs", Str),
+        list(2, "apiGroups", Str),
+        list(3, "resources", Str),
+        list(4, "resourceNames", Str),
+    ],
+};
+
+pub(super) static NON_RESOURCE_RULE: Schema = Schema {
+    name: "NonResourceRule",
+    fields: &[
+        list(1, "verbs", Str),
+        list(2, "nonResourceURLs", Str),
+    ],
+};
+
 pub(super) static CLIENT_IP_CONFIG: Schema = Schema {
     name: "ClientIpConfig",
     fields: &[
@@ -580,6 +699,22 @@ pub(super) static INGRESS_LOAD_BALANCER_INGRESS: Schema = Schema {
         one(1, "ip", Str),
         one(2, "hostname", Str),
         list(4, "ports", Msg(&INGRESS_PORT_STATUS)),
+    ],
+};
+
+pub(super) static FIELD_SELECTOR_ATTRIBUTES: Schema = Schema {
+    name: "FieldSelectorAttributes",
+    fields: &[
+        one(1, "rawSelector", Str),
+        list(2, "requirements", Msg(&FIELD_SELECTOR_REQUIREMENT)),
+    ],
+};
+
+pub(super) static LABEL_SELECTOR_ATTRIBUTES: Schema = Schema {
+    name: "LabelSelectorAttributes",
+    fields: &[
+        one(1, "rawSelector", Str),
+        list(2, "requirements", Msg(&LABEL_SELECTOR_REQUIREMENT)),
     ],
 };
 
@@ -792,6 +927,15 @@ pub(super) static INGRESS_PORT_STATUS: Schema = Schema {
         one(1, "port", Int32),
         one(2, "protocol", Str),
         one(3, "error", Str),
+    ],
+};
+
+pub(super) static FIELD_SELECTOR_REQUIREMENT: Schema = Schema {
+    name: "FieldSelectorRequirement",
+    fields: &[
+        one(1, "key", Str),
+        one(2, "operator", Str),
+        list(3, "values", Str),
     ],
 };
 
@@ -1671,4 +1815,7 @@ pub(super) static KINDS: &[(&str, &str, &Schema)] = &[
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
     ("networking.k8s.io/v1", "Ingress", &INGRESS),
+    ("authentication.k8s.io/v1", "SelfSubjectReview", &SELF_SUBJECT_REVIEW),
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview", &SELF_SUBJECT_ACCESS_REVIEW),
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview", &SELF_SUBJECT_RULES_REVIEW),
 ];
