@@ -449,3 +449,41 @@ async fn drain_moves_pods_to_the_other_node_and_paused_deployments_wait() {
     })
     .await;
 }
+
+/// An agent's own credential reads the Secrets and ConfigMaps its pods use, and no others: a pod
+/// on the agent's node takes its greeting from a Secret and its settings from a ConfigMap, while
+/// the same credential is refused a Secret no pod of that node uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_the_secrets_its_pods_use_and_no_others() {
+    let (server, agent) = two_nodes(&[]).await;
+    push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
+    for (path, object) in [
+        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "greeting"}, "stringData": {"text": "hello from a secret"}})),
+        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unused"}, "stringData": {"text": "not yours"}})),
+        ("/api/v1/namespaces/default/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"MODE": "strict"}})),
+        ("/api/v1/namespaces/default/pods", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "greeter"}, "spec": {"nodeName": "node-2", "containers": [{
+            "name": "hello", "image": "shoal.local/samples/hello:latest",
+            "env": [{"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "greeting", "key": "text"}}}],
+            "envFrom": [{"configMapRef": {"name": "settings"}}]}]}})),
+    ] {
+        let (code, body) = server.post(path, &object).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    wait_until(&server, "/api/v1/namespaces/default/pods/greeter", 60, "the pod on node-2 running", |pod| pod["status"]["phase"] == "Running").await;
+    let (_, node) = server.get("/api/v1/nodes/node-2").await;
+    let address = node["metadata"]["annotations"]["shoal.dev/data-addr"].as_str().expect("node-2 publishes its data-plane address");
+    let greeting = reqwest::get(format!("http://{address}/_pods/default/greeter/")).await.expect("request").text().await.expect("body");
+    assert_eq!(greeting, "hello from a secret\n", "the node read the Secret its pod uses");
+
+    let credential = std::fs::read_to_string(agent.data_dir().join("node-token")).expect("the agent keeps its credential");
+    assert!(credential.contains("::node:node-2:"), "{credential}");
+    let get = |path: &str| server.http.get(format!("{}{path}", server.url)).bearer_auth(credential.trim()).send();
+    assert_eq!(get("/api/v1/namespaces/default/secrets/greeting").await.expect("request").status().as_u16(), 200);
+    assert_eq!(get("/api/v1/namespaces/default/configmaps/settings").await.expect("request").status().as_u16(), 200);
+    let refused = get("/api/v1/namespaces/default/secrets/unused").await.expect("request");
+    assert_eq!(refused.status().as_u16(), 403);
+    let status: Value = refused.json().await.expect("a Status");
+    assert_eq!(status["reason"], "Forbidden", "{status}");
+    assert_eq!(get("/api/v1/secrets").await.expect("request").status().as_u16(), 403, "listing every Secret");
+    assert_eq!(get("/api/v1/secrets?fieldSelector=type%3Dkubernetes.io%2Ftls").await.expect("request").status().as_u16(), 200, "the ingress router's TLS Secrets");
+}

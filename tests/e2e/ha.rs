@@ -904,8 +904,30 @@ async fn servers_and_agents_join_with_preset_secrets_and_join_tokens_until_they_
         })
         .await;
     }
-    let kept = std::fs::read_to_string(directory.path().join("by-join-token/node-token")).expect("the exchanged node token is kept");
-    assert!(kept.trim().ends_with("::preset-agent-secret"), "the join token was exchanged for the node token");
+    // Each agent exchanged its token for a credential of its own node, kept in its data dir,
+    // which opens only what that node's agent does (as Kubernetes' Node authorizer).
+    let kept = std::fs::read_to_string(directory.path().join("by-join-token/node-token")).expect("the exchanged credential is kept");
+    assert!(kept.trim().contains("::node:by-join-token:"), "the join token was exchanged for the node's own credential: {kept}");
+    let by_secret = std::fs::read_to_string(directory.path().join("by-secret/node-token")).expect("the exchanged credential is kept");
+    assert!(by_secret.trim().contains("::node:by-secret:"), "the shared secret was exchanged for the node's own credential: {by_secret}");
+    let (code, _) = first.post("/api/v1/namespaces/default/secrets", &serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nobodys"}, "stringData": {"k": "v"}})).await;
+    assert_eq!(code, 201);
+    let as_node = |method: reqwest::Method, path: &str| first.http.request(method, format!("{}{path}", first.url)).bearer_auth(kept.trim());
+    let answer = as_node(reqwest::Method::GET, "/api/v1/namespaces/default/secrets/nobodys").send().await.expect("request");
+    assert_eq!(answer.status().as_u16(), 403);
+    let status: serde_json::Value = answer.json().await.expect("a Status");
+    assert!(status["message"].as_str().is_some_and(|m| m.contains(r#"User "system:node:by-join-token""#) && m.ends_with("no pod bound to node by-join-token uses it")), "{status}");
+    let answer = as_node(reqwest::Method::PATCH, "/api/v1/nodes/by-secret/status")
+        .header("Content-Type", "application/merge-patch+json")
+        .body(r#"{"metadata":{"labels":{"taken":"over"}}}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status().as_u16(), 403, "a node changes only its own Node");
+    let answer = as_node(reqwest::Method::GET, "/api/v1/nodes/by-secret").send().await.expect("request");
+    assert_eq!(answer.status().as_u16(), 200, "it reads other nodes");
+    let answer = as_node(reqwest::Method::POST, "/internal/cluster/node-join").json(&serde_json::json!({"nodeName": "by-secret"})).send().await.expect("request");
+    assert_eq!(answer.status().as_u16(), 403, "a node's credential mints no other node's");
 
     // An expired join token joins nothing, and says so.
     let (code, short, stderr) = first.cli(&["token", "create", "--role", "server", "--ttl", "1s"]);

@@ -191,10 +191,15 @@ impl Server {
 /// A `shoal agent` joining a server as another node.
 pub struct Agent {
     child: Option<Child>,
-    _temp: tempfile::TempDir,
+    temp: tempfile::TempDir,
 }
 
 impl Agent {
+    /// The agent's data directory (its kept credentials, pods' files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.temp.path().join("data")
+    }
+
     pub fn start(server: &Server, name: &str) -> Self {
         Self::start_at(server, name, "127.0.0.1")
     }
@@ -238,7 +243,7 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("start shoal agent");
-        Self { child: Some(child), _temp: temp }
+        Self { child: Some(child), temp }
     }
 
     /// Stops the agent with SIGKILL, as a machine failure would.
@@ -246,7 +251,7 @@ impl Agent {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            stop_private_containerd(&self._temp.path().join("data"));
+            stop_private_containerd(&self.temp.path().join("data"));
         }
     }
 }

@@ -18,7 +18,10 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             }
         }
         ("", "Service") => service(object),
-        ("", "Secret") => set(root(object), "type", json!("Opaque")),
+        ("", "Secret") => {
+            set(root(object), "type", json!("Opaque"));
+            merge_string_data(object);
+        }
         ("", "Endpoints") => endpoints(object),
         ("apps", "Deployment") => deployment(object),
         ("apps", "ReplicaSet") => {
@@ -42,6 +45,22 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
         }
         ("autoscaling", "HorizontalPodAutoscaler") => set(child(root(object), "spec"), "minReplicas", json!(1)),
         _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only, as in Kubernetes: each key goes into `data`, base64
+/// encoded (over a `data` key of the same name), and `stringData` is dropped.
+fn merge_string_data(object: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = root(object).remove("stringData") else { return };
+    let data = child(root(object), "data");
+    for (key, value) in strings {
+        let encoded = match value {
+            Value::String(text) => Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+            // Not a string: left for validation to name.
+            other => other,
+        };
+        data.insert(key, encoded);
     }
 }
 
@@ -273,6 +292,20 @@ fn endpoints(object: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secrets_string_data_goes_into_data_encoded() {
+        let secrets = crate::resources::by_name("secrets").expect("secrets");
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"kept": "YQ==", "both": "b2xk"}, "stringData": {"both": "new", "text": "hello"}});
+        apply(secrets, &mut secret);
+        assert_eq!(secret["data"], json!({"kept": "YQ==", "both": "bmV3", "text": "aGVsbG8="}));
+        assert!(secret.get("stringData").is_none(), "stringData is write-only");
+        assert_eq!(secret["type"], "Opaque");
+        let mut only_strings = json!({"metadata": {"name": "s"}, "stringData": {"k": ""}});
+        apply(secrets, &mut only_strings);
+        assert_eq!(only_strings["data"], json!({"k": ""}));
+    }
+
     use crate::resources::by_name;
 
     fn defaulted(kind: &str, mut object: Value) -> Value {

@@ -24,6 +24,21 @@ pub fn matches(known: &str, presented: &[u8]) -> bool {
     !known.is_empty() && known.len() == presented.len() && known.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// The SHA-256 (hex) of a token's secret part: what a node keeps to check the token servers
+/// present to its data plane, without holding the token itself.
+pub fn secret_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret(token).as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `presented` is a token whose secret hashes to `sha256` (hex), compared in constant
+/// time.
+pub fn matches_sha256(sha256: &str, presented: &[u8]) -> bool {
+    let Ok(presented) = std::str::from_utf8(presented) else { return false };
+    let computed = secret_sha256(presented);
+    !sha256.is_empty() && sha256.len() == computed.len() && sha256.bytes().zip(computed.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 /// A full token for `secret` under the CA whose hash is `ca_hash`.
 pub fn compose(ca_hash: &str, secret: &str) -> String {
     format!("K1{ca_hash}::{secret}")
@@ -34,6 +49,17 @@ mod tests {
     use super::*;
 
     const HASH: &str = "092ac08659f8dd42fc092ac08659f8dd42fc092ac08659f8dd42fc092ac08659";
+
+    #[test]
+    fn a_secret_is_checked_against_its_hash_with_or_without_the_prefix() {
+        let token = compose(HASH, "s3cret");
+        let hash = secret_sha256(&token);
+        assert_eq!(hash, secret_sha256("s3cret"));
+        assert!(matches_sha256(&hash, token.as_bytes()));
+        assert!(matches_sha256(&hash, b"s3cret"));
+        assert!(!matches_sha256(&hash, b"other"));
+        assert!(!matches_sha256("", b""));
+    }
 
     #[test]
     fn a_token_splits_into_its_ca_hash_and_secret() {

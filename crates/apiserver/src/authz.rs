@@ -1,20 +1,23 @@
 //! Who a request to the Kubernetes API is from, and what they may do.
 //!
-//! Two credentials open the API:
+//! Three kinds of credential open the API:
 //! - **The admin token** (the admin kubeconfig) is the cluster's administrator: user
 //!   `shoal-admin` in group `system:masters`. Everything is allowed.
-//! - **The node token**, which every node agent holds (user `shoal-node`, group
-//!   `system:nodes`), opens only what a node agent does: the rules in [`NODE_RULES`]. A node
-//!   reads pods, Services, EndpointSlices, Ingresses and the ConfigMaps and Secrets its pods
-//!   use; it registers and heartbeats nodes (the Node and its Lease in `kube-node-lease`),
-//!   reports pod status and events, and finishes pod deletions. It cannot create or change
-//!   workloads, Services, Secrets or ConfigMaps, bind pods, or read pod logs, so a node that is
-//!   taken over cannot start pods (privileged ones included) or rewrite the cluster.
+//! - **A node's own credential** (user `system:node:NAME`, group `system:nodes`), which an agent
+//!   receives when it joins (`tokens::issue_node_credential`), opens what that node's agent
+//!   does: [`NODE_RULES`], narrowed as Kubernetes' Node authorizer and NodeRestriction narrow a
+//!   kubelet (see [`node_restriction`]). It reads pods, Services, EndpointSlices and Ingresses;
+//!   of Secrets and ConfigMaps only those a pod bound to it uses (and TLS Secrets, which its
+//!   ingress router serves); it writes only its own Node and Lease, and the status and
+//!   deletion of the pods bound to it.
+//! - **The shared node token** (user `shoal-node`, group `system:nodes`) is the bootstrap
+//!   secret agents join with, and the credential of the server's own node and of hollow nodes.
+//!   It opens [`NODE_RULES`] for any node.
 //!
-//! What the node token still allows: reading every Secret and ConfigMap, and writing any
-//! node's status. All nodes share the token, so the API cannot tell which pods are a node's
-//! own; Kubernetes' Node authorizer narrows this with a credential per node, which Shoal does
-//! not have yet.
+//! None of them lets a node create or change workloads, Services, Secrets or ConfigMaps, bind
+//! pods or read pod logs, so a node that is taken over cannot start pods (privileged ones
+//! included) or rewrite the cluster; with its own credential it cannot read other nodes'
+//! Secrets either.
 //!
 //! `kubectl auth whoami`, `kubectl auth can-i` and `kubectl auth can-i --list` ask through
 //! SelfSubjectReview, SelfSubjectAccessReview and SelfSubjectRulesReview; [`review`] answers
@@ -27,27 +30,30 @@ use shoal_api::ApiError;
 use crate::request::Target;
 
 /// Who sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
     /// The admin token: everything is allowed.
     Admin,
-    /// The node token: [`NODE_RULES`].
-    Node,
+    /// The shared node token: [`NODE_RULES`], for any node.
+    Nodes,
+    /// A node's own credential: [`NODE_RULES`] for this node only.
+    Node(String),
 }
 
 impl Identity {
     /// The user name, as `kubectl auth whoami` prints it.
-    pub fn username(self) -> &'static str {
+    pub fn username(&self) -> String {
         match self {
-            Identity::Admin => "shoal-admin",
-            Identity::Node => "shoal-node",
+            Identity::Admin => "shoal-admin".into(),
+            Identity::Nodes => "shoal-node".into(),
+            Identity::Node(name) => format!("system:node:{name}"),
         }
     }
 
-    pub fn groups(self) -> &'static [&'static str] {
+    pub fn groups(&self) -> &'static [&'static str] {
         match self {
             Identity::Admin => &["system:masters", "system:authenticated"],
-            Identity::Node => &["system:nodes", "system:authenticated"],
+            Identity::Nodes | Identity::Node(_) => &["system:nodes", "system:authenticated"],
         }
     }
 }
@@ -58,10 +64,53 @@ pub fn identify(state: &crate::AppState, headers: &HeaderMap) -> Option<Identity
     if crate::handlers::constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
         Some(Identity::Admin)
     } else if shoal_api::token::matches(&state.credentials.node_token, token) {
-        Some(Identity::Node)
+        Some(Identity::Nodes)
     } else {
-        None
+        crate::tokens::verify_node_credential(state, token).map(Identity::Node)
     }
+}
+
+/// What authorizing a node's own requests needs to know of the stored pods.
+pub trait Lookup {
+    /// The node pod `namespace/name` is bound to (empty while unbound), `None` if there is no
+    /// such pod.
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String>;
+    /// Whether a pod bound to `node` in `namespace` uses `resource` (`secrets` or `configmaps`)
+    /// `name`.
+    fn used_by_pod_on(&self, node: &str, namespace: &str, resource: &str, name: &str) -> bool;
+}
+
+impl Lookup for crate::AppState {
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+        let pod = self.store.get_shared(&shoal_store::ObjectKey::new("pods", namespace, name)).ok()??;
+        Some(pod["spec"]["nodeName"].as_str().unwrap_or_default().to_owned())
+    }
+
+    fn used_by_pod_on(&self, node: &str, namespace: &str, resource: &str, name: &str) -> bool {
+        let filter = |pod: &Value| pod["spec"]["nodeName"] == node && pod_uses(pod, resource, name);
+        self.store.list("pods", Some(namespace), None, Some(1), &filter).is_ok_and(|listed| !listed.items.is_empty())
+    }
+}
+
+/// Whether `pod` uses `resource` (`secrets` or `configmaps`) `name`: in a volume (projected
+/// ones included), a container's environment, or (Secrets) its image pull secrets.
+pub fn pod_uses(pod: &Value, resource: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let items = |value: &Value| value.as_array().cloned().unwrap_or_default();
+    let (volume_key, volume_name, projected_key, env_key, env_from_key) = match resource {
+        "secrets" => ("secret", "secretName", "secret", "secretKeyRef", "secretRef"),
+        "configmaps" => ("configMap", "name", "configMap", "configMapKeyRef", "configMapRef"),
+        _ => return false,
+    };
+    let in_volumes = items(&spec["volumes"]).iter().any(|volume| {
+        volume[volume_key][volume_name] == name || items(&volume["projected"]["sources"]).iter().any(|source| source[projected_key]["name"] == name)
+    });
+    let containers = ["initContainers", "containers", "ephemeralContainers"].into_iter().flat_map(|key| items(&spec[key]));
+    let in_containers = containers.into_iter().any(|container| {
+        items(&container["env"]).iter().any(|env| env["valueFrom"][env_key]["name"] == name) || items(&container["envFrom"]).iter().any(|source| source[env_from_key]["name"] == name)
+    });
+    let pulls = resource == "secrets" && items(&spec["imagePullSecrets"]).iter().any(|secret| secret["name"] == name);
+    in_volumes || in_containers || pulls
 }
 
 /// What a request does, in the terms of Kubernetes' authorization attributes.
@@ -76,13 +125,16 @@ pub struct Attributes {
     pub subresource: String,
     /// Empty for cluster-scoped kinds and for requests across all namespaces.
     pub namespace: String,
-    /// Empty for requests on a collection.
+    /// Empty for requests on a collection. (For a create, the handler fills in the new
+    /// object's name.)
     pub name: String,
+    /// The `fieldSelector` of a list or watch.
+    pub field_selector: String,
 }
 
 impl Attributes {
     /// The attributes of a request on a resource path.
-    pub fn of(method: &Method, target: &Target, watch: bool) -> Self {
+    pub fn of(method: &Method, target: &Target, watch: bool, field_selector: Option<&str>) -> Self {
         let named = target.name.is_some();
         let verb = match *method {
             Method::GET | Method::HEAD if named => "get",
@@ -103,6 +155,7 @@ impl Attributes {
             subresource: target.subresource.clone().unwrap_or_default(),
             namespace: target.namespace.clone().unwrap_or_default(),
             name: target.name.clone().unwrap_or_default(),
+            field_selector: field_selector.unwrap_or_default().to_owned(),
         }
     }
 
@@ -156,21 +209,57 @@ pub static NODE_RULES: &[Rule] = &[
 const DISCOVERY_PATHS: &[&str] = &["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/", "/openapi", "/openapi/*"];
 
 /// Whether `identity` may make `request`: `Err` holds the 403 to answer.
-pub fn authorize(identity: Identity, request: &Attributes) -> Result<(), ApiError> {
-    match identity {
-        Identity::Admin => Ok(()),
-        Identity::Node if NODE_RULES.iter().any(|rule| rule.allows(request)) => Ok(()),
-        Identity::Node => Err(forbidden(identity, request)),
+pub fn authorize(identity: &Identity, request: &Attributes, lookup: &dyn Lookup) -> Result<(), ApiError> {
+    match denial(identity, request, lookup) {
+        None => Ok(()),
+        Some(reason) => Err(forbidden(identity, request, &reason)),
     }
 }
 
-/// A 403 worded as kube-apiserver words it, with what to do instead.
-fn forbidden(identity: Identity, request: &Attributes) -> ApiError {
+/// Why `identity` may not make `request`; `None` when it may.
+fn denial(identity: &Identity, request: &Attributes, lookup: &dyn Lookup) -> Option<String> {
+    match identity {
+        Identity::Admin => None,
+        _ if !NODE_RULES.iter().any(|rule| rule.allows(request)) => Some("node credentials open only what node agents do; use the admin kubeconfig".into()),
+        Identity::Nodes => None,
+        Identity::Node(node) => node_restriction(node, request, lookup).err(),
+    }
+}
+
+/// What a node's own credential may not do beyond [`NODE_RULES`]: Kubernetes' Node authorizer
+/// and NodeRestriction, as far as Shoal's node agent needs them.
+fn node_restriction(node: &str, request: &Attributes, lookup: &dyn Lookup) -> Result<(), String> {
+    let (namespace, name) = (request.namespace.as_str(), request.name.as_str());
+    let own = |what: &str| if name == node { Ok(()) } else { Err(format!("node {node} may change only its own {what}")) };
+    match (request.group.as_str(), request.resource.as_str(), request.subresource.as_str(), request.verb.as_str()) {
+        ("", resource @ ("secrets" | "configmaps"), "", "get") => {
+            if lookup.used_by_pod_on(node, namespace, resource, name) {
+                Ok(())
+            } else {
+                Err(format!("no pod bound to node {node} uses it"))
+            }
+        }
+        // The ingress router follows TLS Secrets for the Ingresses it serves.
+        ("", "secrets", "", "list" | "watch") if request.field_selector.trim() == "type=kubernetes.io/tls" => Ok(()),
+        ("", "secrets" | "configmaps", "", _) => Err(format!("node {node} reads only the ones its pods use, one at a time (and TLS Secrets, listed with fieldSelector=type=kubernetes.io/tls)")),
+        ("", "nodes", _, "create" | "update" | "patch") => own("Node"),
+        ("coordination.k8s.io", "leases", _, _) => own("Lease"),
+        ("", "pods", "status", "update" | "patch") | ("", "pods", "", "delete") => match lookup.pod_node(namespace, name) {
+            Some(bound) if bound != node => Err(format!("the pod is bound to {}, not to node {node}", if bound.is_empty() { "no node".to_owned() } else { format!("node {bound}") })),
+            // A pod that is not there: the handler answers 404.
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// A 403 worded as kube-apiserver words it, with the reason.
+fn forbidden(identity: &Identity, request: &Attributes, reason: &str) -> ApiError {
     let group_resource = if request.group.is_empty() { request.resource.clone() } else { format!("{}.{}", request.resource, request.group) };
     let subject = if request.name.is_empty() { group_resource } else { format!("{group_resource} \"{}\"", request.name) };
     let scope = if request.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{}\"", request.namespace) };
     let message = format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}: the node token opens only what node agents do; use the admin kubeconfig",
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}: {reason}",
         identity.username(),
         request.verb,
         request.resource_path(),
@@ -209,7 +298,7 @@ pub fn review_kind(path: &str) -> Option<&'static (&'static str, &'static str, &
 }
 
 /// Answers a self review posted by `identity`: the request object with its `status` filled.
-pub fn review(identity: Identity, kind: &(&str, &str, &str), method: &Method, mut object: Value) -> Result<Value, ApiError> {
+pub fn review(identity: &Identity, kind: &(&str, &str, &str), method: &Method, mut object: Value, lookup: &dyn Lookup) -> Result<Value, ApiError> {
     let (group, kind, _) = *kind;
     if *method != Method::POST {
         return Err(ApiError::method_not_allowed(method.as_str()));
@@ -227,7 +316,7 @@ pub fn review(identity: Identity, kind: &(&str, &str, &str), method: &Method, mu
     }
     let status = match kind {
         "SelfSubjectReview" => json!({"userInfo": {"username": identity.username(), "groups": identity.groups()}}),
-        "SelfSubjectAccessReview" => access_review(identity, &object["spec"])?,
+        "SelfSubjectAccessReview" => access_review(identity, &object["spec"], lookup)?,
         _ => rules_review(identity, object["spec"]["namespace"].as_str().unwrap_or_default()),
     };
     object["apiVersion"] = json!(api_version);
@@ -239,7 +328,7 @@ pub fn review(identity: Identity, kind: &(&str, &str, &str), method: &Method, mu
     Ok(object)
 }
 
-fn access_review(identity: Identity, spec: &Value) -> Result<Value, ApiError> {
+fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Result<Value, ApiError> {
     let text = |value: &Value, field: &str| value[field].as_str().unwrap_or_default().to_owned();
     let (allowed, reason) = if let Some(attributes) = spec.get("resourceAttributes").filter(|a| a.is_object()) {
         let request = Attributes {
@@ -249,14 +338,15 @@ fn access_review(identity: Identity, spec: &Value) -> Result<Value, ApiError> {
             subresource: text(attributes, "subresource"),
             namespace: text(attributes, "namespace"),
             name: text(attributes, "name"),
+            field_selector: attributes["fieldSelector"]["rawSelector"].as_str().unwrap_or_default().to_owned(),
         };
         if request.verb.is_empty() || request.resource.is_empty() {
             return Err(ApiError::bad_request("spec.resourceAttributes needs a verb and a resource"));
         }
-        match (identity, authorize(identity, &request)) {
+        match (identity, denial(identity, &request, lookup)) {
             (Identity::Admin, _) => (true, "shoal-admin (system:masters) may do everything".to_owned()),
-            (_, Ok(())) => (true, format!("node agents may {} {}", request.verb, request.resource_path())),
-            (_, Err(_)) => (false, "the node token opens only what node agents do".to_owned()),
+            (_, None) => (true, format!("node agents may {} {}", request.verb, request.resource_path())),
+            (_, Some(reason)) => (false, reason),
         }
     } else if let Some(attributes) = spec.get("nonResourceAttributes").filter(|a| a.is_object()) {
         let (path, verb) = (text(attributes, "path"), text(attributes, "verb"));
@@ -266,8 +356,8 @@ fn access_review(identity: Identity, spec: &Value) -> Result<Value, ApiError> {
         });
         match identity {
             Identity::Admin => (true, "shoal-admin (system:masters) may do everything".to_owned()),
-            Identity::Node if discovery => (true, "every authenticated user may read discovery, version and health".to_owned()),
-            Identity::Node => (false, "the node token opens only what node agents do".to_owned()),
+            _ if discovery => (true, "every authenticated user may read discovery, version and health".to_owned()),
+            _ => (false, "node credentials open only what node agents do".to_owned()),
         }
     } else {
         return Err(ApiError::bad_request("spec needs resourceAttributes or nonResourceAttributes"));
@@ -275,10 +365,10 @@ fn access_review(identity: Identity, spec: &Value) -> Result<Value, ApiError> {
     Ok(json!({"allowed": allowed, "reason": reason}))
 }
 
-fn rules_review(identity: Identity, namespace: &str) -> Value {
+fn rules_review(identity: &Identity, namespace: &str) -> Value {
     let (resource_rules, non_resource_rules): (Vec<Value>, Vec<Value>) = match identity {
         Identity::Admin => (vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})], vec![json!({"verbs": ["*"], "nonResourceURLs": ["*"]})]),
-        Identity::Node => (
+        Identity::Nodes | Identity::Node(_) => (
             NODE_RULES
                 .iter()
                 .filter(|rule| rule.namespace.is_none_or(|only| only == namespace))
@@ -287,7 +377,15 @@ fn rules_review(identity: Identity, namespace: &str) -> Value {
             vec![json!({"verbs": ["get"], "nonResourceURLs": DISCOVERY_PATHS})],
         ),
     };
-    json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false})
+    // A node's own credential is narrowed further than rules can say (its own Node and Lease,
+    // the pods bound to it, the Secrets and ConfigMaps they use): the list is a ceiling.
+    match identity {
+        Identity::Node(node) => json!({
+            "resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": true,
+            "evaluationError": format!("node {node} may further only change its own Node and Lease and the pods bound to it, and read only the Secrets and ConfigMaps those pods use"),
+        }),
+        _ => json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false}),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +393,40 @@ mod tests {
     use super::*;
 
     fn request(verb: &str, group: &str, resource: &str, subresource: &str, namespace: &str) -> Attributes {
-        Attributes { verb: verb.into(), group: group.into(), resource: resource.into(), subresource: subresource.into(), namespace: namespace.into(), name: String::new() }
+        Attributes { verb: verb.into(), group: group.into(), resource: resource.into(), subresource: subresource.into(), namespace: namespace.into(), name: String::new(), field_selector: String::new() }
+    }
+
+    fn named(name: &str, request: Attributes) -> Attributes {
+        Attributes { name: name.into(), ..request }
+    }
+
+    /// Stored pods, for the unit tests of the rules (the API server looks in the store).
+    struct Pods(Vec<Value>);
+
+    impl Lookup for Pods {
+        fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+            let pod = self.0.iter().find(|pod| pod["metadata"]["namespace"] == namespace && pod["metadata"]["name"] == name)?;
+            Some(pod["spec"]["nodeName"].as_str().unwrap_or_default().to_owned())
+        }
+
+        fn used_by_pod_on(&self, node: &str, namespace: &str, resource: &str, name: &str) -> bool {
+            self.0.iter().any(|pod| pod["metadata"]["namespace"] == namespace && pod["spec"]["nodeName"] == node && pod_uses(pod, resource, name))
+        }
+    }
+
+    fn no_pods() -> Pods {
+        Pods(Vec::new())
+    }
+
+    fn pods() -> Pods {
+        Pods(vec![
+            json!({"metadata": {"namespace": "shop", "name": "web-a"}, "spec": {"nodeName": "a",
+                "volumes": [{"name": "certs", "secret": {"secretName": "tls"}}, {"name": "all", "projected": {"sources": [{"configMap": {"name": "projected-cm"}}]}}],
+                "imagePullSecrets": [{"name": "pull"}],
+                "containers": [{"name": "c", "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "password", "key": "p"}}}], "envFrom": [{"configMapRef": {"name": "settings"}}]}]}}),
+            json!({"metadata": {"namespace": "shop", "name": "web-b"}, "spec": {"nodeName": "b", "containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "b-only"}}]}]}}),
+            json!({"metadata": {"namespace": "shop", "name": "pending"}, "spec": {"containers": [{"name": "c"}]}}),
+        ])
     }
 
     #[test]
@@ -314,7 +445,7 @@ mod tests {
             request("create", "", "events", "", "default"),
             request("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", ""),
         ] {
-            assert!(authorize(Identity::Node, &allowed).is_ok(), "{allowed:?}");
+            assert!(authorize(&Identity::Nodes, &allowed, &no_pods()).is_ok(), "{allowed:?}");
         }
     }
 
@@ -334,55 +465,95 @@ mod tests {
             request("update", "coordination.k8s.io", "leases", "", "kube-system"),
             request("update", "", "services", "", "default"),
         ] {
-            let error = authorize(Identity::Node, &denied).expect_err(&format!("{denied:?} is denied"));
+            let error = authorize(&Identity::Nodes, &denied, &no_pods()).expect_err(&format!("{denied:?} is denied"));
             assert_eq!(error.code, 403);
         }
         for anything in [request("create", "apps", "deployments", "", "default"), request("delete", "", "nodes", "", "")] {
-            assert!(authorize(Identity::Admin, &anything).is_ok());
+            assert!(authorize(&Identity::Admin, &anything, &no_pods()).is_ok());
         }
     }
 
     #[test]
     fn a_denial_says_who_what_and_where_as_kubernetes_does() {
         let mut denied = request("create", "apps", "deployments", "", "shop");
-        let error = authorize(Identity::Node, &denied).expect_err("denied");
+        let error = authorize(&Identity::Nodes, &denied, &no_pods()).expect_err("denied");
         assert!(error.message.starts_with(r#"deployments.apps is forbidden: User "shoal-node" cannot create resource "deployments" in API group "apps" in the namespace "shop""#), "{}", error.message);
         denied = Attributes { name: "p".into(), ..request("get", "", "pods", "log", "") };
-        let error = authorize(Identity::Node, &denied).expect_err("denied");
+        let error = authorize(&Identity::Nodes, &denied, &no_pods()).expect_err("denied");
         assert!(error.message.starts_with(r#"pods "p" is forbidden: User "shoal-node" cannot get resource "pods/log" in API group "" at the cluster scope"#), "{}", error.message);
+    }
+
+    #[test]
+    fn a_node_reads_only_the_secrets_and_config_maps_its_pods_use() {
+        let a = Identity::Node("a".into());
+        let get = |resource: &str, name: &str| named(name, request("get", "", resource, "", "shop"));
+        for (resource, name) in [("secrets", "tls"), ("secrets", "pull"), ("secrets", "password"), ("configmaps", "settings"), ("configmaps", "projected-cm")] {
+            assert!(authorize(&a, &get(resource, name), &pods()).is_ok(), "{resource} {name}");
+        }
+        let refused = authorize(&a, &get("secrets", "b-only"), &pods()).expect_err("node b's pod uses it");
+        assert!(refused.message.ends_with("no pod bound to node a uses it"), "{}", refused.message);
+        assert!(authorize(&Identity::Node("b".into()), &get("secrets", "b-only"), &pods()).is_ok());
+        assert!(authorize(&a, &get("secrets", "tls"), &Pods(Vec::new())).is_err(), "no pod, no secret");
+        assert!(authorize(&a, &named("tls", request("get", "", "secrets", "", "other")), &pods()).is_err(), "same name, another namespace");
+        // Listing: TLS Secrets only (the ingress router); ConfigMaps never.
+        let tls = Attributes { field_selector: "type=kubernetes.io/tls".into(), ..request("watch", "", "secrets", "", "") };
+        assert!(authorize(&a, &tls, &pods()).is_ok());
+        assert!(authorize(&a, &request("list", "", "secrets", "", ""), &pods()).is_err());
+        assert!(authorize(&a, &request("list", "", "configmaps", "", "shop"), &pods()).is_err());
+        // The shared node token reads them all.
+        assert!(authorize(&Identity::Nodes, &request("list", "", "secrets", "", ""), &pods()).is_ok());
+    }
+
+    #[test]
+    fn a_node_changes_only_its_own_node_lease_and_pods() {
+        let a = Identity::Node("a".into());
+        assert!(authorize(&a, &named("a", request("create", "", "nodes", "", "")), &pods()).is_ok());
+        assert!(authorize(&a, &named("a", request("update", "", "nodes", "status", "")), &pods()).is_ok());
+        assert!(authorize(&a, &named("b", request("patch", "", "nodes", "status", "")), &pods()).is_err());
+        assert!(authorize(&a, &named("b", request("create", "", "nodes", "", "")), &pods()).is_err());
+        assert!(authorize(&a, &named("b", request("get", "", "nodes", "", "")), &pods()).is_ok(), "reading other nodes is allowed");
+        assert!(authorize(&a, &named("a", request("update", "coordination.k8s.io", "leases", "", "kube-node-lease")), &pods()).is_ok());
+        assert!(authorize(&a, &named("b", request("get", "coordination.k8s.io", "leases", "", "kube-node-lease")), &pods()).is_err());
+        assert!(authorize(&a, &named("web-a", request("patch", "", "pods", "status", "shop")), &pods()).is_ok());
+        assert!(authorize(&a, &named("web-a", request("delete", "", "pods", "", "shop")), &pods()).is_ok());
+        let refused = authorize(&a, &named("web-b", request("patch", "", "pods", "status", "shop")), &pods()).expect_err("node b's pod");
+        assert!(refused.message.contains(r#"User "system:node:a""#) && refused.message.ends_with("the pod is bound to node b, not to node a"), "{}", refused.message);
+        assert!(authorize(&a, &named("pending", request("delete", "", "pods", "", "shop")), &pods()).is_err(), "an unbound pod");
+        assert!(authorize(&a, &named("gone", request("delete", "", "pods", "", "shop")), &pods()).is_ok(), "the handler answers 404");
+        assert!(authorize(&a, &named("x", request("create", "apps", "deployments", "", "shop")), &pods()).is_err());
     }
 
     #[test]
     fn the_verb_follows_the_method_and_the_target() {
         let pods = shoal_api::resources::by_name("pods").expect("pods");
         let target = |name: Option<&str>| Target { info: pods, namespace: Some("default".into()), name: name.map(Into::into), subresource: None };
-        assert_eq!(Attributes::of(&Method::GET, &target(None), false).verb, "list");
-        assert_eq!(Attributes::of(&Method::GET, &target(None), true).verb, "watch");
-        assert_eq!(Attributes::of(&Method::GET, &target(Some("p")), false).verb, "get");
-        assert_eq!(Attributes::of(&Method::DELETE, &target(None), false).verb, "deletecollection");
-        assert_eq!(Attributes::of(&Method::DELETE, &target(Some("p")), false).verb, "delete");
-        assert_eq!(Attributes::of(&Method::PATCH, &target(Some("p")), false).verb, "patch");
+        assert_eq!(Attributes::of(&Method::GET, &target(None), false, None).verb, "list");
+        assert_eq!(Attributes::of(&Method::GET, &target(None), true, None).verb, "watch");
+        assert_eq!(Attributes::of(&Method::GET, &target(Some("p")), false, None).verb, "get");
+        assert_eq!(Attributes::of(&Method::DELETE, &target(None), false, None).verb, "deletecollection");
+        assert_eq!(Attributes::of(&Method::DELETE, &target(Some("p")), false, None).verb, "delete");
+        assert_eq!(Attributes::of(&Method::PATCH, &target(Some("p")), false, None).verb, "patch");
     }
 
     #[test]
     fn reviews_answer_from_the_same_rules() {
         let kind = review_kind("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews").expect("served");
-        let ask = |identity, verb: &str, group: &str, resource: &str| {
+        let ask = |identity: &Identity, verb: &str, group: &str, resource: &str| {
             let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {"namespace": "default", "verb": verb, "group": group, "resource": resource}}});
-            review(identity, kind, &Method::POST, body).expect("answered")["status"]["allowed"].clone()
+            review(identity, kind, &Method::POST, body, &no_pods()).expect("answered")["status"]["allowed"].clone()
         };
-        assert_eq!(ask(Identity::Node, "watch", "", "pods"), json!(true));
-        assert_eq!(ask(Identity::Node, "create", "apps", "deployments"), json!(false));
-        assert_eq!(ask(Identity::Admin, "create", "apps", "deployments"), json!(true));
-        let whoami = review(Identity::Node, review_kind("/apis/authentication.k8s.io/v1/selfsubjectreviews").expect("served"), &Method::POST, json!({})).expect("answered");
+        assert_eq!(ask(&Identity::Nodes, "watch", "", "pods"), json!(true));
+        assert_eq!(ask(&Identity::Nodes, "create", "apps", "deployments"), json!(false));
+        assert_eq!(ask(&Identity::Admin, "create", "apps", "deployments"), json!(true));
+        let whoami = review(&Identity::Nodes, review_kind("/apis/authentication.k8s.io/v1/selfsubjectreviews").expect("served"), &Method::POST, json!({}), &no_pods()).expect("answered");
         assert_eq!(whoami["status"]["userInfo"]["username"], "shoal-node");
         assert_eq!(whoami["kind"], "SelfSubjectReview");
-        let rules = review(Identity::Node, review_kind("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews").expect("served"), &Method::POST, json!({"spec": {"namespace": "default"}})).expect("answered");
+        let rules = review(&Identity::Nodes, review_kind("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews").expect("served"), &Method::POST, json!({"spec": {"namespace": "default"}}), &no_pods()).expect("answered");
         let listed = rules["status"]["resourceRules"].as_array().expect("rules");
         assert!(listed.iter().all(|rule| rule["resources"] != json!(["leases"])), "the lease rule holds only in kube-node-lease");
-        assert!(review(Identity::Node, kind, &Method::GET, json!({})).is_err());
-        assert!(review(Identity::Node, kind, &Method::POST, json!({"kind": "Pod"})).is_err());
-        assert!(review(Identity::Node, kind, &Method::POST, json!({"spec": {}})).is_err());
+        assert!(review(&Identity::Nodes, kind, &Method::GET, json!({}), &no_pods()).is_err());
+        assert!(review(&Identity::Nodes, kind, &Method::POST, json!({"kind": "Pod"}), &no_pods()).is_err());
+        assert!(review(&Identity::Nodes, kind, &Method::POST, json!({"spec": {}}), &no_pods()).is_err());
         assert!(review_kind("/apis/authorization.k8s.io/v1beta1/selfsubjectaccessreviews").is_none());
     }
 }

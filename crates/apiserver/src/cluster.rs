@@ -55,8 +55,11 @@ fn bytes_response(code: StatusCode, body: Vec<u8>, content_type: &'static str) -
 enum Caller {
     Server,
     Admin,
-    /// A node agent: it may read the status, to learn the servers.
+    /// The shared node token: it may read the status, to learn the servers, and exchange
+    /// itself for a node's own credential.
     Node,
+    /// A node's own credential: it may read the status.
+    OwnNode,
 }
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
@@ -67,8 +70,21 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
         Some(Caller::Admin)
     } else if shoal_api::token::matches(&state.credentials.node_token, token) {
         Some(Caller::Node)
+    } else if crate::tokens::verify_node_credential(state, token).is_some() {
+        Some(Caller::OwnNode)
     } else {
         None
+    }
+}
+
+/// `POST /internal/nodes/join` `{"nodeName": NAME}`: issues node NAME its own credential and
+/// tells it how to check the servers' calls to its data plane.
+async fn node_join(state: &AppState, body: &[u8]) -> Response {
+    let name = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["nodeName"].as_str().map(str::to_owned));
+    let Some(name) = name else { return error_response(&ApiError::bad_request("give the joining node's name: {\"nodeName\": NAME}")) };
+    match crate::tokens::issue_node_credential(state, &name).await {
+        Ok(token) => json(&serde_json::json!({"nodeToken": token, "serverTokenSha256": shoal_api::token::secret_sha256(&state.credentials.node_token)})),
+        Err(error) => error_response(&error),
     }
 }
 
@@ -80,19 +96,19 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
     }
     let presented = crate::handlers::bearer_token(&headers).unwrap_or_default().to_vec();
     // Join tokens (`shoal token create`) open the join calls and nothing else.
-    if method == Method::POST && caller(&state, &headers).is_none() {
-        if path == JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Server) {
-            return shared_credentials(&state);
-        }
-        if path == NODE_JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Node) {
-            return json(&serde_json::json!({"nodeToken": state.credentials.node_token}));
-        }
+    let caller = caller(&state, &headers);
+    if method == Method::POST && caller.is_none() && path == JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Server) {
+        return shared_credentials(&state);
     }
-    let Some(caller) = caller(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
+    let joins_a_node = method == Method::POST && caller.is_none() && path == NODE_JOIN_PATH && crate::tokens::verify(&state, &presented, crate::tokens::Role::Node);
+    if caller.is_none() && !joins_a_node {
+        return error_response(&ApiError::unauthorized());
+    }
     let body = match http_body_util::Limited::new(body, MAX_INTERNAL_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => return error_response(&ApiError::bad_request(format!("reading the request body: {error}"))),
     };
+    let Some(caller) = caller else { return node_join(&state, &body).await };
     let store = &state.store;
     let server_only = || error_response(&ApiError::forbidden("this call is for control-plane servers (the server token)"));
     // Writes and read indexes are served only for current members: a removed server must not
@@ -162,7 +178,8 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
                 Err(error) => decode_error(error),
             }
         }
-        _ if caller == Caller::Node => error_response(&ApiError::forbidden("nodes may only read the cluster status")),
+        (Method::POST, NODE_JOIN_PATH) if caller == Caller::Node => node_join(&state, &body).await,
+        _ if matches!(caller, Caller::Node | Caller::OwnNode) => error_response(&ApiError::forbidden("nodes may only read the cluster status")),
         (Method::POST, _) if let Some(id) = path.strip_prefix(paths::MEMBERS).and_then(|rest| rest.strip_prefix('/')).and_then(|rest| rest.strip_suffix("/remove")) => {
             match id.parse::<u64>() {
                 Ok(id) => json(&store.remove_member(id).await),
@@ -175,6 +192,8 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
             }
             shared_credentials(&state)
         }
+        // Admin or server: a node's own credential when a name is given, else the shared token.
+        (Method::POST, NODE_JOIN_PATH) if !body.is_empty() => node_join(&state, &body).await,
         (Method::POST, NODE_JOIN_PATH) => json(&serde_json::json!({"nodeToken": state.credentials.node_token})),
         (_, _) if path == TOKENS_PATH || path.starts_with("/internal/tokens/") => {
             if caller != Caller::Admin {

@@ -206,20 +206,25 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         }
     };
     if let Some(kind) = authz::review_kind(uri.path()) {
-        let answer = request::decode_body(&headers, &body).and_then(|object| authz::review(identity, kind, &method, object));
+        let answer = request::decode_body(&headers, &body).and_then(|object| authz::review(&identity, kind, &method, object, &*state));
         return match answer {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),
             Err(error) => error_response(&error),
         };
     }
     let query = Query::parse(uri.query());
-    let result = match request::route(uri.path()) {
+    let route = request::route(uri.path());
+    if let Ok(Route::Resource(target)) = &route
+        && let Err(denied) = authorize(&state, &identity, &method, &headers, &query, target, &body).await
+    {
+        return error_response(&denied);
+    }
+    let result = match route {
         Ok(Route::Discovery { group: None, version: None, legacy_core }) if method == Method::GET && let Some(version) = aggregated_discovery_version(&headers) => {
             Ok(aggregated_discovery(legacy_core, version))
         }
         Ok(Route::Discovery { group, version, legacy_core }) if method == Method::GET => discovery(group, version, legacy_core),
         Ok(Route::Discovery { .. }) => Err(ApiError::method_not_allowed(method.as_str())),
-        Ok(Route::Resource(target)) if let Err(denied) = authz::authorize(identity, &authz::Attributes::of(&method, &target, query.flag("watch"))) => Err(denied),
         // Services get their cluster IP and node ports from the stored Services under a lock:
         // in a group of servers, only the leader allocates, so that two servers never hand out
         // the same address at once.
@@ -239,6 +244,24 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
+}
+
+/// Whether `identity` may make this request on a resource (`authz`). A node's own credential
+/// is judged by the name of the object it creates, too, and by the pods bound to it: a server
+/// that has not yet applied a pod's binding catches up to the leader before it refuses.
+async fn authorize(state: &AppState, identity: &authz::Identity, method: &Method, headers: &HeaderMap, query: &Query, target: &Target, body: &Bytes) -> Result<(), ApiError> {
+    let mut attributes = authz::Attributes::of(method, target, query.flag("watch"), query.get("fieldSelector"));
+    if !matches!(identity, authz::Identity::Node(_)) {
+        return authz::authorize(identity, &attributes, state);
+    }
+    if *method == Method::POST && attributes.name.is_empty() {
+        attributes.name = request::decode_body(headers, body)?["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    }
+    if authz::authorize(identity, &attributes, state).is_ok() {
+        return Ok(());
+    }
+    state.store.read_barrier().await.map_err(objects::store_error)?;
+    authz::authorize(identity, &attributes, state)
 }
 
 /// Sends the request as it came to the server at `url` (the leader) and relays the answer.

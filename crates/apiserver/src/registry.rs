@@ -123,7 +123,7 @@ fn role(state: &AppState, headers: &HeaderMap) -> Option<Role> {
     };
     if crate::handlers::constant_time_eq(state.credentials.admin_token.as_bytes(), token.as_bytes()) {
         Some(Role::Admin)
-    } else if shoal_api::token::matches(&state.credentials.node_token, token.as_bytes()) {
+    } else if shoal_api::token::matches(&state.credentials.node_token, token.as_bytes()) || crate::tokens::verify_node_credential(state, token.as_bytes()).is_some() {
         Some(Role::Node)
     } else {
         None

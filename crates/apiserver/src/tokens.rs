@@ -108,6 +108,51 @@ pub fn verify(state: &AppState, presented: &[u8], role: Role) -> bool {
     crate::handlers::constant_time_eq(stored.as_bytes(), sha256_hex(secret).as_bytes())
 }
 
+/// The internal resource holding each node's own credential (never served by the Kubernetes
+/// API): the record of node `NAME` is `internal.nodecredentials//NAME`.
+pub const NODE_CREDENTIALS: &str = "internal.nodecredentials";
+
+/// Whether `name` can be a node's name (a DNS subdomain): it is also part of a credential.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Issues node `name` a credential of its own, `K1<CA hash>::node:<name>:<secret>`, replacing
+/// any it had (the node's earlier credential stops working). Only the secret's hash is stored.
+pub async fn issue_node_credential(state: &AppState, name: &str) -> Result<String, ApiError> {
+    if !valid_node_name(name) {
+        return Err(ApiError::bad_request(format!("{name:?} is not a valid node name (a DNS subdomain)")));
+    }
+    let secret = random_hex(24);
+    let record = json!({"node": name, "secretSha256": sha256_hex(&secret), "created": jiff::Timestamp::now().to_string()});
+    let key = ObjectKey::new(NODE_CREDENTIALS, "", name);
+    let written = match state.store.write(Command::Create { key: key.clone(), object: record.clone() }).await {
+        Ok(Err(shoal_store::WriteError::AlreadyExists)) => state.store.write(Command::Update { key, object: record, precondition: Default::default() }).await,
+        other => other,
+    };
+    match written {
+        Ok(Ok(_)) => Ok(shoal_api::token::compose(&crate::pki::ca_hash(&state.credentials.ca_pem), &format!("node:{name}:{secret}"))),
+        Ok(Err(error)) => Err(ApiError::internal(format!("storing the node credential: {error}"))),
+        Err(error) => Err(crate::objects::store_error(error)),
+    }
+}
+
+/// The node whose own credential `presented` is, if it is a current one.
+pub fn verify_node_credential(state: &AppState, presented: &[u8]) -> Option<String> {
+    let presented = std::str::from_utf8(presented).ok()?;
+    let (name, secret) = shoal_api::token::secret(presented).strip_prefix("node:")?.split_once(':')?;
+    if !valid_node_name(name) || secret.is_empty() {
+        return None;
+    }
+    let record = state.store.get_shared(&ObjectKey::new(NODE_CREDENTIALS, "", name)).ok()??;
+    let stored = record["secretSha256"].as_str().unwrap_or_default();
+    crate::handlers::constant_time_eq(stored.as_bytes(), sha256_hex(secret).as_bytes()).then(|| name.to_owned())
+}
+
 /// Reads a duration such as `90s`, `15m`, `24h`, `7d` or a number of seconds.
 pub fn parse_duration(text: &str) -> Option<u64> {
     let text = text.trim();

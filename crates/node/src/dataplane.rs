@@ -89,8 +89,8 @@ fn format_line(line: &LogLine, timestamps: bool) -> String {
 
 async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
     let token = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-    if !shoal_api::token::matches(&shared.token, token.as_bytes()) {
-        return text(StatusCode::UNAUTHORIZED, "logs need the node token\n");
+    if !shoal_api::token::matches_sha256(&shared.config.server_token_sha256, token.as_bytes()) {
+        return text(StatusCode::UNAUTHORIZED, "logs are served to the API servers (the shared node token)\n");
     }
     let Some((namespace, name)) = rest.split_once('/') else { return text(StatusCode::NOT_FOUND, "use /_logs/NAMESPACE/NAME\n") };
     let query: HashMap<String, String> = form_urlencoded(request.uri().query().unwrap_or_default());

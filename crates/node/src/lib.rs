@@ -80,8 +80,12 @@ pub struct NodeConfig {
     pub server: String,
     /// The cluster CA (None: the system roots).
     pub ca_pem: Option<String>,
-    /// The node token.
+    /// The node's credential for the API and the built-in registry: its own
+    /// (`system:node:NAME`), or the shared node token.
     pub token: String,
+    /// The SHA-256 of the shared node token's secret: API servers present that token to the
+    /// data plane (pod logs), and the node checks it against this hash without holding it.
+    pub server_token_sha256: String,
     /// The artifact cache's budget in bytes.
     pub cache_bytes: u64,
     /// `HOST:PORT` of the ingress router's HTTP and HTTPS listeners (None: no ingress here).

@@ -263,10 +263,11 @@ async fn start_node(
     data_dir: PathBuf,
     server: String,
     ca_pem: Option<String>,
-    token: String,
+    credentials: NodeCredentials,
     in_process: Option<shoal_client::InProcess>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<shoal_node::NodeAgent> {
+    let NodeCredentials { token, server_token_sha256 } = credentials;
     let config = shoal_node::NodeConfig {
         node_name: args.name(),
         data_dir,
@@ -274,6 +275,7 @@ async fn start_node(
         server,
         ca_pem,
         token,
+        server_token_sha256,
         cache_bytes: args.artifact_cache_bytes,
         ingress_addr: (!args.disable_ingress).then(|| args.ingress_addr.clone()),
         ingress_tls_addr: (!args.disable_ingress).then(|| args.ingress_tls_addr.clone()),
@@ -289,7 +291,15 @@ async fn start_node(
 /// The local node of a server: it talks to its own API in-process.
 async fn start_local_node(server: &ApiServer, args: &NodeArgs, data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<shoal_node::NodeAgent> {
     let url = server.loopback_url();
-    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), server.credentials.node_token.clone(), Some(in_process(server)), shutdown).await
+    let credentials = NodeCredentials { token: server.credentials.node_token.clone(), server_token_sha256: shoal_api::token::secret_sha256(&server.credentials.node_token) };
+    start_node(args, data_dir.join("node"), url, Some(server.credentials.ca_pem.clone()), credentials, Some(in_process(server)), shutdown).await
+}
+
+/// What a node agent authenticates with: its credential for the API and the registry, and the
+/// hash of the token the API servers present to its data plane.
+struct NodeCredentials {
+    token: String,
+    server_token_sha256: String,
 }
 
 pub async fn run_server(args: ServerCommandArgs) -> anyhow::Result<ExitCode> {
@@ -318,9 +328,12 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     cancel_on_termination(&shutdown)?;
     let ca_pem = agent_ca(&args).await?;
-    let token = agent_token(&args, &ca_pem).await?;
-    let args = AgentArgs { token, ..args };
     if args.hollow_nodes > 0 {
+        // Hollow nodes stand for many nodes at once: they need the shared node token.
+        anyhow::ensure!(
+            !is_join_token(&args.token),
+            "--hollow-nodes needs the shared node token (DATA_DIR/node-token on a server), not a join token"
+        );
         let client = shoal_client::Client::new(&args.server, Some(&ca_pem), Some(args.token.clone()))?;
         let prefix = args.node.node_name.clone().unwrap_or_else(|| "hollow".into());
         let hollow = shoal_node::hollow::start(client, &prefix, args.hollow_nodes, shutdown.clone()).await.context("registering hollow nodes")?;
@@ -330,36 +343,74 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), args.token.clone(), None, &shutdown).await?;
+    let credentials = agent_credentials(&args, &ca_pem).await?;
+    let node = start_node(&args.node, args.data_dir.clone(), args.server.clone(), Some(ca_pem), credentials, None, &shutdown).await?;
     eprintln!("shoal agent: node {} joined {}; data plane at http://{}{}", args.node.name(), args.server, node.data_addr, ingress_note(&node));
     run_until_signal(None, Some(node), None, shutdown).await
 }
 
-/// The node token: `--token` itself, unless it is a node join token (`shoal token create --role
-/// node`), which the agent exchanges once for the node token and keeps in its data dir.
-async fn agent_token(args: &AgentArgs, ca_pem: &str) -> anyhow::Result<String> {
-    if !shoal_api::token::secret(&args.token).contains('.') {
-        return Ok(args.token.clone());
-    }
-    let kept = args.data_dir.join("node-token");
-    if let Ok(token) = std::fs::read_to_string(&kept) {
-        return Ok(token.trim().to_owned());
+/// Whether `token` is a join token (`shoal token create`): `K1<CA hash>::<id>.<secret>`.
+fn is_join_token(token: &str) -> bool {
+    let secret = shoal_api::token::secret(token);
+    secret.contains('.') && !secret.starts_with("node:")
+}
+
+/// The agent's credentials. `--token` (the shared node token, or a join token) is exchanged for
+/// a credential of this node's own (`system:node:NAME`, which opens only what this node's agent
+/// does), kept in the data dir as `node-token` with `server-token.sha256`. The shared node
+/// token is exchanged again at every start (the earlier credential stops working); a join
+/// token, which may have expired, only once, and the kept credential is used from then on.
+async fn agent_credentials(args: &AgentArgs, ca_pem: &str) -> anyhow::Result<NodeCredentials> {
+    let (kept_token, kept_hash) = (args.data_dir.join("node-token"), args.data_dir.join("server-token.sha256"));
+    let name = args.node.name();
+    let kept = || -> Option<NodeCredentials> {
+        let token = std::fs::read_to_string(&kept_token).ok()?.trim().to_owned();
+        let server_token_sha256 = std::fs::read_to_string(&kept_hash).ok()?.trim().to_owned();
+        let own = shoal_api::token::secret(&token).strip_prefix("node:").and_then(|rest| rest.split_once(':')).is_some_and(|(node, _)| node == name);
+        own.then_some(NodeCredentials { token, server_token_sha256 })
+    };
+    if is_join_token(&args.token)
+        && let Some(credentials) = kept()
+    {
+        return Ok(credentials);
     }
     let server = args.server.split(',').next().unwrap_or_default().trim().trim_end_matches('/');
     let http = shoal_apiserver::cluster::client_trusting(ca_pem)?;
-    let response = http
-        .post(format!("{server}{}", shoal_apiserver::cluster::NODE_JOIN_PATH))
-        .timeout(std::time::Duration::from_secs(10))
-        .bearer_auth(&args.token)
-        .send()
-        .await
-        .with_context(|| format!("joining through {server}"))?;
-    anyhow::ensure!(response.status().is_success(), "joining through {server}: the join token was refused ({}); it may have expired", response.status());
-    let answer: serde_json::Value = response.json().await.context("decoding the join answer")?;
-    let token = answer["nodeToken"].as_str().context("the join answer has no node token")?.to_owned();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    shoal_apiserver::pki::write_private(&kept, &token)?;
-    Ok(token)
+    let exchanged = async {
+        let response = http
+            .post(format!("{server}{}", shoal_apiserver::cluster::NODE_JOIN_PATH))
+            .timeout(std::time::Duration::from_secs(10))
+            .bearer_auth(&args.token)
+            .json(&serde_json::json!({"nodeName": name}))
+            .send()
+            .await
+            .with_context(|| format!("joining through {server}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            anyhow::bail!("joining through {server}: the token was refused ({status}: {}); a join token may have expired", text.trim());
+        }
+        let answer: serde_json::Value = response.json().await.context("decoding the join answer")?;
+        let token = answer["nodeToken"].as_str().context("the join answer has no node credential")?.to_owned();
+        let server_token_sha256 = answer["serverTokenSha256"].as_str().context("the join answer has no server token hash")?.to_owned();
+        Ok(NodeCredentials { token, server_token_sha256 })
+    }
+    .await;
+    let credentials = match exchanged {
+        Ok(credentials) => credentials,
+        // The servers are unreachable or refuse the shared token: a credential kept from an
+        // earlier start still works if the cluster still knows it.
+        Err(error) => match kept() {
+            Some(credentials) => {
+                eprintln!("shoal agent: {error:#}; using the node credential kept in {}", kept_token.display());
+                return Ok(credentials);
+            }
+            None => return Err(error),
+        },
+    };
+    shoal_apiserver::pki::write_private(&kept_token, &credentials.token)?;
+    shoal_apiserver::pki::write_private(&kept_hash, &credentials.server_token_sha256)?;
+    Ok(credentials)
 }
 
 /// The cluster CA for an agent: `--ca-file`, else the copy in its data dir, else fetched from
