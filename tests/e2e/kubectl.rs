@@ -472,6 +472,21 @@ async fn kubectl_auth_answers_for_each_token_and_the_node_token_is_limited() {
         let (code, _, stderr) = node.run(&["delete", "namespace", "default"], None);
         assert_ne!(code, 0);
         assert!(stderr.contains("forbidden"), "kubectl {version}: {stderr}");
+
+        // `--as`: the admin acts as a node to check what it may do; nobody else impersonates.
+        let whoami = admin.ok(&["--as=system:node:node-9", "auth", "whoami"], None);
+        assert!(whoami.contains("system:node:node-9") && whoami.contains("system:nodes"), "kubectl {version}: {whoami}");
+        let (code, stdout, _) = admin.run(&["--as=system:node:node-9", "auth", "can-i", "create", "deployments"], None);
+        assert_eq!((code, stdout.split_whitespace().next()), (1, Some("no")), "kubectl {version}: {stdout}");
+        let (code, _, stderr) = admin.run(&["--as=system:node:node-9", "get", "secret", "nobodys-secret"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains(r#"User "system:node:node-9""#) && stderr.contains("no pod bound to node node-9 uses it"), "kubectl {version}: {stderr}");
+        let (code, _, stderr) = admin.run(&["--as=alice", "get", "pods"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains(r#"Shoal knows no user "alice""#), "kubectl {version}: {stderr}");
+        let (code, _, stderr) = node.run(&["--as=shoal-admin", "get", "pods"], None);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("cannot impersonate"), "kubectl {version}: {stderr}");
     }
     let (status, body) = server.get("/api/v1/namespaces/default").await;
     assert_eq!(status, 200, "the namespace the node token tried to delete is still there: {body}");

@@ -70,6 +70,30 @@ pub fn identify(state: &crate::AppState, headers: &HeaderMap) -> Option<Identity
     }
 }
 
+/// The identity a request acts as: its sender's, or, with `Impersonate-User` (`kubectl --as`),
+/// the user it names, which only the admin may ask for. Shoal knows three users: `shoal-admin`,
+/// `shoal-node` and `system:node:NAME`. Other impersonation headers (groups, uid, extra) are
+/// refused rather than ignored, so a request never runs as someone it did not mean to be.
+pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let mut others = headers.keys().filter(|name| name.as_str().starts_with("impersonate-") && name.as_str() != "impersonate-user");
+    if let Some(other) = others.next() {
+        return Err(ApiError::forbidden(format!("{other} is not supported: Shoal has no groups or RBAC to impersonate; use Impersonate-User (kubectl --as) alone")));
+    }
+    let Some(user) = headers.get("impersonate-user") else { return Ok(identity) };
+    let user = user.to_str().unwrap_or_default();
+    if identity != Identity::Admin {
+        return Err(ApiError::forbidden(format!("users \"{user}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope", identity.username())));
+    }
+    match user {
+        "shoal-admin" => Ok(Identity::Admin),
+        "shoal-node" => Ok(Identity::Nodes),
+        _ => match user.strip_prefix("system:node:") {
+            Some(node) if crate::tokens::valid_node_name(node) => Ok(Identity::Node(node.to_owned())),
+            _ => Err(ApiError::forbidden(format!("Shoal knows no user {user:?}: impersonate shoal-admin, shoal-node or system:node:NAME"))),
+        },
+    }
+}
+
 /// What authorizing a node's own requests needs to know of the stored pods.
 pub trait Lookup {
     /// The node pod `namespace/name` is bound to (empty while unbound), `None` if there is no
@@ -521,6 +545,25 @@ mod tests {
         assert!(authorize(&a, &named("pending", request("delete", "", "pods", "", "shop")), &pods()).is_err(), "an unbound pod");
         assert!(authorize(&a, &named("gone", request("delete", "", "pods", "", "shop")), &pods()).is_ok(), "the handler answers 404");
         assert!(authorize(&a, &named("x", request("create", "apps", "deployments", "", "shop")), &pods()).is_err());
+    }
+
+    #[test]
+    fn only_the_admin_impersonates_and_only_known_users() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().expect("header value"));
+            }
+            map
+        };
+        assert_eq!(impersonate(Identity::Admin, &headers(&[])).ok(), Some(Identity::Admin));
+        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:a")])).ok(), Some(Identity::Node("a".into())));
+        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node")])).ok(), Some(Identity::Nodes));
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice")])).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:Bad_Name")])).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node"), ("impersonate-group", "system:masters")])).is_err());
+        assert!(impersonate(Identity::Nodes, &headers(&[("impersonate-user", "shoal-admin")])).is_err(), "a node cannot become the admin");
+        assert!(impersonate(Identity::Node("a".into()), &headers(&[("impersonate-user", "system:node:b")])).is_err());
     }
 
     #[test]

@@ -193,6 +193,10 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         return crate::registry::handle(state, method, uri, headers, body).await;
     }
     let Some(identity) = authz::identify(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
+    let identity = match authz::impersonate(identity, &headers) {
+        Ok(identity) => identity,
+        Err(denied) => return error_response(&denied),
+    };
     if state.shutdown.is_cancelled() {
         return shutting_down();
     }
@@ -268,7 +272,7 @@ async fn authorize(state: &AppState, identity: &authz::Identity, method: &Method
 async fn forward(state: &AppState, url: &str, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let mut request = state.peer_http.request(method.clone(), format!("{}{path_and_query}", url.trim_end_matches('/'))).body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT] {
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT, header::HeaderName::from_static("impersonate-user")] {
         if let Some(value) = headers.get(&name) {
             request = request.header(name, value);
         }
