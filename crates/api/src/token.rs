@@ -21,22 +21,31 @@ pub fn ca_hash(token: &str) -> Option<&str> {
 pub fn matches(known: &str, presented: &[u8]) -> bool {
     let known = secret(known).as_bytes();
     let presented = std::str::from_utf8(presented).map(|p| secret(p).as_bytes()).unwrap_or(presented);
-    !known.is_empty() && known.len() == presented.len() && known.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    !known.is_empty() && constant_time_eq(known, presented)
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The SHA-256 of `text`, in hex.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 (hex) of a token's secret part: what a node keeps to check the token servers
 /// present to its data plane, without holding the token itself.
 pub fn secret_sha256(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret(token).as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(secret(token))
 }
 
 /// Whether `presented` is a token whose secret hashes to `sha256` (hex), compared in constant
 /// time.
 pub fn matches_sha256(sha256: &str, presented: &[u8]) -> bool {
     let Ok(presented) = std::str::from_utf8(presented) else { return false };
-    let computed = secret_sha256(presented);
-    !sha256.is_empty() && sha256.len() == computed.len() && sha256.bytes().zip(computed.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    !sha256.is_empty() && constant_time_eq(sha256.as_bytes(), secret_sha256(presented).as_bytes())
 }
 
 /// A full token for `secret` under the CA whose hash is `ca_hash`.

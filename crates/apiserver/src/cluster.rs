@@ -77,7 +77,7 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
     }
 }
 
-/// `POST /internal/nodes/join` `{"nodeName": NAME}`: issues node NAME its own credential and
+/// `POST /internal/cluster/node-join` `{"nodeName": NAME}`: issues node NAME its own credential and
 /// tells it how to check the servers' calls to its data plane.
 async fn node_join(state: &AppState, body: &[u8]) -> Response {
     let name = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["nodeName"].as_str().map(str::to_owned));

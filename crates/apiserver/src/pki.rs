@@ -62,11 +62,7 @@ pub fn ca_hash(ca_pem: &str) -> String {
     sha256_hex(ca_pem.trim())
 }
 
-/// The hex SHA-256 of `text`.
-pub(crate) fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use shoal_api::token::sha256_hex;
 
 /// `bytes` random bytes, in hex.
 pub(crate) fn random_hex(bytes: usize) -> String {
