@@ -60,7 +60,12 @@ impl Identity {
 
 /// The identity behind the request's bearer token, if it carries a valid one.
 pub fn identify(state: &crate::AppState, headers: &HeaderMap) -> Option<Identity> {
-    let token = crate::handlers::bearer_token(headers)?;
+    identify_token(state, crate::handlers::bearer_token(headers)?)
+}
+
+/// The identity a token stands for: the one place the admin token, the shared node token and
+/// nodes' own credentials are recognised (the API, `/internal/…` and the registry all ask here).
+pub fn identify_token(state: &crate::AppState, token: &[u8]) -> Option<Identity> {
     if crate::handlers::constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
         Some(Identity::Admin)
     } else if shoal_api::token::matches(&state.credentials.node_token, token) {
@@ -88,7 +93,7 @@ pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, 
         "shoal-admin" => Ok(Identity::Admin),
         "shoal-node" => Ok(Identity::Nodes),
         _ => match user.strip_prefix("system:node:") {
-            Some(node) if crate::tokens::valid_node_name(node) => Ok(Identity::Node(node.to_owned())),
+            Some(node) if shoal_api::validation::is_dns1123_subdomain(node) => Ok(Identity::Node(node.to_owned())),
             _ => Err(ApiError::forbidden(format!("Shoal knows no user {user:?}: impersonate shoal-admin, shoal-node or system:node:NAME"))),
         },
     }

@@ -21,7 +21,7 @@ use shoal_store::{Command, MemberRequest};
 
 use crate::AppState;
 use crate::error::{Error, Result};
-use crate::handlers::{bearer_token, constant_time_eq, error_response};
+use crate::handlers::{bearer_token, error_response};
 use crate::pki::{self, SharedCredentials};
 
 /// The largest internal request: an AppendEntries batch may carry many registry chunks.
@@ -65,16 +65,13 @@ enum Caller {
 fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
     let token = bearer_token(headers)?;
     if shoal_api::token::matches(&state.credentials.server_token, token) {
-        Some(Caller::Server)
-    } else if constant_time_eq(state.credentials.admin_token.as_bytes(), token) {
-        Some(Caller::Admin)
-    } else if shoal_api::token::matches(&state.credentials.node_token, token) {
-        Some(Caller::Node)
-    } else if crate::tokens::verify_node_credential(state, token).is_some() {
-        Some(Caller::OwnNode)
-    } else {
-        None
+        return Some(Caller::Server);
     }
+    Some(match crate::authz::identify_token(state, token)? {
+        crate::authz::Identity::Admin => Caller::Admin,
+        crate::authz::Identity::Nodes => Caller::Node,
+        crate::authz::Identity::Node(_) => Caller::OwnNode,
+    })
 }
 
 /// `POST /internal/cluster/node-join` `{"nodeName": NAME}`: issues node NAME its own credential and

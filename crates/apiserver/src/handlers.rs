@@ -935,7 +935,11 @@ fn discovered_resource(info: &ResourceInfo) -> Value {
 /// The named groups, in discovery order: the stored kinds' groups, then the self reviews'.
 fn served_groups() -> Vec<&'static str> {
     let mut groups = resources::groups();
-    groups.extend(authz::review_groups().into_iter().filter(|g| !resources::groups().contains(g)));
+    for group in authz::review_groups() {
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
     groups
 }
 

@@ -121,13 +121,10 @@ fn role(state: &AppState, headers: &HeaderMap) -> Option<Role> {
     } else {
         return None;
     };
-    if crate::handlers::constant_time_eq(state.credentials.admin_token.as_bytes(), token.as_bytes()) {
-        Some(Role::Admin)
-    } else if shoal_api::token::matches(&state.credentials.node_token, token.as_bytes()) || crate::tokens::verify_node_credential(state, token.as_bytes()).is_some() {
-        Some(Role::Node)
-    } else {
-        None
-    }
+    Some(match crate::authz::identify_token(state, token.as_bytes())? {
+        crate::authz::Identity::Admin => Role::Admin,
+        crate::authz::Identity::Nodes | crate::authz::Identity::Node(_) => Role::Node,
+    })
 }
 
 fn valid_repository(name: &str) -> bool {

@@ -112,19 +112,10 @@ pub fn verify(state: &AppState, presented: &[u8], role: Role) -> bool {
 /// API): the record of node `NAME` is `internal.nodecredentials//NAME`.
 pub const NODE_CREDENTIALS: &str = "internal.nodecredentials";
 
-/// Whether `name` can be a node's name (a DNS subdomain): it is also part of a credential.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-}
-
 /// Issues node `name` a credential of its own, `K1<CA hash>::node:<name>:<secret>`, replacing
 /// any it had (the node's earlier credential stops working). Only the secret's hash is stored.
 pub async fn issue_node_credential(state: &AppState, name: &str) -> Result<String, ApiError> {
-    if !valid_node_name(name) {
+    if !shoal_api::validation::is_dns1123_subdomain(name) {
         return Err(ApiError::bad_request(format!("{name:?} is not a valid node name (a DNS subdomain)")));
     }
     let secret = random_hex(24);
@@ -145,7 +136,7 @@ pub async fn issue_node_credential(state: &AppState, name: &str) -> Result<Strin
 pub fn verify_node_credential(state: &AppState, presented: &[u8]) -> Option<String> {
     let presented = std::str::from_utf8(presented).ok()?;
     let (name, secret) = shoal_api::token::secret(presented).strip_prefix("node:")?.split_once(':')?;
-    if !valid_node_name(name) || secret.is_empty() {
+    if !shoal_api::validation::is_dns1123_subdomain(name) || secret.is_empty() {
         return None;
     }
     let record = state.store.get_shared(&ObjectKey::new(NODE_CREDENTIALS, "", name)).ok()??;
