@@ -640,3 +640,74 @@ async fn kubectl_rollout_status_survives_a_closed_watch_and_410() {
     // kubectl's reflector logs (-v=4) show both: the stream closing and the 410 on resuming.
     assert!(stderr.contains("Watch close") && stderr.contains("too old resource version"), "{stderr}");
 }
+
+/// Runs `kubectl args` until its output satisfies `check`, failing after `seconds` with the last
+/// output.
+async fn kubectl_until(kubectl: &Kubectl, args: &[&str], seconds: u64, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let (code, stdout, stderr) = kubectl.run(args, None);
+        if code == 0 && check(&stdout) {
+            return stdout;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not happen within {seconds} s; kubectl {args:?} said: {stdout}{stderr}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `kubectl top` reads `metrics.k8s.io`, measured by the node from the guests' own CPU time; and
+/// an autoscaler made by `kubectl autoscale` (a protobuf body from kubectl 1.33) grows a busy
+/// Deployment to its maximum, then shrinks it when the load stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_top_and_autoscale_follow_the_guests_cpu() {
+    let server = Server::start_with(&["--horizontal-pod-autoscaler-sync-period", "1"]).await;
+    crate::harness::push(&server, "misbehave/misbehave.wasm", "shoal.local/samples/misbehave:latest");
+    let kubectl = Kubectl::new(&server, "1.33");
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: busy}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: busy}}\n  template:\n    metadata: {labels: {app: busy}}\n    spec:\n      containers: [{name: app, image: \"shoal.local/samples/misbehave:latest\", resources: {requests: {cpu: 100m}}}]\n";
+    kubectl.ok(&["apply", "-f", "-"], Some(deployment));
+    kubectl.ok(&["rollout", "status", "deployment/busy", "--timeout=25s"], None);
+    let pod = kubectl.ok(&["get", "pods", "-l", "app=busy", "-o", "jsonpath={.items[0].metadata.name}"], None);
+    let node = kubectl.ok(&["get", "pods", &pod, "-o", "jsonpath={.spec.nodeName}"], None);
+    let data = kubectl.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.annotations.shoal\\.dev/data-addr}"], None);
+    assert!(!data.is_empty(), "the node publishes its data plane");
+
+    // One client keeps the first pod busy: about a core, ten times its request.
+    let load = tokio_util::sync::CancellationToken::new();
+    let loader = {
+        let (load, url) = (load.clone(), format!("http://{data}/_pods/default/{pod}/spin?ms=50"));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answered = 0u32;
+            while !load.is_cancelled() {
+                if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    };
+    let top = kubectl_until(&kubectl, &["top", "pod", "-l", "app=busy", "--no-headers"], 30, "the busy pod's CPU in kubectl top", |out| {
+        out.lines().any(|line| line.starts_with(&pod) && line.split_whitespace().nth(1).and_then(|cpu| cpu.strip_suffix('m')).and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 300))
+    })
+    .await;
+    assert!(top.contains("Mi"), "memory is shown too: {top}");
+    let nodes = kubectl.ok(&["top", "node", "--no-headers"], None);
+    assert!(nodes.lines().any(|line| line.starts_with(&node)), "{nodes}");
+
+    kubectl.ok(&["autoscale", "deployment", "busy", "--cpu-percent=50", "--min=1", "--max=3"], None);
+    // Shrink as soon as the load is gone (the default waits five minutes).
+    kubectl.ok(&["patch", "hpa", "busy", "--type=merge", "-p", r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#], None);
+    kubectl_until(&kubectl, &["get", "deployment", "busy", "-o", "jsonpath={.spec.replicas}"], 60, "the scale-up to the maximum", |out| out == "3").await;
+    let row = kubectl.ok(&["get", "hpa", "busy", "--no-headers"], None);
+    let targets = row.split_whitespace().nth(2).zip(row.split_whitespace().nth(3)).map(|(a, b)| format!("{a} {b}")).unwrap_or_default();
+    assert!(targets.starts_with("cpu: ") && targets.ends_with("%/50%") && !targets.contains("unknown"), "measured utilization in TARGETS: {row}");
+    let events = kubectl.ok(&["get", "events", "--field-selector", "involvedObject.kind=HorizontalPodAutoscaler,reason=SuccessfulRescale", "-o", "jsonpath={.items[*].message}"], None);
+    assert!(events.contains("New size: 3") && events.contains("above target"), "{events}");
+
+    load.cancel();
+    let answered = loader.await.expect("the load ran");
+    assert!(answered > 0, "the busy pod answered");
+    kubectl_until(&kubectl, &["get", "deployment", "busy", "-o", "jsonpath={.spec.replicas}"], 60, "the scale-down once idle", |out| out == "1").await;
+    let described = kubectl.ok(&["describe", "hpa", "busy"], None);
+    assert!(described.contains("ValidMetricFound") && described.contains("All metrics below target"), "{described}");
+}

@@ -43,7 +43,14 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
                 }
             }
         }
-        ("autoscaling", "HorizontalPodAutoscaler") => set(child(root(object), "spec"), "minReplicas", json!(1)),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            let spec = child(root(object), "spec");
+            set(spec, "minReplicas", json!(1));
+            // autoscaling/v2: no metrics means cpu at 80% of the pods' requests.
+            if spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                spec.insert("metrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]));
+            }
+        }
         _ => {}
     }
 }

@@ -280,9 +280,51 @@ pub fn row(info: &ResourceInfo, object: &Value, now: jiff::Timestamp) -> Vec<Str
         "Lease" => vec![name, or_none(text(&spec["holderIdentity"])), created],
         "HorizontalPodAutoscaler" => {
             let target = &spec["scaleTargetRef"];
-            vec![name, format!("{}/{}", text(&target["kind"]), text(&target["name"])), "<unknown>".into(), int(&spec["minReplicas"]).to_string(), int(&spec["maxReplicas"]).to_string(), int(&status["currentReplicas"]).to_string(), created]
+            vec![name, format!("{}/{}", text(&target["kind"]), text(&target["name"])), hpa_targets(spec, status), int(&spec["minReplicas"]).to_string(), int(&spec["maxReplicas"]).to_string(), int(&status["currentReplicas"]).to_string(), created]
         }
         _ => vec![name, created],
+    }
+}
+
+/// The TARGETS column of an autoscaler, as kubectl's printer writes it: `cpu: 12%/50%` for each
+/// metric (the current value from the status, `<unknown>` until measured), the first two and
+/// `+ N more...`.
+fn hpa_targets(spec: &Value, status: &Value) -> String {
+    let quantity = |value: &Value| crate::quantity::of_json(value).unwrap_or_else(|| "<unknown>".into());
+    let list: Vec<String> = spec["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, metric)| {
+            let current = &status["currentMetrics"][index];
+            let kind = metric["type"].as_str().unwrap_or_default();
+            let field = match kind {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                _ => "external",
+            };
+            let (source, now) = (&metric[field], &current[field]["current"]);
+            let target = &source["target"];
+            let name = if matches!(kind, "Resource" | "ContainerResource") { format!("{}: ", text(&source["name"])) } else { String::new() };
+            match target["type"].as_str() {
+                Some("Utilization") => {
+                    let now = now["averageUtilization"].as_i64().map_or("<unknown>".into(), |u| format!("{u}%"));
+                    format!("{name}{now}/{}%", int(&target["averageUtilization"]))
+                }
+                Some("Value") => format!("{name}{}/{}", quantity(&now["value"]), quantity(&target["value"])),
+                // kubectl marks averages of custom metrics only.
+                _ if !name.is_empty() => format!("{name}{}/{}", quantity(&now["averageValue"]), quantity(&target["averageValue"])),
+                _ => format!("{}/{} (avg)", quantity(&now["averageValue"]), quantity(&target["averageValue"])),
+            }
+        })
+        .collect();
+    match list.len() {
+        0 => "<none>".into(),
+        1 | 2 => list.join(", "),
+        more => format!("{} + {} more...", list[..2].join(", "), more - 2),
     }
 }
 
@@ -291,6 +333,19 @@ mod tests {
     use super::*;
     use crate::resources::by_name;
     use serde_json::json;
+
+    #[test]
+    fn autoscaler_targets_read_like_kubectl() {
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}});
+        let memory = json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}});
+        let pods = json!({"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}});
+        let spec = json!({"metrics": [cpu, memory, pods]});
+        assert_eq!(hpa_targets(&spec, &json!({})), "cpu: <unknown>/50%, memory: <unknown>/100Mi + 1 more...");
+        let status = json!({"currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 12, "averageValue": "12m"}}}]});
+        assert_eq!(hpa_targets(&json!({"metrics": [spec["metrics"][0]]}), &status), "cpu: 12%/50%");
+        assert_eq!(hpa_targets(&json!({"metrics": [spec["metrics"][2]]}), &json!({})), "<unknown>/10 (avg)");
+        assert_eq!(hpa_targets(&json!({}), &json!({})), "<none>");
+    }
 
     #[test]
     fn deployment_row() {

@@ -611,6 +611,53 @@ fn hpa(spec: &Value, errors: &mut Errors) {
     if min < 0 {
         errors.push(FieldError::invalid("spec.minReplicas", min, "must be greater than or equal to 0"));
     }
+    for (index, metric) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
+        let path = format!("spec.metrics[{index}]");
+        let kind = metric["type"].as_str().unwrap_or_default();
+        let field = match kind {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            "" => {
+                errors.push(FieldError::required(format!("{path}.type")));
+                continue;
+            }
+            other => {
+                errors.push(FieldError::not_supported(format!("{path}.type"), other, &["ContainerResource", "External", "Object", "Pods", "Resource"]));
+                continue;
+            }
+        };
+        let source = &metric[field];
+        if !source.is_object() {
+            errors.push(FieldError::required(format!("{path}.{field}")).with_detail(&format!("must populate information for the given metric source (type {kind})")));
+            continue;
+        }
+        if matches!(kind, "Resource" | "ContainerResource") {
+            if source["name"].as_str().is_none_or(str::is_empty) {
+                errors.push(FieldError::required(format!("{path}.{field}.name")));
+            }
+            if kind == "ContainerResource" && source["container"].as_str().is_none_or(str::is_empty) {
+                errors.push(FieldError::required(format!("{path}.{field}.container")));
+            }
+        }
+        let target = &source["target"];
+        let target_path = format!("{path}.{field}.target");
+        match target["type"].as_str() {
+            Some("Utilization") => match target["averageUtilization"].as_i64() {
+                Some(utilization) if utilization > 0 => {}
+                Some(utilization) => errors.push(FieldError::invalid(format!("{target_path}.averageUtilization"), utilization, "must be greater than 0")),
+                None => errors.push(FieldError::required(format!("{target_path}.averageUtilization")).with_detail("must set averageUtilization when type is Utilization")),
+            },
+            Some("AverageValue") if target["averageValue"].is_null() => errors.push(FieldError::required(format!("{target_path}.averageValue")).with_detail("must set averageValue when type is AverageValue")),
+            Some("Value") if target["value"].is_null() => errors.push(FieldError::required(format!("{target_path}.value")).with_detail("must set value when type is Value")),
+            Some("Value") if matches!(kind, "Resource" | "ContainerResource") => errors.push(FieldError::not_supported(format!("{target_path}.type"), "Value", &["AverageValue", "Utilization"])),
+            Some("AverageValue" | "Value") => {}
+            Some(other) => errors.push(FieldError::not_supported(format!("{target_path}.type"), other, &["AverageValue", "Utilization", "Value"])),
+            None => errors.push(FieldError::required(format!("{target_path}.type"))),
+        }
+    }
 }
 
 impl FieldError {
@@ -632,6 +679,33 @@ mod tests {
         let mut object = object;
         crate::defaults::apply(info, &mut object);
         validate(info, &object).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn autoscaler_metrics_are_checked_and_default_to_cpu() {
+        let hpa = |metrics: Value| json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "a"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 3, "metrics": metrics}});
+        assert!(fields("horizontalpodautoscalers", hpa(json!([]))).is_empty());
+        let mut defaulted = hpa(json!([]));
+        crate::defaults::apply(by_name("horizontalpodautoscalers").expect("served"), &mut defaulted);
+        assert_eq!(defaulted["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+        let bad = json!([
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 0}}},
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Value", "value": "1"}}},
+            {"type": "Pods"},
+            {"type": "Bogus"},
+            {"type": "ContainerResource", "containerResource": {"name": "memory", "target": {"type": "AverageValue"}}},
+        ]);
+        assert_eq!(
+            fields("horizontalpodautoscalers", hpa(bad)),
+            [
+                "spec.metrics[0].resource.target.averageUtilization",
+                "spec.metrics[1].resource.target.type",
+                "spec.metrics[2].pods",
+                "spec.metrics[3].type",
+                "spec.metrics[4].containerResource.container",
+                "spec.metrics[4].containerResource.target.averageValue",
+            ]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use shoal_api::watch::{ObjectEvent, ObjectEvents, WantObjects};
 use shoal_api::{ApiError, meta, table};
 use shoal_store::{EventType, WatchError};
 
-use crate::{AppState, authz};
+use crate::{AppState, authz, metrics};
 use crate::objects::{self, DeleteOptions, PatchType, ScaleChange, UpdateScope, typed, with_type};
 use crate::request::{self, MAX_BODY_BYTES, Query, Route, Target};
 
@@ -215,6 +215,26 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         };
     }
     let query = Query::parse(uri.query());
+    if let Some(target) = metrics::target(uri.path()) {
+        let verb = if target.name.is_some() { "get" } else { "list" };
+        let attributes = authz::Attributes {
+            verb: verb.into(),
+            group: metrics::GROUP.into(),
+            resource: target.plural().into(),
+            subresource: String::new(),
+            namespace: target.namespace.clone().unwrap_or_default(),
+            name: target.name.clone().unwrap_or_default(),
+            field_selector: query.get("fieldSelector").unwrap_or_default().to_owned(),
+        };
+        let answer = match authz::authorize(&identity, &attributes, &*state) {
+            Ok(()) => metrics::serve(&state, &method, &target, &query).await,
+            Err(denied) => Err(denied),
+        };
+        return match answer {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(error) => error_response(&error),
+        };
+    }
     let route = request::route(uri.path());
     if let Ok(Route::Resource(target)) = &route
         && let Err(denied) = authorize(&state, &identity, &method, &headers, &query, target, &body).await
@@ -805,6 +825,11 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
                 .filter(|(g, _, _)| *g == group && version == "v1")
                 .map(|(_, kind, plural)| json!({"name": plural, "singularName": "", "namespaced": false, "kind": kind, "verbs": ["create"]}))
                 .collect();
+            let reviews: Vec<Value> = if group == metrics::GROUP && version == metrics::VERSION {
+                metrics::KINDS.iter().map(|(kind, plural, namespaced)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "list"]})).collect()
+            } else {
+                reviews
+            };
             if served.is_empty() && reviews.is_empty() {
                 return Err(ApiError::path_not_found());
             }
@@ -890,6 +915,14 @@ fn aggregated_discovery(core: bool, version: &'static str) -> Response {
                             "responseKind": {"group": group, "version": "v1", "kind": kind},
                         })
                     }));
+                    if group == metrics::GROUP && group_version == metrics::VERSION {
+                        resources.extend(metrics::KINDS.iter().map(|(kind, plural, namespaced)| {
+                            json!({
+                                "resource": plural, "singularResource": "", "scope": if *namespaced { "Namespaced" } else { "Cluster" }, "verbs": ["get", "list"],
+                                "responseKind": {"group": metrics::GROUP, "version": metrics::VERSION, "kind": kind},
+                            })
+                        }));
+                    }
                     json!({"version": group_version, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
@@ -932,10 +965,11 @@ fn discovered_resource(info: &ResourceInfo) -> Value {
     })
 }
 
-/// The named groups, in discovery order: the stored kinds' groups, then the self reviews'.
+/// The named groups, in discovery order: the stored kinds' groups, then the self reviews', then
+/// the resource metrics.
 fn served_groups() -> Vec<&'static str> {
     let mut groups = resources::groups();
-    for group in authz::review_groups() {
+    for group in authz::review_groups().into_iter().chain([metrics::GROUP]) {
         if !groups.contains(&group) {
             groups.push(group);
         }
@@ -953,6 +987,9 @@ fn group_versions(group: &str) -> Vec<&'static str> {
     }
     if versions.is_empty() && authz::review_groups().contains(&group) {
         versions.push("v1");
+    }
+    if group == metrics::GROUP {
+        versions.push(metrics::VERSION);
     }
     versions
 }

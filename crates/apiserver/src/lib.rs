@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cluster;
 pub mod error;
 mod handlers;
+pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod registry;

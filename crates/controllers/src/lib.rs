@@ -6,6 +6,7 @@
 //! decisions are pure functions where they are intricate (placement, rollout arithmetic, cron
 //! schedules) with table-driven tests next to them.
 
+pub mod autoscaler;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -45,11 +46,13 @@ pub struct Settings {
     pub job_backoff_base: Duration,
     /// The identity this process holds the leader Lease under.
     pub identity: String,
+    /// How often each HorizontalPodAutoscaler reads its metrics and rescales.
+    pub autoscaler_sync_period: Duration,
 }
 
 impl Settings {
     pub fn new(identity: impl Into<String>) -> Self {
-        Self { node_monitor_grace_period: Duration::from_secs(6), job_backoff_base: Duration::from_secs(10), identity: identity.into() }
+        Self { node_monitor_grace_period: Duration::from_secs(6), job_backoff_base: Duration::from_secs(10), identity: identity.into(), autoscaler_sync_period: Duration::from_secs(15) }
     }
 }
 
@@ -127,6 +130,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let node_lifecycle = node_lifecycle::NodeLifecycleController::register(&context);
     let endpoints = endpoints::EndpointsController::register(&context);
     let ingress_status = ingress_status::IngressStatusController::register(&context);
+    let autoscalers = autoscaler::AutoscalerController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -144,6 +148,8 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     node_lifecycle.spawn(&tasks, shutdown.clone());
     endpoints.spawn(&tasks, RunOptions { workers: 4, resync: Duration::from_secs(30) }, shutdown.clone());
     ingress_status.spawn(&tasks, resync(60), shutdown.clone());
+    // Each autoscaler requeues itself every sync period; the resync is only a safety net.
+    autoscalers.spawn(&tasks, resync(60), shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();

@@ -397,6 +397,7 @@ pub(crate) async fn run_once(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod
             }
         }
     };
+    shared.metrics.cgroup(reporter.container_key(&name), spec.cgroup());
     let started_at = now();
     let [startup, liveness, readiness] = [probes[0].clone(), probes[1].clone(), probes[2].clone()];
     reporter.update(&name, |r| {

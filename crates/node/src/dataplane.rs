@@ -9,6 +9,8 @@
 //! - `/_tunnel/UID:PORT` with `Upgrade: shoal-tcp` turns the connection into a byte stream to
 //!   that port of a pod with a network of its own on this node ([`crate::tunnel`]): node ports on
 //!   other nodes reach container endpoints here this way.
+//! - `/_metrics`: the node's and its running containers' CPU and memory usage
+//!   ([`crate::metrics`]), for the API server's `metrics.k8s.io`. Also needs the node token.
 //! - `/healthz`.
 
 use std::collections::HashMap;
@@ -43,6 +45,14 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Res
     let path = request.uri().path().to_owned();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
+    }
+    if path == "/_metrics" {
+        if !from_api_server(shared, &request) {
+            return text(StatusCode::UNAUTHORIZED, "metrics are served to the API servers (the shared node token)\n");
+        }
+        let mut response = Response::new(http_body_util::Full::new(Bytes::from(shared.metrics.summary().to_string())).map_err(|never| match never {}).boxed_unsync());
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        return response;
     }
     if let Some(rest) = path.strip_prefix("/_logs/") {
         return logs(shared, rest, request).await;
@@ -87,9 +97,14 @@ fn format_line(line: &LogLine, timestamps: bool) -> String {
     }
 }
 
-async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+/// Whether the request carries the token the API servers use here (the shared node token).
+fn from_api_server(shared: &Shared, request: &Request<Incoming>) -> bool {
     let token = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-    if !shoal_api::token::matches_sha256(&shared.config.server_token_sha256, token.as_bytes()) {
+    shoal_api::token::matches_sha256(&shared.config.server_token_sha256, token.as_bytes())
+}
+
+async fn logs(shared: &Arc<Shared>, rest: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+    if !from_api_server(shared, &request) {
         return text(StatusCode::UNAUTHORIZED, "logs are served to the API servers (the shared node token)\n");
     }
     let Some((namespace, name)) = rest.split_once('/') else { return text(StatusCode::NOT_FOUND, "use /_logs/NAMESPACE/NAME\n") };

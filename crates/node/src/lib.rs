@@ -10,6 +10,7 @@ mod containers;
 pub mod dataplane;
 pub mod hollow;
 pub mod ingress;
+mod metrics;
 pub mod nodeports;
 mod pods;
 pub mod probes;
@@ -167,6 +168,8 @@ pub struct Shared {
     pub(crate) terminating: Mutex<std::collections::HashSet<String>>,
     /// HTTP routes by (namespace, pod name): one per HTTP container.
     pub(crate) routes: RwLock<HashMap<(String, String), Vec<HttpRoute>>>,
+    /// What each running container uses, for `/_metrics`.
+    pub(crate) metrics: metrics::Metrics,
     /// Log sinks by (namespace, pod name, container).
     pub(crate) logs: RwLock<HashMap<(String, String, String), LogSink>>,
     /// Pods with a network namespace here, by uid.
@@ -251,6 +254,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         routes: RwLock::new(HashMap::new()),
         pod_networks: RwLock::new(HashMap::new()),
         logs: RwLock::new(HashMap::new()),
+        metrics: metrics::Metrics::default(),
         services: services::ServiceTable::new(),
         reactors,
         router: ingress::Router::new(),
@@ -273,6 +277,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
     shared.tasks.spawn(heartbeats(Arc::clone(&shared), data_addr));
     shared.tasks.spawn(discover_servers(shared.client.clone(), shared.shutdown.clone()));
     shared.tasks.spawn(pod_loop(Arc::clone(&shared)));
+    shared.tasks.spawn(metrics::run(Arc::clone(&shared)));
     tracing::info!(node = %shared.config.node_name, %data_addr, ?ingress_addr, ?ingress_tls_addr, "node agent running");
     Ok(NodeAgent { data_addr, ingress_addr, ingress_tls_addr, shared })
 }

@@ -189,6 +189,11 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
+    /// How the node's metrics name one of this pod's containers.
+    pub(crate) fn container_key(&self, container: &str) -> crate::metrics::ContainerKey {
+        crate::metrics::ContainerKey { uid: self.uid.clone(), namespace: self.namespace.clone(), pod: self.name.clone(), container: container.to_owned() }
+    }
+
     pub(crate) fn update(&self, container: &str, change: impl FnOnce(&mut ContainerRecord)) {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(record) = records.iter_mut().find(|r| r.name == container) {
@@ -516,6 +521,7 @@ async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value,
     let pod_ip = net.map(|n| n.network.address.to_string()).unwrap_or_else(|| shared.host_ip.clone());
     match spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, logs).await {
         Ok(mut sandbox) => {
+            sandbox.usage = shared.metrics.wasm(reporter.container_key(container_name));
             // Outgoing requests to Service names go through this node's proxy; in a pod with
             // containers, `localhost` means the pod's network namespace.
             sandbox.outbound = Some(Arc::new(crate::proxy::GuestOutbound {

@@ -256,6 +256,28 @@ fn is_not_found(error: &Error) -> bool {
     matches!(error, Error::Grpc { code, .. } if *code == NOT_FOUND)
 }
 
+/// A cgroup's CPU time and working set (memory less inactive file pages, as the kubelet reports
+/// it): cgroup v1 `cpuacct.usage` and `memory.usage_in_bytes`, or v2 `cpu.stat` and
+/// `memory.current`. `None` when the cgroup is not there.
+pub fn cgroup_usage(cgroup: &str) -> Option<(Duration, u64)> {
+    let relative = cgroup.trim_start_matches('/');
+    let read = |path: String| std::fs::read_to_string(path).ok();
+    let stat_field = |text: &str, key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok());
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if let (Some(cpu), Some(memory)) = (read(format!("{root}/{relative}/cpu.stat")), read(format!("{root}/{relative}/memory.current"))) {
+            let cpu = Duration::from_micros(stat_field(&cpu, "usage_usec ")?);
+            let memory: u64 = memory.trim().parse().ok()?;
+            let inactive = read(format!("{root}/{relative}/memory.stat")).and_then(|s| stat_field(&s, "inactive_file ")).unwrap_or(0);
+            return Some((cpu, memory.saturating_sub(inactive)));
+        }
+    }
+    let cpu = ["cpuacct", "cpu,cpuacct"].iter().find_map(|h| read(format!("/sys/fs/cgroup/{h}/{relative}/cpuacct.usage")))?;
+    let cpu = Duration::from_nanos(cpu.trim().parse().ok()?);
+    let memory: u64 = read(format!("/sys/fs/cgroup/memory/{relative}/memory.usage_in_bytes"))?.trim().parse().ok()?;
+    let inactive = read(format!("/sys/fs/cgroup/memory/{relative}/memory.stat")).and_then(|s| stat_field(&s, "total_inactive_file ")).unwrap_or(0);
+    Some((cpu, memory.saturating_sub(inactive)))
+}
+
 /// How many OOM kills the cgroup has seen (cgroup v1 `memory.oom_control`, v2 `memory.events`).
 fn oom_kills(cgroup: &str) -> u64 {
     let relative = cgroup.trim_start_matches('/');

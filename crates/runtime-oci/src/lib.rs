@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use container::{BindMount, ContainerSpec, Containers, Exit, Running};
+pub use container::{BindMount, ContainerSpec, Containers, Exit, Running, cgroup_usage};
 pub use daemon::Source;
 pub use image::{Image, Images, PullPolicy};
 pub use network::{Network, PodNetwork, PodRange};

@@ -36,7 +36,7 @@ impl PreparedCommand {
 
 struct ModuleState {
     wasi: WasiP1Ctx,
-    limits: wasmtime::StoreLimits,
+    limits: crate::usage::Limits,
 }
 
 /// A preview 1 core module with `_start`, linked.
@@ -93,10 +93,13 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
             let mut store = Store::new(prepared.pre.engine(), ComponentState::new(spec)?);
             store.limiter(|state| &mut state.limits);
             apply_time_budget(&mut store, budget, spec.cpu.clone());
-            let run = async {
-                let command = prepared.pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
-            };
+            let run = crate::usage::Metered::new(
+                Box::pin(async {
+                    let command = prepared.pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }),
+                std::sync::Arc::clone(&spec.usage),
+            );
             match with_budget(budget, run).await {
                 Ok(Ok(())) => CommandOutcome::exited(0),
                 // wasi:cli/run returned its error variant: exit status 1.
@@ -109,11 +112,14 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
             let mut store = Store::new(prepared.pre.module().engine(), ModuleState { wasi, limits: spec.limits() });
             store.limiter(|state| &mut state.limits);
             apply_time_budget(&mut store, budget, spec.cpu.clone());
-            let run = async {
-                let instance = prepared.pre.instantiate_async(&mut store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
-            };
+            let run = crate::usage::Metered::new(
+                Box::pin(async {
+                    let instance = prepared.pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                }),
+                std::sync::Arc::clone(&spec.usage),
+            );
             match with_budget(budget, run).await {
                 Ok(()) => CommandOutcome::exited(0),
                 Err(error) => CommandOutcome::failed(&error),

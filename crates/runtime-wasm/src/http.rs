@@ -282,7 +282,7 @@ impl HttpHandler {
         // to another worker thread and back on every request. When the response's headers
         // arrive before the guest has finished (it is still streaming the body), the rest of
         // the guest moves to a task of its own.
-        let mut guest = Box::pin(async move {
+        let mut guest = crate::usage::Metered::new(Box::pin(async move {
             let proxy = match proxy {
                 Some(proxy) => proxy,
                 None => {
@@ -299,7 +299,7 @@ impl HttpHandler {
                 retire(store);
             }
             Ok::<(), wasmtime::Error>(())
-        });
+        }), Arc::clone(&self.spec.usage));
         let first = tokio::time::timeout(budget, async {
             tokio::select! {
                 biased;

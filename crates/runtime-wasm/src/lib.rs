@@ -15,6 +15,7 @@ mod command;
 mod http;
 mod latency;
 mod sandbox;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use command::{CommandOutcome, run_command};
 pub use http::{HttpHandler, HttpOutcome, MAX_KEPT_INSTANCES, ResponseBody, defer_instance_drops, drop_retired, kept_instances};
 /// The error type of guest response bodies.
 pub type BodyError = wasmtime_wasi_http::Error;
+pub use usage::Usage;
 pub use sandbox::{CpuLimit, LogLine, LogSink, OutboundFuture, OutboundHttp, Preopen, SandboxSpec, Stream};
 pub use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::StoreLimitsBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -297,6 +297,8 @@ pub struct SandboxSpec {
     pub outbound: Option<Arc<dyn OutboundHttp>>,
     /// The container's CPU limit (`resources.limits.cpu`), shared by all its instances.
     pub cpu: Option<Arc<CpuLimit>>,
+    /// Where the container's CPU time and memory are counted, shared by all its instances.
+    pub usage: Arc<crate::Usage>,
 }
 
 /// A CPU limit enforced like the kernel's CFS bandwidth control: in every period (100 ms) the
@@ -400,7 +402,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for Hooks {
 
 impl SandboxSpec {
     pub fn new(logs: LogSink) -> Self {
-        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None, cpu: None }
+        Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None, cpu: None, usage: Arc::default() }
     }
 
     pub(crate) fn wasi_builder(&self) -> Result<WasiCtxBuilder, crate::Error> {
@@ -415,8 +417,9 @@ impl SandboxSpec {
         Ok(builder)
     }
 
-    pub(crate) fn limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new().memory_size(self.memory_limit_bytes).instances(64).tables(64).memories(16).build()
+    /// A store's limits, counting its memory into the container's usage.
+    pub(crate) fn limits(&self) -> crate::usage::Limits {
+        crate::usage::Limits::new(StoreLimitsBuilder::new().memory_size(self.memory_limit_bytes).instances(64).tables(64).memories(16).build(), Arc::clone(&self.usage))
     }
 }
 
@@ -425,7 +428,7 @@ pub struct ComponentState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: crate::usage::Limits,
     pub(crate) hooks: Hooks,
 }
 

@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// its pods are moved (seconds).
     #[arg(long, default_value_t = 6)]
     node_monitor_grace_period: u64,
+    /// How often each HorizontalPodAutoscaler reads its pods' metrics and rescales (seconds).
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period: u64,
     /// The first delay before a failed Job pod is replaced (seconds; doubles per failure).
     #[arg(long, default_value_t = 10)]
     job_backoff_seconds: u64,
@@ -220,6 +223,7 @@ fn start_controllers(server: &ApiServer, args: &ServerArgs, shutdown: &Cancellat
     let mut settings = shoal_controllers::Settings::new(controller_identity(&args.data_dir)?);
     settings.node_monitor_grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period.max(1));
     settings.job_backoff_base = std::time::Duration::from_secs(args.job_backoff_seconds);
+    settings.autoscaler_sync_period = std::time::Duration::from_secs(args.horizontal_pod_autoscaler_sync_period.max(1));
     Ok(Some(shoal_controllers::start(client, settings, shutdown.clone())))
 }
 

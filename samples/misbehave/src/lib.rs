@@ -1,6 +1,7 @@
 //! misbehave: a wasi:http component for limit tests. `/ok` answers 200 `ok`; `/loop` spins
 //! forever; `/alloc?mb=N` grows its memory by N MiB and answers 200 if it could; `/recurse`
-//! recurses without bound; `/sleep?ms=N` answers after N ms.
+//! recurses without bound; `/spin?ms=N` keeps a core busy for N ms, then answers; `/sleep?ms=N`
+//! answers after N ms.
 
 use std::io::Write as _;
 
@@ -67,12 +68,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 let depth = recurse(0);
                 respond(response_out, 200, &format!("{depth}\n"));
             }
+            "/spin" => {
+                // Busy for ms milliseconds of wall time: CPU load for autoscaling and `top`.
+                let milliseconds = parameter(query, "ms").unwrap_or(100);
+                let deadline = wasip2::clocks::monotonic_clock::now().saturating_add(milliseconds.saturating_mul(1_000_000));
+                let mut counter: u64 = 0;
+                while wasip2::clocks::monotonic_clock::now() < deadline {
+                    for _ in 0..1000 {
+                        counter = std::hint::black_box(counter.wrapping_add(1));
+                    }
+                }
+                respond(response_out, 200, &format!("spun {milliseconds} ms\n"));
+            }
             "/sleep" => {
                 let milliseconds = parameter(query, "ms").unwrap_or(100);
                 wasip2::clocks::monotonic_clock::subscribe_duration(milliseconds.saturating_mul(1_000_000)).block();
                 respond(response_out, 200, &format!("slept {milliseconds} ms\n"));
             }
-            _ => respond(response_out, 404, "not found; try /ok, /loop, /alloc?mb=N, /recurse, /sleep?ms=N\n"),
+            _ => respond(response_out, 404, "not found; try /ok, /loop, /alloc?mb=N, /recurse, /spin?ms=N, /sleep?ms=N\n"),
         }
     }
 }

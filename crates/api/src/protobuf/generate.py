@@ -28,6 +28,8 @@ ROOTS = [
     ('batch/v1', 'Job', 'api/batch/v1'),
     ('batch/v1', 'CronJob', 'api/batch/v1'),
     ('networking.k8s.io/v1', 'Ingress', 'api/networking/v1'),
+    # `kubectl autoscale` (kubectl >= 1.32 sends it as protobuf).
+    ('autoscaling/v2', 'HorizontalPodAutoscaler', 'api/autoscaling/v2'),
     # `kubectl auth whoami` and `kubectl auth can-i [--list]`.
     ('authentication.k8s.io/v1', 'SelfSubjectReview', 'api/authentication/v1'),
     ('authorization.k8s.io/v1', 'SelfSubjectAccessReview', 'api/authorization/v1'),

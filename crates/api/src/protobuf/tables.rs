@@ -79,6 +79,15 @@ pub(super) static INGRESS: Schema = Schema {
     ],
 };
 
+pub(super) static HORIZONTAL_POD_AUTOSCALER: Schema = Schema {
+    name: "HorizontalPodAutoscaler",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        one(2, "spec", Msg(&HORIZONTAL_POD_AUTOSCALER_SPEC)),
+        one(3, "status", Msg(&HORIZONTAL_POD_AUTOSCALER_STATUS)),
+    ],
+};
+
 pub(super) static SELF_SUBJECT_REVIEW: Schema = Schema {
     name: "SelfSubjectReview",
     fields: &[
@@ -280,6 +289,29 @@ pub(super) static INGRESS_STATUS: Schema = Schema {
     name: "IngressStatus",
     fields: &[
         one(1, "loadBalancer", Msg(&INGRESS_LOAD_BALANCER_STATUS)),
+    ],
+};
+
+pub(super) static HORIZONTAL_POD_AUTOSCALER_SPEC: Schema = Schema {
+    name: "HorizontalPodAutoscalerSpec",
+    fields: &[
+        one(1, "scaleTargetRef", Msg(&CROSS_VERSION_OBJECT_REFERENCE)),
+        one(2, "minReplicas", Int32),
+        one(3, "maxReplicas", Int32),
+        list(4, "metrics", Msg(&METRIC_SPEC)),
+        one(5, "behavior", Msg(&HORIZONTAL_POD_AUTOSCALER_BEHAVIOR)),
+    ],
+};
+
+pub(super) static HORIZONTAL_POD_AUTOSCALER_STATUS: Schema = Schema {
+    name: "HorizontalPodAutoscalerStatus",
+    fields: &[
+        one(1, "observedGeneration", Int64),
+        one(2, "lastScaleTime", Time),
+        one(3, "currentReplicas", Int32),
+        one(4, "desiredReplicas", Int32),
+        list(5, "currentMetrics", Msg(&METRIC_STATUS)),
+        list(6, "conditions", Msg(&HORIZONTAL_POD_AUTOSCALER_CONDITION)),
     ],
 };
 
@@ -521,6 +553,58 @@ pub(super) static INGRESS_LOAD_BALANCER_STATUS: Schema = Schema {
     ],
 };
 
+pub(super) static CROSS_VERSION_OBJECT_REFERENCE: Schema = Schema {
+    name: "CrossVersionObjectReference",
+    fields: &[
+        one(1, "kind", Str),
+        one(2, "name", Str),
+        one(3, "apiVersion", Str),
+    ],
+};
+
+pub(super) static METRIC_SPEC: Schema = Schema {
+    name: "MetricSpec",
+    fields: &[
+        one(1, "type", Str),
+        one(2, "object", Msg(&OBJECT_METRIC_SOURCE)),
+        one(3, "pods", Msg(&PODS_METRIC_SOURCE)),
+        one(4, "resource", Msg(&RESOURCE_METRIC_SOURCE)),
+        one(5, "external", Msg(&EXTERNAL_METRIC_SOURCE)),
+        one(7, "containerResource", Msg(&CONTAINER_RESOURCE_METRIC_SOURCE)),
+    ],
+};
+
+pub(super) static HORIZONTAL_POD_AUTOSCALER_BEHAVIOR: Schema = Schema {
+    name: "HorizontalPodAutoscalerBehavior",
+    fields: &[
+        one(1, "scaleUp", Msg(&HPA_SCALING_RULES)),
+        one(2, "scaleDown", Msg(&HPA_SCALING_RULES)),
+    ],
+};
+
+pub(super) static METRIC_STATUS: Schema = Schema {
+    name: "MetricStatus",
+    fields: &[
+        one(1, "type", Str),
+        one(2, "object", Msg(&OBJECT_METRIC_STATUS)),
+        one(3, "pods", Msg(&PODS_METRIC_STATUS)),
+        one(4, "resource", Msg(&RESOURCE_METRIC_STATUS)),
+        one(5, "external", Msg(&EXTERNAL_METRIC_STATUS)),
+        one(7, "containerResource", Msg(&CONTAINER_RESOURCE_METRIC_STATUS)),
+    ],
+};
+
+pub(super) static HORIZONTAL_POD_AUTOSCALER_CONDITION: Schema = Schema {
+    name: "HorizontalPodAutoscalerCondition",
+    fields: &[
+        one(1, "type", Str),
+        one(2, "status", Str),
+        one(3, "lastTransitionTime", Time),
+        one(4, "reason", Str),
+        one(5, "message", Str),
+    ],
+};
+
 pub(super) static USER_INFO: Schema = Schema {
     name: "UserInfo",
     fields: &[
@@ -699,6 +783,100 @@ pub(super) static INGRESS_LOAD_BALANCER_INGRESS: Schema = Schema {
         one(1, "ip", Str),
         one(2, "hostname", Str),
         list(4, "ports", Msg(&INGRESS_PORT_STATUS)),
+    ],
+};
+
+pub(super) static OBJECT_METRIC_SOURCE: Schema = Schema {
+    name: "ObjectMetricSource",
+    fields: &[
+        one(1, "describedObject", Msg(&CROSS_VERSION_OBJECT_REFERENCE)),
+        one(2, "target", Msg(&METRIC_TARGET)),
+        one(3, "metric", Msg(&METRIC_IDENTIFIER)),
+    ],
+};
+
+pub(super) static PODS_METRIC_SOURCE: Schema = Schema {
+    name: "PodsMetricSource",
+    fields: &[
+        one(1, "metric", Msg(&METRIC_IDENTIFIER)),
+        one(2, "target", Msg(&METRIC_TARGET)),
+    ],
+};
+
+pub(super) static RESOURCE_METRIC_SOURCE: Schema = Schema {
+    name: "ResourceMetricSource",
+    fields: &[
+        one(1, "name", Str),
+        one(2, "target", Msg(&METRIC_TARGET)),
+    ],
+};
+
+pub(super) static CONTAINER_RESOURCE_METRIC_SOURCE: Schema = Schema {
+    name: "ContainerResourceMetricSource",
+    fields: &[
+        one(1, "name", Str),
+        one(2, "target", Msg(&METRIC_TARGET)),
+        one(3, "container", Str),
+    ],
+};
+
+pub(super) static EXTERNAL_METRIC_SOURCE: Schema = Schema {
+    name: "ExternalMetricSource",
+    fields: &[
+        one(1, "metric", Msg(&METRIC_IDENTIFIER)),
+        one(2, "target", Msg(&METRIC_TARGET)),
+    ],
+};
+
+pub(super) static HPA_SCALING_RULES: Schema = Schema {
+    name: "HpaScalingRules",
+    fields: &[
+        one(1, "selectPolicy", Str),
+        list(2, "policies", Msg(&HPA_SCALING_POLICY)),
+        one(3, "stabilizationWindowSeconds", Int32),
+        one(4, "tolerance", Quantity),
+    ],
+};
+
+pub(super) static OBJECT_METRIC_STATUS: Schema = Schema {
+    name: "ObjectMetricStatus",
+    fields: &[
+        one(1, "metric", Msg(&METRIC_IDENTIFIER)),
+        one(2, "current", Msg(&METRIC_VALUE_STATUS)),
+        one(3, "describedObject", Msg(&CROSS_VERSION_OBJECT_REFERENCE)),
+    ],
+};
+
+pub(super) static PODS_METRIC_STATUS: Schema = Schema {
+    name: "PodsMetricStatus",
+    fields: &[
+        one(1, "metric", Msg(&METRIC_IDENTIFIER)),
+        one(2, "current", Msg(&METRIC_VALUE_STATUS)),
+    ],
+};
+
+pub(super) static RESOURCE_METRIC_STATUS: Schema = Schema {
+    name: "ResourceMetricStatus",
+    fields: &[
+        one(1, "name", Str),
+        one(2, "current", Msg(&METRIC_VALUE_STATUS)),
+    ],
+};
+
+pub(super) static CONTAINER_RESOURCE_METRIC_STATUS: Schema = Schema {
+    name: "ContainerResourceMetricStatus",
+    fields: &[
+        one(1, "name", Str),
+        one(2, "current", Msg(&METRIC_VALUE_STATUS)),
+        one(3, "container", Str),
+    ],
+};
+
+pub(super) static EXTERNAL_METRIC_STATUS: Schema = Schema {
+    name: "ExternalMetricStatus",
+    fields: &[
+        one(1, "metric", Msg(&METRIC_IDENTIFIER)),
+        one(2, "current", Msg(&METRIC_VALUE_STATUS)),
     ],
 };
 
@@ -927,6 +1105,42 @@ pub(super) static INGRESS_PORT_STATUS: Schema = Schema {
         one(1, "port", Int32),
         one(2, "protocol", Str),
         one(3, "error", Str),
+    ],
+};
+
+pub(super) static METRIC_TARGET: Schema = Schema {
+    name: "MetricTarget",
+    fields: &[
+        one(1, "type", Str),
+        one(2, "value", Quantity),
+        one(3, "averageValue", Quantity),
+        one(4, "averageUtilization", Int32),
+    ],
+};
+
+pub(super) static METRIC_IDENTIFIER: Schema = Schema {
+    name: "MetricIdentifier",
+    fields: &[
+        one(1, "name", Str),
+        one(2, "selector", Msg(&LABEL_SELECTOR)),
+    ],
+};
+
+pub(super) static HPA_SCALING_POLICY: Schema = Schema {
+    name: "HpaScalingPolicy",
+    fields: &[
+        one(1, "type", Str),
+        one(2, "value", Int32),
+        one(3, "periodSeconds", Int32),
+    ],
+};
+
+pub(super) static METRIC_VALUE_STATUS: Schema = Schema {
+    name: "MetricValueStatus",
+    fields: &[
+        one(1, "value", Quantity),
+        one(2, "averageValue", Quantity),
+        one(3, "averageUtilization", Int32),
     ],
 };
 
@@ -1815,6 +2029,7 @@ pub(super) static KINDS: &[(&str, &str, &Schema)] = &[
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
     ("networking.k8s.io/v1", "Ingress", &INGRESS),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", &HORIZONTAL_POD_AUTOSCALER),
     ("authentication.k8s.io/v1", "SelfSubjectReview", &SELF_SUBJECT_REVIEW),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview", &SELF_SUBJECT_ACCESS_REVIEW),
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview", &SELF_SUBJECT_RULES_REVIEW),
