@@ -693,6 +693,14 @@ async fn kubectl_top_and_autoscale_follow_the_guests_cpu() {
     assert!(top.contains("Mi"), "memory is shown too: {top}");
     let nodes = kubectl.ok(&["top", "node", "--no-headers"], None);
     assert!(nodes.lines().any(|line| line.starts_with(&node)), "{nodes}");
+    // `shoal top` prints the same.
+    let (code, shoal_top, stderr) = server.cli(&["top", "pods", "-l", "app=busy", "--containers"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(shoal_top.lines().next().is_some_and(|h| h.split_whitespace().collect::<Vec<_>>() == ["POD", "NAME", "CPU(cores)", "MEMORY(bytes)"]), "{shoal_top}");
+    assert!(shoal_top.lines().any(|line| line.starts_with(&pod) && line.contains(" app ")), "{shoal_top}");
+    let (code, shoal_nodes, stderr) = server.cli(&["top", "nodes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(shoal_nodes.lines().any(|line| line.starts_with(&node) && line.contains('%')), "{shoal_nodes}");
 
     kubectl.ok(&["autoscale", "deployment", "busy", "--cpu-percent=50", "--min=1", "--max=3"], None);
     // Shrink as soon as the load is gone (the default waits five minutes).

@@ -4,9 +4,9 @@
 //!
 //! Nothing is stored. Each request asks every node's data plane for its `/_metrics` summary
 //! (with the shared node token, as `pods/log` does), in parallel, and joins the answers with the
-//! stored Nodes and Pods: their labels, and the selectors of the request. A node that does not
-//! answer within [`NODE_TIMEOUT`] is left out, as metrics-server leaves out what it could not
-//! scrape.
+//! stored Nodes and Pods: their labels, and the selectors of the request. A node that is not
+//! Ready, or does not answer within [`NODE_TIMEOUT`], is left out, as metrics-server leaves out
+//! what it could not scrape.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,9 +107,11 @@ fn list(state: &AppState, info: &ResourceInfo, namespace: Option<&str>) -> Resul
     Ok(state.store.list(&info.group_resource(), namespace, None, None, &|_| true).map_err(|e| ApiError::internal(e.to_string()))?.items)
 }
 
-/// Every node's summary, asked in parallel; nodes that do not answer are left out.
+/// Every Ready node's summary, asked in parallel; nodes that do not answer are left out.
 async fn summaries(state: &AppState, nodes: &[Value]) -> Vec<NodeSummary> {
-    let asks = nodes.iter().filter_map(|node| {
+    // A node that is not Ready (its Lease lapsed) is not asked: it would only cost the timeout.
+    let ready = |node: &&Value| node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    let asks = nodes.iter().filter(ready).filter_map(|node| {
         let name = node["metadata"]["name"].as_str()?.to_owned();
         let address = node["metadata"]["annotations"]["shoal.dev/data-addr"].as_str()?.to_owned();
         let labels = node["metadata"]["labels"].clone();

@@ -11,6 +11,7 @@ mod logs;
 mod output;
 mod port_forward;
 mod server;
+mod top;
 mod workloads;
 
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ enum Command {
     PortForward(port_forward::PortForwardArgs),
     /// Print a pod's container logs.
     Logs(logs::LogsArgs),
+    /// CPU and memory of pods or nodes (from metrics.k8s.io).
+    Top {
+        #[command(subcommand)]
+        what: top::TopCommand,
+    },
     /// Show an object in detail, with its events.
     Describe(describe::DescribeArgs),
     /// Delete objects by kind and name, or those in manifests.
@@ -153,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => server::run_agent(args).await,
         Command::PortForward(args) => port_forward::port_forward(&client(cli.kubeconfig, server)?, args).await,
         Command::Logs(args) => logs::logs(&client(cli.kubeconfig, server)?, args).await,
+        Command::Top { what } => top::top(&client(cli.kubeconfig, server)?, what).await,
         Command::Apply(args) => apply::apply(&client(cli.kubeconfig, server)?, args).await,
         Command::Get(args) => get::get(&client(cli.kubeconfig, server)?, args).await,
         Command::Describe(args) => describe::describe(&client(cli.kubeconfig, server)?, args).await,
