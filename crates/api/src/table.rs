@@ -299,13 +299,7 @@ fn hpa_targets(spec: &Value, status: &Value) -> String {
         .map(|(index, metric)| {
             let current = &status["currentMetrics"][index];
             let kind = metric["type"].as_str().unwrap_or_default();
-            let field = match kind {
-                "Resource" => "resource",
-                "ContainerResource" => "containerResource",
-                "Pods" => "pods",
-                "Object" => "object",
-                _ => "external",
-            };
+            let field = crate::validation::metric_source_field(kind).unwrap_or("external");
             let (source, now) = (&metric[field], &current[field]["current"]);
             let target = &source["target"];
             let name = if matches!(kind, "Resource" | "ContainerResource") { format!("{}: ", text(&source["name"])) } else { String::new() };

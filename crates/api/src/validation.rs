@@ -593,6 +593,19 @@ fn ingress(spec: &Value, errors: &mut Errors) {
     }
 }
 
+/// The field of an autoscaler's metric that holds its source, by the metric's `type`
+/// (`Resource` → `resource`), or `None` for a type autoscaling/v2 does not have.
+pub fn metric_source_field(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        "Pods" => "pods",
+        "Object" => "object",
+        "External" => "external",
+        _ => return None,
+    })
+}
+
 fn hpa(spec: &Value, errors: &mut Errors) {
     let target = &spec["scaleTargetRef"];
     if target["kind"].as_str().is_none_or(str::is_empty) {
@@ -614,18 +627,14 @@ fn hpa(spec: &Value, errors: &mut Errors) {
     for (index, metric) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
         let path = format!("spec.metrics[{index}]");
         let kind = metric["type"].as_str().unwrap_or_default();
-        let field = match kind {
-            "Resource" => "resource",
-            "ContainerResource" => "containerResource",
-            "Pods" => "pods",
-            "Object" => "object",
-            "External" => "external",
-            "" => {
+        let field = match metric_source_field(kind) {
+            Some(field) => field,
+            None if kind.is_empty() => {
                 errors.push(FieldError::required(format!("{path}.type")));
                 continue;
             }
-            other => {
-                errors.push(FieldError::not_supported(format!("{path}.type"), other, &["ContainerResource", "External", "Object", "Pods", "Resource"]));
+            None => {
+                errors.push(FieldError::not_supported(format!("{path}.type"), kind, &["ContainerResource", "External", "Object", "Pods", "Resource"]));
                 continue;
             }
         };
