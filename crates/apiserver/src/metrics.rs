@@ -188,7 +188,7 @@ fn window(summary: &Value) -> String {
 pub fn cpu_quantity(nanocores: u64) -> String {
     if nanocores == 0 {
         "0".into()
-    } else if nanocores % 1_000_000 == 0 {
+    } else if nanocores.is_multiple_of(1_000_000) {
         format!("{}m", nanocores / 1_000_000)
     } else {
         format!("{nanocores}n")
@@ -198,7 +198,7 @@ pub fn cpu_quantity(nanocores: u64) -> String {
 /// Bytes as a quantity, in the largest binary unit that is exact (`1536Ki`, `64Mi`).
 pub fn memory_quantity(bytes: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
