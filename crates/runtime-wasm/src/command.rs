@@ -92,13 +92,14 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
         Workload::Command(prepared) => {
             let mut store = Store::new(prepared.pre.engine(), ComponentState::new(spec)?);
             store.limiter(|state| &mut state.limits);
-            apply_time_budget(&mut store, budget, spec.cpu.clone());
+            let charged = apply_time_budget(&mut store, budget, spec.cpu.clone());
             let run = crate::usage::Metered::new(
                 Box::pin(async {
                     let command = prepared.pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
                 }),
                 std::sync::Arc::clone(&spec.usage),
+                charged,
             );
             match with_budget(budget, run).await {
                 Ok(Ok(())) => CommandOutcome::exited(0),
@@ -111,7 +112,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
             let wasi = spec.wasi_builder()?.build_p1();
             let mut store = Store::new(prepared.pre.module().engine(), ModuleState { wasi, limits: spec.limits() });
             store.limiter(|state| &mut state.limits);
-            apply_time_budget(&mut store, budget, spec.cpu.clone());
+            let charged = apply_time_budget(&mut store, budget, spec.cpu.clone());
             let run = crate::usage::Metered::new(
                 Box::pin(async {
                     let instance = prepared.pre.instantiate_async(&mut store).await?;
@@ -119,6 +120,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
                     start.call_async(&mut store, ()).await
                 }),
                 std::sync::Arc::clone(&spec.usage),
+                charged,
             );
             match with_budget(budget, run).await {
                 Ok(()) => CommandOutcome::exited(0),

@@ -262,6 +262,11 @@ impl HttpHandler {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        // Under a CPU limit whose quota this period is spent, a new request waits for the next
+        // period, as a throttled cgroup's would.
+        if let Some(wait) = self.spec.cpu.as_ref().and_then(|cpu| cpu.pending_wait()) {
+            tokio::time::sleep(wait.min(budget)).await;
+        }
         let warm = if self.reuse_limit > 1 { self.warm.take() } else { None };
         let (mut store, proxy, uses) = match warm {
             Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
@@ -272,7 +277,7 @@ impl HttpHandler {
                 (store, None, 0)
             }
         };
-        apply_time_budget(&mut store, budget, self.spec.cpu.clone());
+        let charged = apply_time_budget(&mut store, budget, self.spec.cpu.clone());
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(|e| e.to_string())?;
         let outparam = store.data_mut().http().new_response_outparam(sender).map_err(|e| e.to_string())?;
@@ -299,7 +304,7 @@ impl HttpHandler {
                 retire(store);
             }
             Ok::<(), wasmtime::Error>(())
-        }), Arc::clone(&self.spec.usage));
+        }), Arc::clone(&self.spec.usage), charged);
         let first = tokio::time::timeout(budget, async {
             tokio::select! {
                 biased;

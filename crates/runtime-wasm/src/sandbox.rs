@@ -334,7 +334,7 @@ impl CpuLimit {
     }
 
     /// Charges `ran`; returns how long to wait when the period's quota is spent.
-    fn charge(&self, ran: Duration) -> Option<Duration> {
+    pub(crate) fn charge(&self, ran: Duration) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         if now.duration_since(state.started) >= self.period {
@@ -343,6 +343,22 @@ impl CpuLimit {
         }
         state.used += ran;
         state.total += ran;
+        if state.used < self.quota {
+            return None;
+        }
+        state.throttled += 1;
+        Some((state.started + self.period).saturating_duration_since(now))
+    }
+
+    /// How long a new request must wait because this period's quota is spent (counted as a
+    /// throttled wait), or `None`.
+    pub(crate) fn pending_wait(&self) -> Option<Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if now.duration_since(state.started) >= self.period {
+            state.started = now;
+            state.used = Duration::ZERO;
+        }
         if state.used < self.quota {
             return None;
         }
@@ -460,7 +476,11 @@ pub(crate) fn add_wasi_to_linker(linker: &mut wasmtime::component::Linker<Compon
 /// yield to other tasks every few ticks meanwhile so one guest cannot hold an executor thread.
 /// With a CPU limit, each check also charges the run time and, when the quota is spent, the
 /// yield waits out the rest of the period.
-pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budget: Duration, cpu: Option<Arc<CpuLimit>>) {
+///
+/// Returns, under a CPU limit, the limit and the nanoseconds the epoch checks charge to it, for
+/// [`crate::usage::Metered`] to charge the rest of the guest's run time when it ends: a request
+/// shorter than one epoch tick never meets a check.
+pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budget: Duration, cpu: Option<Arc<CpuLimit>>) -> Option<crate::usage::Charged> {
     // Wall-clock: a guest spinning in Wasm is stopped within one epoch tick of its deadline.
     // (Waits inside host calls are bounded by the caller's own timeout.)
     const SLICE: u64 = 10;
@@ -476,8 +496,11 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
             }
             Ok(wasmtime::UpdateDeadline::Yield(ticks_left(now).clamp(1, SLICE)))
         });
-        return;
+        return None;
     };
+    let charged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let epoch_charged = Arc::clone(&charged);
+    let limit = Arc::clone(&cpu);
     // When the guest last resumed, and how many ticks it was given then.
     let resumed = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 1u64)));
     store.epoch_deadline_callback(move |_| {
@@ -490,6 +513,7 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
             let mut resumed = resumed.lock().unwrap_or_else(|p| p.into_inner());
             let ran = now.duration_since(resumed.0).min(crate::EPOCH_TICK * (resumed.1 as u32 + 1));
             *resumed = (now, ticks);
+            epoch_charged.fetch_add(ran.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             cpu.charge(ran)
         };
         match wait {
@@ -507,6 +531,7 @@ pub(crate) fn apply_time_budget<T: 'static>(store: &mut wasmtime::Store<T>, budg
             }
         }
     });
+    Some(crate::usage::Charged { limit, by_epochs: charged })
 }
 
 #[cfg(test)]

@@ -54,15 +54,36 @@ std::thread_local! {
     static NESTED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A guest's future whose polls are charged to a container's [`Usage`].
+/// A CPU limit and what the epoch checks of one store have charged to it so far.
+pub(crate) struct Charged {
+    pub limit: Arc<crate::CpuLimit>,
+    pub by_epochs: Arc<AtomicU64>,
+}
+
+/// A guest's future whose polls are charged to a container's [`Usage`], and, under a CPU limit,
+/// whose run time the epoch checks did not charge is charged to the limit when it ends.
 pub(crate) struct Metered<F> {
     inner: F,
     usage: Arc<Usage>,
+    limit: Option<Charged>,
+    /// Nanoseconds of this future's own polls.
+    own: u64,
 }
 
 impl<F> Metered<F> {
-    pub(crate) fn new(inner: F, usage: Arc<Usage>) -> Self {
-        Self { inner, usage }
+    pub(crate) fn new(inner: F, usage: Arc<Usage>, limit: Option<Charged>) -> Self {
+        Self { inner, usage, limit, own: 0 }
+    }
+}
+
+impl<F> Drop for Metered<F> {
+    fn drop(&mut self) {
+        if let Some(charged) = &self.limit {
+            let rest = self.own.saturating_sub(charged.by_epochs.load(Ordering::Relaxed));
+            if rest > 0 {
+                let _ = charged.limit.charge(Duration::from_nanos(rest));
+            }
+        }
     }
 }
 
@@ -75,7 +96,9 @@ impl<F: Future + Unpin> Future for Metered<F> {
         let result = Pin::new(&mut self.inner).poll(cx);
         let elapsed = started.elapsed().as_nanos() as u64;
         let nested = NESTED.replace(outer.saturating_add(elapsed));
-        self.usage.charge(elapsed.saturating_sub(nested));
+        let own = elapsed.saturating_sub(nested);
+        self.own += own;
+        self.usage.charge(own);
         result
     }
 }
@@ -180,8 +203,8 @@ mod tests {
     #[tokio::test]
     async fn nested_guests_are_charged_once_each() {
         let (outer, inner) = (Arc::new(Usage::default()), Arc::new(Usage::default()));
-        let callee = Metered::new(Busy { spin: Duration::from_millis(20), polls: 1, nested: None }, Arc::clone(&inner));
-        let caller = Metered::new(Busy { spin: Duration::from_millis(10), polls: 2, nested: Some(Box::pin(callee)) }, Arc::clone(&outer));
+        let callee = Metered::new(Busy { spin: Duration::from_millis(20), polls: 1, nested: None }, Arc::clone(&inner), None);
+        let caller = Metered::new(Busy { spin: Duration::from_millis(10), polls: 2, nested: Some(Box::pin(callee)) }, Arc::clone(&outer), None);
         let started = Instant::now();
         caller.await;
         let wall = started.elapsed();

@@ -243,6 +243,30 @@ async fn a_cpu_limit_throttles_a_spinning_guest() {
     assert!(unlimited > limited * 2, "without a reachable limit the loop runs throughout ({unlimited:?} against {limited:?})");
 }
 
+/// Requests shorter than an epoch tick never meet an epoch check, so the limit is charged their
+/// run time when each ends, and once the period's quota is spent the next request waits for the
+/// next period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_limit_charges_and_throttles_short_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(misbehave) = load(&runtime, "misbehave/misbehave.wasm").await else { panic!("http") };
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    // A thousandth of a core: 100 µs per 100 ms period, less than a few requests' instantiation.
+    let limit = CpuLimit::new(1).expect("a limit");
+    spec.cpu = Some(Arc::clone(&limit));
+    let usage = Arc::clone(&spec.usage);
+    let handler = HttpHandler::new(misbehave, spec, 4);
+    for _ in 0..8 {
+        let (response, _) = handler.handle(request("/ok")).await;
+        assert_eq!(response.status(), 200);
+    }
+    let (charged, throttled) = limit.stats();
+    assert!(charged > Duration::ZERO, "short requests are charged to the limit");
+    assert!(charged <= usage.cpu_time(), "the limit is charged no more than the guests ran: {charged:?} against {:?}", usage.cpu_time());
+    assert!(throttled >= 1, "with the quota spent, a request waited for the next period ({throttled})");
+}
+
 /// On a thread that asked for it (the node's reactors), instances whose request finished wait
 /// for the thread's idle moment, up to the thread's limit; past it they are dropped at once.
 #[tokio::test]
