@@ -39,17 +39,11 @@ enum Source {
 }
 
 impl Source {
-    fn cpu(&self) -> Option<Duration> {
+    /// CPU time so far and memory now (one read of the cgroup's files).
+    fn read(&self) -> Option<(Duration, u64)> {
         match self {
-            Source::Wasm(usage) => Some(usage.cpu_time()),
-            Source::Cgroup(cgroup) => shoal_runtime_oci::cgroup_usage(cgroup).map(|(cpu, _)| cpu),
-        }
-    }
-
-    fn memory(&self) -> Option<u64> {
-        match self {
-            Source::Wasm(usage) => Some(usage.memory_bytes()),
-            Source::Cgroup(cgroup) => shoal_runtime_oci::cgroup_usage(cgroup).map(|(_, memory)| memory),
+            Source::Wasm(usage) => Some((usage.cpu_time(), usage.memory_bytes())),
+            Source::Cgroup(cgroup) => shoal_runtime_oci::cgroup_usage(cgroup),
         }
     }
 }
@@ -57,7 +51,8 @@ impl Source {
 struct Sample {
     at: Instant,
     node_cpu: Option<Duration>,
-    containers: HashMap<ContainerKey, Duration>,
+    /// Each container's CPU time so far and memory then.
+    containers: HashMap<ContainerKey, (Duration, u64)>,
 }
 
 /// The containers this node measures and its recent samples.
@@ -93,7 +88,7 @@ impl Metrics {
 
     fn take_sample(&self) -> Sample {
         let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let containers = sources.iter().filter_map(|(key, source)| Some((key.clone(), source.cpu()?))).collect();
+        let containers = sources.iter().filter_map(|(key, source)| Some((key.clone(), source.read()?))).collect();
         Sample { at: Instant::now(), node_cpu: machine_cpu_busy(), containers }
     }
 
@@ -122,11 +117,10 @@ impl Metrics {
             (Some(used), Some(before)) => rate(used, Some(before)),
             _ => None,
         };
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         let mut pods: HashMap<&str, (Value, Vec<Value>)> = HashMap::new();
-        for (key, source) in sources.iter() {
-            let cpu = now.containers.get(key).and_then(|used| rate(*used, baseline.and_then(|b| b.containers.get(key)).copied()));
-            let (Some(cpu), Some(memory)) = (cpu, source.memory()) else { continue };
+        for (key, (used, memory)) in &now.containers {
+            let Some(cpu) = rate(*used, baseline.and_then(|b| b.containers.get(key)).map(|(cpu, _)| *cpu)) else { continue };
+            let memory = *memory;
             let entry = pods.entry(&key.uid).or_insert_with(|| (json!({"uid": key.uid, "namespace": key.namespace, "name": key.pod}), Vec::new()));
             entry.1.push(json!({"name": key.container, "cpuNanocores": cpu, "memoryBytes": memory}));
         }
