@@ -304,19 +304,19 @@ impl AutoscalerController {
     }
 }
 
-/// The sum of the containers' requests for `resource` (only `container` if given), or `None`
-/// when one of them has none.
-fn pod_request(pod: &Value, resource: &str, container: Option<&str>) -> Option<f64> {
-    let mut total = 0.0;
-    let mut any = false;
+/// The sum of the containers' requests for `resource` (only `container`'s if given): `None`
+/// when no container is picked, or the name of the first picked container without a request.
+fn pod_request<'a>(pod: &'a Value, resource: &str, container: Option<&str>) -> Result<Option<f64>, &'a str> {
+    let mut total = None;
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         if container.is_some_and(|name| c["name"] != name) {
             continue;
         }
-        any = true;
-        total += shoal_api::quantity::of_json(&c["resources"]["requests"][resource]).as_deref().and_then(shoal_api::quantity::parse)?;
+        let request = shoal_api::quantity::of_json(&c["resources"]["requests"][resource]).as_deref().and_then(shoal_api::quantity::parse);
+        let Some(request) = request else { return Err(c["name"].as_str().unwrap_or_default()) };
+        total = Some(total.unwrap_or(0.0) + request);
     }
-    any.then_some(total)
+    Ok(total)
 }
 
 fn condition(previous: &Value, kind: &str, status: bool, reason: &str, message: String, now: &str) -> Value {
@@ -518,27 +518,23 @@ fn read_metric(metric: &Value, current: i64, pods: &[Arc<Value>], usage: &std::r
         Ok(usage) => usage,
         Err(message) => return failed(reason, format!("the HPA was unable to compute the replica count: {message}"), current_entry),
     };
-    if matches!(goal, Goal::Utilization(_)) {
-        // Name the first container without a request, as Kubernetes does.
-        for pod in pods {
-            let containers = pod["spec"]["containers"].as_array().into_iter().flatten().filter(|c| container.is_none_or(|name| c["name"] == name));
-            for c in containers {
-                if shoal_api::quantity::of_json(&c["resources"]["requests"][resource]).is_none() {
-                    let message = format!("the HPA was unable to compute the replica count: failed to get {resource} utilization: missing request for {resource} in container {} of Pod {}", c["name"].as_str().unwrap_or_default(), meta::name(pod));
-                    return failed(reason, message, current_entry);
-                }
+    let mut samples = Vec::with_capacity(pods.len());
+    for pod in pods {
+        let request = match pod_request(pod, resource, container) {
+            Ok(request) => request,
+            // Utilization needs every request: name the first container without one, as
+            // Kubernetes does.
+            Err(missing) if matches!(goal, Goal::Utilization(_)) => {
+                let message = format!("the HPA was unable to compute the replica count: failed to get {resource} utilization: missing request for {resource} in container {missing} of Pod {}", meta::name(pod));
+                return failed(reason, message, current_entry);
             }
-        }
+            Err(_) => None,
+        };
+        let measured = usage.get(meta::name(pod)).map(|containers| {
+            containers.iter().filter(|(name, _)| container.is_none_or(|c| c == name.as_str())).map(|(_, (cpu, memory))| if resource == "cpu" { *cpu } else { *memory }).sum::<f64>()
+        });
+        samples.push(PodSample { ready: crate::pods::is_ready(pod), usage: measured, request });
     }
-    let samples: Vec<PodSample> = pods
-        .iter()
-        .map(|pod| {
-            let measured = usage.get(meta::name(pod)).map(|containers| {
-                containers.iter().filter(|(name, _)| container.is_none_or(|c| c == name.as_str())).map(|(_, (cpu, memory))| if resource == "cpu" { *cpu } else { *memory }).sum::<f64>()
-            });
-            PodSample { ready: crate::pods::is_ready(pod), usage: measured, request: pod_request(pod, resource, container) }
-        })
-        .collect();
     let description = match goal {
         Goal::Utilization(_) => format!("{resource} {} utilization (percentage of request)", if container.is_some() { "container resource" } else { "resource" }),
         Goal::AverageValue(_) => format!("{resource} {}", if container.is_some() { "container resource" } else { "resource" }),

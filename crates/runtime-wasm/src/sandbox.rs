@@ -333,8 +333,24 @@ impl CpuLimit {
         Some(Arc::new(Self { quota, period: Self::PERIOD, state: std::sync::Mutex::new(CpuPeriod { started: std::time::Instant::now(), used: Duration::ZERO, total: Duration::ZERO, throttled: 0 }) }))
     }
 
-    /// Charges `ran`; returns how long to wait when the period's quota is spent.
+    /// Charges `ran`; returns how long to wait when the period's quota is spent (counted as a
+    /// throttled wait).
     pub(crate) fn charge(&self, ran: Duration) -> Option<Duration> {
+        self.account(ran, true)
+    }
+
+    /// Charges `ran` after the fact (a guest that has ended waits for nothing).
+    pub(crate) fn charge_ended(&self, ran: Duration) {
+        self.account(ran, false);
+    }
+
+    /// How long a new request must wait because this period's quota is spent (counted as a
+    /// throttled wait), or `None`.
+    pub(crate) fn pending_wait(&self) -> Option<Duration> {
+        self.account(Duration::ZERO, true)
+    }
+
+    fn account(&self, ran: Duration, waits: bool) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         if now.duration_since(state.started) >= self.period {
@@ -343,23 +359,7 @@ impl CpuLimit {
         }
         state.used += ran;
         state.total += ran;
-        if state.used < self.quota {
-            return None;
-        }
-        state.throttled += 1;
-        Some((state.started + self.period).saturating_duration_since(now))
-    }
-
-    /// How long a new request must wait because this period's quota is spent (counted as a
-    /// throttled wait), or `None`.
-    pub(crate) fn pending_wait(&self) -> Option<Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if now.duration_since(state.started) >= self.period {
-            state.started = now;
-            state.used = Duration::ZERO;
-        }
-        if state.used < self.quota {
+        if state.used < self.quota || !waits {
             return None;
         }
         state.throttled += 1;

@@ -81,7 +81,7 @@ impl<F> Drop for Metered<F> {
         if let Some(charged) = &self.limit {
             let rest = self.own.saturating_sub(charged.by_epochs.load(Ordering::Relaxed));
             if rest > 0 {
-                let _ = charged.limit.charge(Duration::from_nanos(rest));
+                charged.limit.charge_ended(Duration::from_nanos(rest));
             }
         }
     }
