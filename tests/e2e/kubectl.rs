@@ -481,9 +481,10 @@ async fn kubectl_auth_answers_for_each_token_and_the_node_token_is_limited() {
         let (code, _, stderr) = admin.run(&["--as=system:node:node-9", "get", "secret", "nobodys-secret"], None);
         assert_ne!(code, 0);
         assert!(stderr.contains(r#"User "system:node:node-9""#) && stderr.contains("no pod bound to node node-9 uses it"), "kubectl {version}: {stderr}");
+        // Any other user is judged by RBAC: alice has no binding.
         let (code, _, stderr) = admin.run(&["--as=alice", "get", "pods"], None);
         assert_ne!(code, 0);
-        assert!(stderr.contains(r#"Shoal knows no user "alice""#), "kubectl {version}: {stderr}");
+        assert!(stderr.contains(r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "default""#), "kubectl {version}: {stderr}");
         let (code, _, stderr) = node.run(&["--as=shoal-admin", "get", "pods"], None);
         assert_ne!(code, 0);
         assert!(stderr.contains("cannot impersonate"), "kubectl {version}: {stderr}");
@@ -491,6 +492,80 @@ async fn kubectl_auth_answers_for_each_token_and_the_node_token_is_limited() {
     let (status, body) = server.get("/api/v1/namespaces/default").await;
     assert_eq!(status, 200, "the namespace the node token tried to delete is still there: {body}");
     assert!(body["metadata"]["deletionTimestamp"].is_null(), "{body}");
+}
+
+/// ServiceAccounts, their tokens and RBAC, all made with kubectl 1.33 (protobuf bodies): every
+/// namespace gets a `default` account; `kubectl create token` issues a token that opens exactly
+/// what the account's RoleBindings grant, in their namespaces; nobody grants what they do not
+/// hold; the admin checks others' rights with `--as`/`--as-group`; and a deleted account's
+/// token stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_service_account_tokens_open_what_rbac_grants() {
+    let server = Server::start().await;
+    let admin = Kubectl::new(&server, "1.33");
+    admin.ok(&["create", "namespace", "team"], None);
+    kubectl_until(&admin, &["get", "serviceaccounts", "-n", "team"], 30, "the default ServiceAccount", |out| out.contains("default")).await;
+    admin.ok(&["create", "serviceaccount", "bot", "-n", "team"], None);
+    admin.ok(&["create", "role", "pod-reader", "--verb=get,list,watch", "--resource=pods", "-n", "team"], None);
+    admin.ok(&["create", "rolebinding", "bot-reads", "--role=pod-reader", "--serviceaccount=team:bot", "-n", "team"], None);
+    let wide = admin.ok(&["get", "rolebinding", "bot-reads", "-n", "team", "-o", "wide"], None);
+    assert!(wide.contains("Role/pod-reader") && wide.contains("team/bot"), "{wide}");
+    let roles = admin.ok(&["get", "clusterroles"], None);
+    for name in ["cluster-admin", "admin", "edit", "view"] {
+        assert!(roles.lines().any(|line| line.split_whitespace().next() == Some(name)), "{name} in {roles}");
+    }
+
+    let token = admin.ok(&["create", "token", "bot", "-n", "team", "--duration=20m"], None).trim().to_owned();
+    assert!(token.starts_with("eyJ") && token.split('.').count() == 3, "a JWT: {token}");
+    // Older kubectl (JSON bodies) uses the same token.
+    let bot = Kubectl::new(&server, "1.29");
+    let as_bot = |args: &[&str]| {
+        let mut full = vec!["--token", token.as_str()];
+        full.extend_from_slice(args);
+        bot.run(&full, None)
+    };
+    let (code, stdout, stderr) = as_bot(&["auth", "whoami"]);
+    assert!(code == 0 && stdout.contains("system:serviceaccount:team:bot") && stdout.contains("system:serviceaccounts:team"), "{stdout}{stderr}");
+    let (code, _, stderr) = as_bot(&["get", "pods", "-n", "team"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = as_bot(&["get", "pods", "-n", "default"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains(r#"pods is forbidden: User "system:serviceaccount:team:bot" cannot list resource "pods" in API group "" in the namespace "default""#), "{stderr}");
+    let (code, _, stderr) = as_bot(&["create", "configmap", "c", "-n", "team"]);
+    assert!(code != 0 && stderr.contains("cannot create resource \"configmaps\""), "{stderr}");
+    let (code, stdout, _) = as_bot(&["auth", "can-i", "watch", "pods", "-n", "team"]);
+    assert_eq!((code, stdout.trim()), (0, "yes"));
+
+    // No escalation: allowed to write Roles, the account may grant only what it holds.
+    admin.ok(&["create", "role", "role-maker", "--verb=create", "--resource=roles", "-n", "team"], None);
+    admin.ok(&["create", "rolebinding", "bot-makes-roles", "--role=role-maker", "--serviceaccount=team:bot", "-n", "team"], None);
+    kubectl_until(&bot, &["--token", &token, "auth", "can-i", "create", "roles", "-n", "team"], 10, "the new binding to apply", |out| out.trim() == "yes").await;
+    let (code, _, stderr) = as_bot(&["create", "role", "thief", "--verb=get", "--resource=secrets", "-n", "team"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is attempting to grant RBAC permissions not currently held") && stderr.contains("secrets"), "{stderr}");
+    let (code, _, stderr) = as_bot(&["create", "role", "narrower", "--verb=get", "--resource=pods", "-n", "team"]);
+    assert_eq!(code, 0, "a subset of what it holds: {stderr}");
+
+    // The admin checks a user's and a group's rights; the `edit` ClusterRole through a binding.
+    admin.ok(&["create", "rolebinding", "devs-edit", "--clusterrole=edit", "--group=devs", "-n", "team"], None);
+    for (args, answer) in [
+        (&["--as=system:serviceaccount:team:bot", "auth", "can-i", "list", "pods", "-n", "team"][..], "yes"),
+        (&["--as=system:serviceaccount:team:bot", "auth", "can-i", "delete", "pods", "-n", "team"][..], "no"),
+        (&["--as=jane", "--as-group=devs", "auth", "can-i", "create", "deployments", "-n", "team"][..], "yes"),
+        (&["--as=jane", "--as-group=devs", "auth", "can-i", "create", "deployments", "-n", "default"][..], "no"),
+        (&["--as=jane", "--as-group=devs", "auth", "can-i", "create", "rolebindings", "-n", "team"][..], "no"),
+        (&["--as=jane", "auth", "can-i", "get", "pods", "-n", "team"][..], "no"),
+    ] {
+        let (_, stdout, stderr) = admin.run(args, None);
+        assert_eq!(stdout.split_whitespace().next(), Some(answer), "{args:?}: {stdout}{stderr}");
+    }
+    admin.ok(&["--as=jane", "--as-group=devs", "create", "deployment", "web", "--image=shoal.local/web:1", "-n", "team"], None);
+
+    // A deleted account's tokens open nothing.
+    admin.ok(&["delete", "serviceaccount", "bot", "-n", "team"], None);
+    let (code, _, stderr) = as_bot(&["get", "pods", "-n", "team"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("Unauthorized") || stderr.contains("provide credentials"), "{stderr}");
 }
 
 /// `kubectl scale` through the scale subresource; `--current-replicas` guards it.

@@ -1,7 +1,7 @@
 //! Admission of a written object: the schema check against the k8s-openapi type (type errors and
 //! unknown fields, per `fieldValidation`), then defaulting, then validation.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, rbac};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -88,6 +88,11 @@ fn schema_check(info: &ResourceInfo, object: &Value) -> Option<Result<(Option<Va
         ("", "Secret") => core::v1::Secret,
         ("", "Node") => core::v1::Node,
         ("", "Event") => core::v1::Event,
+        ("", "ServiceAccount") => core::v1::ServiceAccount,
+        ("rbac.authorization.k8s.io", "Role") => rbac::v1::Role,
+        ("rbac.authorization.k8s.io", "ClusterRole") => rbac::v1::ClusterRole,
+        ("rbac.authorization.k8s.io", "RoleBinding") => rbac::v1::RoleBinding,
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => rbac::v1::ClusterRoleBinding,
         ("apps", "Deployment") => apps::v1::Deployment,
         ("apps", "ReplicaSet") => apps::v1::ReplicaSet,
         ("apps", "DaemonSet") => apps::v1::DaemonSet,

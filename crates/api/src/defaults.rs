@@ -15,6 +15,15 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             if let Some(spec) = object.get_mut("spec") {
                 pod_spec(spec);
                 default_tolerations(spec);
+                // The ServiceAccount admission plugin's default: the namespace's `default`
+                // account (and the deprecated `serviceAccount` field mirrors it).
+                if let Some(spec) = spec.as_object_mut() {
+                    let account = spec.get("serviceAccountName").and_then(Value::as_str).filter(|name| !name.is_empty())
+                        .or_else(|| spec.get("serviceAccount").and_then(Value::as_str).filter(|name| !name.is_empty()))
+                        .unwrap_or("default").to_owned();
+                    spec.insert("serviceAccountName".into(), json!(account));
+                    spec.insert("serviceAccount".into(), json!(account));
+                }
             }
         }
         ("", "Service") => service(object),
@@ -40,6 +49,22 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             if let Some(ports) = object.get_mut("ports").and_then(Value::as_array_mut) {
                 for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                     set(port, "protocol", json!("TCP"));
+                }
+            }
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let group = crate::validation::RBAC_GROUP;
+            // An empty group counts as unset, as Go's zero value does.
+            let unset = |map: &Map<String, Value>| map.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty);
+            let role = child(root(object), "roleRef");
+            if unset(role) {
+                role.insert("apiGroup".into(), json!(group));
+            }
+            if let Some(subjects) = object.get_mut("subjects").and_then(Value::as_array_mut) {
+                for subject in subjects.iter_mut().filter_map(Value::as_object_mut) {
+                    if matches!(subject.get("kind").and_then(Value::as_str), Some("User" | "Group")) && unset(subject) {
+                        subject.insert("apiGroup".into(), json!(group));
+                    }
                 }
             }
         }

@@ -33,7 +33,7 @@ pub struct Document {
 /// Adds the schema of the k8s-openapi type for `kind` (and of everything it refers to) to the
 /// generator; returns the schema's name, or `None` for a kind without a type here.
 fn add_kind(generator: &mut SchemaGenerator, kind: &str) -> Option<String> {
-    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking};
+    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, rbac};
     macro_rules! kinds {
         ($($name:literal => $ty:ty),* $(,)?) => {
             match kind {
@@ -54,6 +54,11 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &str) -> Option<String> {
         "Secret" => core::v1::Secret,
         "Node" => core::v1::Node,
         "Event" => core::v1::Event,
+        "ServiceAccount" => core::v1::ServiceAccount,
+        "Role" => rbac::v1::Role,
+        "ClusterRole" => rbac::v1::ClusterRole,
+        "RoleBinding" => rbac::v1::RoleBinding,
+        "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
         "Deployment" => apps::v1::Deployment,
         "ReplicaSet" => apps::v1::ReplicaSet,
         "DaemonSet" => apps::v1::DaemonSet,

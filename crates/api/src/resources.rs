@@ -82,6 +82,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("", "Secret", "secrets", "secret", true, [], [], status: false, scale: false),
     resource!("", "Node", "nodes", "node", false, ["no"], [], status: true, scale: false),
     resource!("", "Event", "events", "event", true, ["ev"], [], status: false, scale: false),
+    resource!("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], [], status: false, scale: false),
     resource!("apps", "Deployment", "deployments", "deployment", true, ["deploy"], ["all"], status: true, scale: true),
     resource!("apps", "ReplicaSet", "replicasets", "replicaset", true, ["rs"], ["all"], status: true, scale: true),
     resource!("apps", "DaemonSet", "daemonsets", "daemonset", true, ["ds"], ["all"], status: true, scale: false),
@@ -91,6 +92,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("networking.k8s.io", "IngressClass", "ingressclasses", "ingressclass", false, [], [], status: false, scale: false),
     resource!("discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice", true, [], [], status: false, scale: false),
     resource!("coordination.k8s.io", "Lease", "leases", "lease", true, [], [], status: false, scale: false),
+    resource!("rbac.authorization.k8s.io", "Role", "roles", "role", true, [], [], status: false, scale: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole", false, [], [], status: false, scale: false),
+    resource!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding", true, [], [], status: false, scale: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, [], [], status: false, scale: false),
     resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, ["hpa"], ["all"], status: true, scale: false),
 ];
 

@@ -40,6 +40,9 @@ pub fn columns(info: &ResourceInfo) -> Vec<Column> {
         "EndpointSlice" => vec![col("NAME"), col("ADDRESSTYPE"), col("PORTS"), col("ENDPOINTS"), col("AGE")],
         "Event" => vec![col("LAST SEEN"), col("TYPE"), col("REASON"), col("OBJECT"), col("MESSAGE")],
         "Lease" => vec![col("NAME"), col("HOLDER"), col("AGE")],
+        "ServiceAccount" => vec![col("NAME"), col("SECRETS"), col("AGE")],
+        "Role" | "ClusterRole" => vec![col("NAME"), col("CREATED AT")],
+        "RoleBinding" | "ClusterRoleBinding" => vec![col("NAME"), col("ROLE"), col("AGE"), wide("USERS"), wide("GROUPS"), wide("SERVICEACCOUNTS")],
         "HorizontalPodAutoscaler" => vec![col("NAME"), col("REFERENCE"), col("TARGETS"), col("MINPODS"), col("MAXPODS"), col("REPLICAS"), col("AGE")],
         _ => vec![col("NAME"), col("AGE")],
     }
@@ -278,6 +281,20 @@ pub fn row(info: &ResourceInfo, object: &Value, now: jiff::Timestamp) -> Vec<Str
             vec![last, text(&object["type"]), text(&object["reason"]), format!("{}/{}", text(&involved["kind"]).to_lowercase(), text(&involved["name"])), text(&object["message"])]
         }
         "Lease" => vec![name, or_none(text(&spec["holderIdentity"])), created],
+        "ServiceAccount" => vec![name, object["secrets"].as_array().map_or(0, Vec::len).to_string(), created],
+        "Role" | "ClusterRole" => vec![name, text(&object["metadata"]["creationTimestamp"])],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = object["subjects"].as_array().cloned().unwrap_or_default();
+            let named = |kind: &str| {
+                let names: Vec<String> = subjects
+                    .iter()
+                    .filter(|s| s["kind"] == kind)
+                    .map(|s| if kind == "ServiceAccount" { format!("{}/{}", text(&s["namespace"]), text(&s["name"])) } else { text(&s["name"]) })
+                    .collect();
+                names.join(", ")
+            };
+            vec![name, format!("{}/{}", text(&object["roleRef"]["kind"]), text(&object["roleRef"]["name"])), created, named("User"), named("Group"), named("ServiceAccount")]
+        }
         "HorizontalPodAutoscaler" => {
             let target = &spec["scaleTargetRef"];
             vec![name, format!("{}/{}", text(&target["kind"]), text(&target["name"])), hpa_targets(spec, status), int(&spec["minReplicas"]).to_string(), int(&spec["maxReplicas"]).to_string(), int(&status["currentReplicas"]).to_string(), created]

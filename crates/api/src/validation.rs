@@ -116,9 +116,96 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
         ("batch", "CronJob") => cron_job(&object["spec"], &mut errors),
         ("networking.k8s.io", "Ingress") => ingress(&object["spec"], &mut errors),
         ("autoscaling", "HorizontalPodAutoscaler") => hpa(&object["spec"], &mut errors),
+        ("rbac.authorization.k8s.io", "Role") => policy_rules(&object["rules"], true, &mut errors),
+        ("rbac.authorization.k8s.io", "ClusterRole") => policy_rules(&object["rules"], false, &mut errors),
+        ("rbac.authorization.k8s.io", "RoleBinding") => role_binding(object, true, &mut errors),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => role_binding(object, false, &mut errors),
         _ => {}
     }
     errors.0
+}
+
+/// The API group of RBAC's kinds, which bindings' role references and user and group subjects
+/// name.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// A Role's or ClusterRole's rules, as kube-apiserver's `ValidatePolicyRule` checks them.
+fn policy_rules(rules: &Value, namespaced: bool, errors: &mut Errors) {
+    for (index, rule) in rules.as_array().into_iter().flatten().enumerate() {
+        let path = format!("rules[{index}]");
+        if strings(&rule["verbs"]).is_empty() {
+            errors.push(FieldError { message: "Required value: verbs must contain at least one value".into(), ..FieldError::required(format!("{path}.verbs")) });
+        }
+        let urls = strings(&rule["nonResourceURLs"]);
+        if !urls.is_empty() {
+            if namespaced {
+                errors.push(FieldError::invalid(format!("{path}.nonResourceURLs"), urls.join(","), "namespaced rules cannot apply to non-resource URLs"));
+            }
+            if !strings(&rule["apiGroups"]).is_empty() || !strings(&rule["resources"]).is_empty() || !strings(&rule["resourceNames"]).is_empty() {
+                errors.push(FieldError::invalid(format!("{path}.nonResourceURLs"), urls.join(","), "rules cannot apply to both regular resources and non-resource URLs"));
+            }
+            continue;
+        }
+        if rule["apiGroups"].as_array().is_none_or(Vec::is_empty) {
+            errors.push(FieldError { message: "Required value: resource rules must supply at least one api group".into(), ..FieldError::required(format!("{path}.apiGroups")) });
+        }
+        if strings(&rule["resources"]).is_empty() {
+            errors.push(FieldError { message: "Required value: resource rules must supply at least one resource".into(), ..FieldError::required(format!("{path}.resources")) });
+        }
+    }
+}
+
+/// A RoleBinding's or ClusterRoleBinding's role reference and subjects.
+fn role_binding(object: &Value, namespaced: bool, errors: &mut Errors) {
+    let role = &object["roleRef"];
+    let group = role["apiGroup"].as_str().unwrap_or_default();
+    if group != RBAC_GROUP {
+        errors.push(FieldError::not_supported("roleRef.apiGroup", group, &[RBAC_GROUP]));
+    }
+    let kinds: &[&str] = if namespaced { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+    match role["kind"].as_str().unwrap_or_default() {
+        "" => errors.push(FieldError::required("roleRef.kind")),
+        kind if !kinds.contains(&kind) => errors.push(FieldError::not_supported("roleRef.kind", kind, kinds)),
+        _ => {}
+    }
+    match role["name"].as_str().unwrap_or_default() {
+        "" => errors.push(FieldError::required("roleRef.name")),
+        name if name.contains('/') || name.contains('%') || name == "." || name == ".." => {
+            errors.push(FieldError::invalid("roleRef.name", quoted(name), "may not contain '/' or '%', and may not be '.' or '..'"))
+        }
+        _ => {}
+    }
+    for (index, subject) in object["subjects"].as_array().into_iter().flatten().enumerate() {
+        let path = format!("subjects[{index}]");
+        let name = subject["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            errors.push(FieldError::required(format!("{path}.name")));
+        }
+        let group = subject["apiGroup"].as_str().unwrap_or_default();
+        match subject["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => {
+                if !group.is_empty() {
+                    errors.push(FieldError::not_supported(format!("{path}.apiGroup"), group, &[""]));
+                }
+                if !name.is_empty() && !is_dns1123_subdomain(name) {
+                    errors.push(FieldError::invalid(format!("{path}.name"), quoted(name), DNS1123_SUBDOMAIN_MESSAGE));
+                }
+                if !namespaced && subject["namespace"].as_str().is_none_or(str::is_empty) {
+                    errors.push(FieldError::required(format!("{path}.namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if group != RBAC_GROUP {
+                    errors.push(FieldError::not_supported(format!("{path}.apiGroup"), group, &[RBAC_GROUP]));
+                }
+            }
+            kind => errors.push(FieldError::not_supported(format!("{path}.kind"), kind, &["ServiceAccount", "User", "Group"])),
+        }
+    }
 }
 
 fn metadata(info: &ResourceInfo, metadata: &Value, errors: &mut Errors) {

@@ -14,10 +14,16 @@
 //!   secret agents join with, and the credential of the server's own node and of hollow nodes.
 //!   It opens [`NODE_RULES`] for any node.
 //!
-//! None of them lets a node create or change workloads, Services, Secrets or ConfigMaps, bind
-//! pods or read pod logs, so a node that is taken over cannot start pods (privileged ones
-//! included) or rewrite the cluster; with its own credential it cannot read other nodes'
-//! Secrets either.
+//! - **A ServiceAccount token** (`kubectl create token`, [`crate::serviceaccounts`]) is user
+//!   `system:serviceaccount:NS:NAME` in groups `system:serviceaccounts`,
+//!   `system:serviceaccounts:NS` and `system:authenticated`; what it may do is what the Roles
+//!   and ClusterRoles bound to it grant ([`crate::rbac`]). The admin may also act as any other
+//!   user and groups (`kubectl --as jane --as-group devs`), judged the same way.
+//!
+//! None of the node credentials lets a node create or change workloads, Services, Secrets or
+//! ConfigMaps, bind pods or read pod logs, so a node that is taken over cannot start pods
+//! (privileged ones included) or rewrite the cluster; with its own credential it cannot read
+//! other nodes' Secrets either.
 //!
 //! `kubectl auth whoami`, `kubectl auth can-i` and `kubectl auth can-i --list` ask through
 //! SelfSubjectReview, SelfSubjectAccessReview and SelfSubjectRulesReview; [`review`] answers
@@ -29,6 +35,12 @@ use shoal_api::ApiError;
 
 use crate::request::Target;
 
+tokio::task_local! {
+    /// The identity the current API request acts as (set around each request's handling), for
+    /// checks deep in a write: RBAC's escalation rule.
+    pub static REQUESTER: Identity;
+}
+
 /// Who sent a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
@@ -38,6 +50,8 @@ pub enum Identity {
     Nodes,
     /// A node's own credential: [`NODE_RULES`] for this node only.
     Node(String),
+    /// A ServiceAccount (by its token) or a user the admin impersonates: RBAC decides.
+    User(crate::rbac::Subject),
 }
 
 impl Identity {
@@ -47,14 +61,24 @@ impl Identity {
             Identity::Admin => "shoal-admin".into(),
             Identity::Nodes => "shoal-node".into(),
             Identity::Node(name) => format!("system:node:{name}"),
+            Identity::User(subject) => subject.user.clone(),
         }
     }
 
-    pub fn groups(&self) -> &'static [&'static str] {
+    pub fn groups(&self) -> Vec<String> {
         match self {
-            Identity::Admin => &["system:masters", "system:authenticated"],
-            Identity::Nodes | Identity::Node(_) => &["system:nodes", "system:authenticated"],
+            Identity::Admin => vec!["system:masters".into(), "system:authenticated".into()],
+            Identity::Nodes | Identity::Node(_) => vec!["system:nodes".into(), "system:authenticated".into()],
+            Identity::User(subject) => subject.groups.clone(),
         }
+    }
+
+    /// A ServiceAccount's identity, with the groups Kubernetes gives every account.
+    pub fn service_account(namespace: &str, name: &str) -> Self {
+        Identity::User(crate::rbac::Subject {
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".into()],
+        })
     }
 }
 
@@ -70,37 +94,78 @@ pub fn identify_token(state: &crate::AppState, token: &[u8]) -> Option<Identity>
         Some(Identity::Admin)
     } else if shoal_api::token::matches(&state.credentials.node_token, token) {
         Some(Identity::Nodes)
+    } else if crate::serviceaccounts::looks_like_jwt(token) {
+        let claims = state.token_signer.verify(std::str::from_utf8(token).ok()?)?;
+        match crate::serviceaccounts::check_claims(&claims, jiff::Timestamp::now().as_second(), state) {
+            Ok(account) => Some(Identity::service_account(&account.namespace, &account.name)),
+            Err(reason) => {
+                tracing::debug!(%reason, "a ServiceAccount token was refused");
+                None
+            }
+        }
     } else {
         crate::tokens::verify_node_credential(state, token).map(Identity::Node)
     }
 }
 
-/// The identity a request acts as: its sender's, or, with `Impersonate-User` (`kubectl --as`),
-/// the user it names, which only the admin may ask for. Shoal knows three users: `shoal-admin`,
-/// `shoal-node` and `system:node:NAME`. Other impersonation headers (groups, uid, extra) are
-/// refused rather than ignored, so a request never runs as someone it did not mean to be.
+/// The identity a request acts as: its sender's, or, with `Impersonate-User` (`kubectl --as`)
+/// and `Impersonate-Group` (`--as-group`), the user and groups it names, which only the admin
+/// may ask for. `shoal-admin`, `shoal-node` and `system:node:NAME` are Shoal's own credentials;
+/// `system:serviceaccount:NS:NAME` is that account (with its groups, and any named); any other
+/// name is a user judged by RBAC, in the groups named and `system:authenticated`. Other
+/// impersonation headers (uid, extra) are refused rather than ignored, so a request never runs
+/// as someone it did not mean to be.
 pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    let mut others = headers.keys().filter(|name| name.as_str().starts_with("impersonate-") && name.as_str() != "impersonate-user");
+    let mut others = headers.keys().filter(|name| name.as_str().starts_with("impersonate-") && name.as_str() != "impersonate-user" && name.as_str() != "impersonate-group");
     if let Some(other) = others.next() {
-        return Err(ApiError::forbidden(format!("{other} is not supported: Shoal has no groups or RBAC to impersonate; use Impersonate-User (kubectl --as) alone")));
+        return Err(ApiError::forbidden(format!("{other} is not supported: impersonate a user (kubectl --as) and groups (--as-group)")));
     }
-    let Some(user) = headers.get("impersonate-user") else { return Ok(identity) };
+    let groups: Vec<String> = headers.get_all("impersonate-group").iter().map(|value| value.to_str().unwrap_or_default().to_owned()).collect();
+    let Some(user) = headers.get("impersonate-user") else {
+        if groups.is_empty() {
+            return Ok(identity);
+        }
+        return Err(ApiError::bad_request("Impersonate-Group needs Impersonate-User (kubectl --as-group needs --as)"));
+    };
     let user = user.to_str().unwrap_or_default();
     if identity != Identity::Admin {
         return Err(ApiError::forbidden(format!("users \"{user}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope", identity.username())));
     }
-    match user {
-        "shoal-admin" => Ok(Identity::Admin),
-        "shoal-node" => Ok(Identity::Nodes),
+    let own = match user {
+        "shoal-admin" => Some(Identity::Admin),
+        "shoal-node" => Some(Identity::Nodes),
         _ => match user.strip_prefix("system:node:") {
-            Some(node) if shoal_api::validation::is_dns1123_subdomain(node) => Ok(Identity::Node(node.to_owned())),
-            _ => Err(ApiError::forbidden(format!("Shoal knows no user {user:?}: impersonate shoal-admin, shoal-node or system:node:NAME"))),
+            Some(node) if shoal_api::validation::is_dns1123_subdomain(node) => Some(Identity::Node(node.to_owned())),
+            Some(_) => return Err(ApiError::forbidden(format!("{user:?} names no valid node"))),
+            None => None,
         },
+    };
+    if let Some(own) = own {
+        if !groups.is_empty() {
+            return Err(ApiError::forbidden(format!("{user} is one of Shoal's own credentials; its groups are fixed (drop --as-group)")));
+        }
+        return Ok(own);
     }
+    if user.is_empty() {
+        return Err(ApiError::bad_request("Impersonate-User is empty"));
+    }
+    let mut identity = match user.strip_prefix("system:serviceaccount:").map(|rest| rest.split_once(':')) {
+        Some(Some((namespace, name))) if !namespace.is_empty() && !name.is_empty() && !name.contains(':') => Identity::service_account(namespace, name),
+        Some(_) => return Err(ApiError::forbidden(format!("{user:?} is not system:serviceaccount:NAMESPACE:NAME"))),
+        None => Identity::User(crate::rbac::Subject { user: user.to_owned(), groups: vec!["system:authenticated".into()] }),
+    };
+    if let Identity::User(subject) = &mut identity {
+        for group in groups {
+            if !subject.groups.contains(&group) {
+                subject.groups.push(group);
+            }
+        }
+    }
+    Ok(identity)
 }
 
 /// What authorizing a node's own requests needs to know of the stored pods.
-pub trait Lookup {
+pub trait Lookup: crate::rbac::Policies {
     /// The node pod `namespace/name` is bound to (empty while unbound), `None` if there is no
     /// such pod.
     fn pod_node(&self, namespace: &str, name: &str) -> Option<String>;
@@ -249,6 +314,11 @@ pub fn authorize(identity: &Identity, request: &Attributes, lookup: &dyn Lookup)
 fn denial(identity: &Identity, request: &Attributes, lookup: &dyn Lookup) -> Option<String> {
     match identity {
         Identity::Admin => None,
+        Identity::User(subject) if subject.groups.iter().any(|g| g == "system:masters") => None,
+        Identity::User(subject) => match crate::rbac::allowed_by(lookup, subject, request) {
+            Some(_) => None,
+            None => Some(String::new()),
+        },
         _ if !NODE_RULES.iter().any(|rule| rule.allows(request)) => Some("node credentials open only what node agents do; use the admin kubeconfig".into()),
         Identity::Nodes => None,
         Identity::Node(node) => node_restriction(node, request, lookup).err(),
@@ -288,11 +358,12 @@ fn forbidden(identity: &Identity, request: &Attributes, reason: &str) -> ApiErro
     let subject = if request.name.is_empty() { group_resource } else { format!("{group_resource} \"{}\"", request.name) };
     let scope = if request.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{}\"", request.namespace) };
     let message = format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}: {reason}",
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}{}",
         identity.username(),
         request.verb,
         request.resource_path(),
         request.group,
+        if reason.is_empty() { String::new() } else { format!(": {reason}") },
     );
     ApiError::forbidden(message).with_details(json!({"name": request.name, "group": request.group, "kind": request.resource}))
 }
@@ -346,7 +417,7 @@ pub fn review(identity: &Identity, kind: &(&str, &str, &str), method: &Method, m
     let status = match kind {
         "SelfSubjectReview" => json!({"userInfo": {"username": identity.username(), "groups": identity.groups()}}),
         "SelfSubjectAccessReview" => access_review(identity, &object["spec"], lookup)?,
-        _ => rules_review(identity, object["spec"]["namespace"].as_str().unwrap_or_default()),
+        _ => rules_review(identity, object["spec"]["namespace"].as_str().unwrap_or_default(), lookup),
     };
     object["apiVersion"] = json!(api_version);
     object["kind"] = json!(kind);
@@ -374,6 +445,8 @@ fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Resu
         }
         match (identity, denial(identity, &request, lookup)) {
             (Identity::Admin, _) => (true, "shoal-admin (system:masters) may do everything".to_owned()),
+            (Identity::User(subject), None) => (true, crate::rbac::allowed_by(lookup, subject, &request).unwrap_or_else(|| "system:masters may do everything".into())),
+            (Identity::User(_), Some(_)) => (false, String::new()),
             (_, None) => (true, format!("node agents may {} {}", request.verb, request.resource_path())),
             (_, Some(reason)) => (false, reason),
         }
@@ -383,9 +456,17 @@ fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Resu
             Some(prefix) => path.starts_with(prefix),
             None => path == *pattern,
         });
+        let by_rbac = match identity {
+            Identity::User(subject) => crate::rbac::rules_for(lookup, subject, "").into_iter().find(|(rule, _)| crate::rbac::non_resource_allows(rule, &verb, &path)).map(|(_, why)| why),
+            _ => None,
+        };
         match identity {
             Identity::Admin => (true, "shoal-admin (system:masters) may do everything".to_owned()),
             _ if discovery => (true, "every authenticated user may read discovery, version and health".to_owned()),
+            Identity::User(_) => match by_rbac {
+                Some(why) => (true, why),
+                None => (false, String::new()),
+            },
             _ => (false, "node credentials open only what node agents do".to_owned()),
         }
     } else {
@@ -394,8 +475,29 @@ fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Resu
     Ok(json!({"allowed": allowed, "reason": reason}))
 }
 
-fn rules_review(identity: &Identity, namespace: &str) -> Value {
+fn rules_review(identity: &Identity, namespace: &str, lookup: &dyn Lookup) -> Value {
     let (resource_rules, non_resource_rules): (Vec<Value>, Vec<Value>) = match identity {
+        Identity::User(subject) => {
+            // Every authenticated user may ask who they are and what they may do, and read
+            // discovery (kube's system:basic-user and system:discovery).
+            let mut resources = vec![
+                json!({"verbs": ["create"], "apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"]}),
+                json!({"verbs": ["create"], "apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}),
+            ];
+            let mut urls = vec![json!({"verbs": ["get"], "nonResourceURLs": DISCOVERY_PATHS})];
+            for (rule, _) in crate::rbac::rules_for(lookup, subject, namespace) {
+                if rule["nonResourceURLs"].as_array().is_some_and(|u| !u.is_empty()) {
+                    urls.push(json!({"verbs": rule["verbs"], "nonResourceURLs": rule["nonResourceURLs"]}));
+                } else {
+                    let mut listed = json!({"verbs": rule["verbs"], "apiGroups": rule["apiGroups"], "resources": rule["resources"]});
+                    if rule["resourceNames"].as_array().is_some_and(|n| !n.is_empty()) {
+                        listed["resourceNames"] = rule["resourceNames"].clone();
+                    }
+                    resources.push(listed);
+                }
+            }
+            (resources, urls)
+        }
         Identity::Admin => (vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})], vec![json!({"verbs": ["*"], "nonResourceURLs": ["*"]})]),
         Identity::Nodes | Identity::Node(_) => (
             NODE_RULES
@@ -440,6 +542,25 @@ mod tests {
 
         fn used_by_pod_on(&self, node: &str, namespace: &str, resource: &str, name: &str) -> bool {
             self.0.iter().any(|pod| pod["metadata"]["namespace"] == namespace && pod["spec"]["nodeName"] == node && pod_uses(pod, resource, name))
+        }
+    }
+
+    /// No RBAC objects, except a Role letting ServiceAccount `team/bot` read pods in `team`.
+    impl crate::rbac::Policies for Pods {
+        fn cluster_role_bindings(&self) -> Vec<Value> {
+            Vec::new()
+        }
+        fn role_bindings(&self, namespace: &str) -> Vec<Value> {
+            if namespace != "team" {
+                return Vec::new();
+            }
+            vec![json!({"metadata": {"namespace": "team", "name": "bot"}, "roleRef": {"kind": "Role", "name": "reader"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]})]
+        }
+        fn cluster_roles(&self) -> Vec<Value> {
+            Vec::new()
+        }
+        fn role(&self, namespace: &str, name: &str) -> Option<Value> {
+            (namespace == "team" && name == "reader").then(|| json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}))
         }
     }
 
@@ -564,11 +685,34 @@ mod tests {
         assert_eq!(impersonate(Identity::Admin, &headers(&[])).ok(), Some(Identity::Admin));
         assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:a")])).ok(), Some(Identity::Node("a".into())));
         assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node")])).ok(), Some(Identity::Nodes));
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice")])).is_err());
+        let alice = impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-group", "devs")])).expect("any user");
+        assert_eq!((alice.username(), alice.groups()), ("alice".to_owned(), vec!["system:authenticated".to_owned(), "devs".to_owned()]));
+        let bot = impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team:bot")])).expect("an account");
+        assert_eq!(bot, Identity::service_account("team", "bot"));
+        assert!(bot.groups().contains(&"system:serviceaccounts:team".to_owned()));
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team")])).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-group", "devs")])).is_err(), "a group needs a user");
         assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:Bad_Name")])).is_err());
         assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node"), ("impersonate-group", "system:masters")])).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-uid", "1")])).is_err());
         assert!(impersonate(Identity::Nodes, &headers(&[("impersonate-user", "shoal-admin")])).is_err(), "a node cannot become the admin");
         assert!(impersonate(Identity::Node("a".into()), &headers(&[("impersonate-user", "system:node:b")])).is_err());
+    }
+
+    #[test]
+    fn accounts_and_users_are_judged_by_rbac_and_masters_by_nothing() {
+        let bot = Identity::service_account("team", "bot");
+        assert!(authorize(&bot, &request("list", "", "pods", "", "team"), &no_pods()).is_ok());
+        let refused = authorize(&bot, &request("list", "", "pods", "", "default"), &no_pods()).expect_err("not bound there");
+        assert_eq!(refused.message, r#"pods is forbidden: User "system:serviceaccount:team:bot" cannot list resource "pods" in API group "" in the namespace "default""#);
+        assert!(authorize(&bot, &request("create", "", "pods", "", "team"), &no_pods()).is_err());
+        assert!(authorize(&Identity::service_account("team", "other"), &request("list", "", "pods", "", "team"), &no_pods()).is_err());
+        let root = Identity::User(crate::rbac::Subject { user: "root".into(), groups: vec!["system:masters".into()] });
+        assert!(authorize(&root, &request("delete", "", "nodes", "", ""), &no_pods()).is_ok());
+        let kind = review_kind("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews").expect("served");
+        let rules = review(&bot, kind, &Method::POST, json!({"spec": {"namespace": "team"}}), &no_pods()).expect("answered");
+        let listed = rules["status"]["resourceRules"].as_array().expect("rules");
+        assert!(listed.iter().any(|rule| rule["resources"] == json!(["pods"]) && rule["verbs"] == json!(["get", "list"])), "{listed:?}");
     }
 
     #[test]

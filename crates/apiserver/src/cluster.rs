@@ -71,6 +71,7 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
         crate::authz::Identity::Admin => Caller::Admin,
         crate::authz::Identity::Nodes => Caller::Node,
         crate::authz::Identity::Node(_) => Caller::OwnNode,
+        crate::authz::Identity::User(_) => return None,
     })
 }
 

@@ -195,6 +195,12 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         Ok(identity) => identity,
         Err(denied) => return error_response(&denied),
     };
+    // Writes of RBAC objects check the requester's own permissions (no escalation).
+    authz::REQUESTER.scope(identity.clone(), serve_api(state, method, uri, headers, wants_objects, body, identity)).await
+}
+
+/// An authenticated request under `/api` and `/apis`, as `identity`.
+async fn serve_api(state: Arc<AppState>, method: Method, uri: Uri, headers: HeaderMap, wants_objects: bool, body: Body, identity: authz::Identity) -> Response {
     if state.shutdown.is_cancelled() {
         return shutting_down();
     }
@@ -293,9 +299,9 @@ async fn authorize(state: &AppState, identity: &authz::Identity, method: &Method
 async fn forward(state: &AppState, url: &str, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let mut request = state.peer_http.request(method.clone(), format!("{}{path_and_query}", url.trim_end_matches('/'))).body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT, header::HeaderName::from_static("impersonate-user")] {
-        if let Some(value) = headers.get(&name) {
-            request = request.header(name, value);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT, header::HeaderName::from_static("impersonate-user"), header::HeaderName::from_static("impersonate-group")] {
+        for value in headers.get_all(&name) {
+            request = request.header(name.clone(), value);
         }
     }
     let answer = request.send().await.map_err(|e| ApiError::unavailable(format!("forwarding to the leader at {url}: {e}")))?;
@@ -341,6 +347,17 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
     if target.subresource.as_deref() == Some("log") {
         return match (method.clone(), target.name.as_deref()) {
             (Method::GET, Some(name)) => pod_log(state, namespace.unwrap_or("default"), name, query).await,
+            (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+        };
+    }
+    if target.subresource.as_deref() == Some("token") {
+        return match (method.clone(), target.name.as_deref()) {
+            (Method::POST, Some(name)) => {
+                let account = objects::get(state, info, namespace, name)?;
+                let request = request::decode_body(headers, body)?;
+                let answer = crate::serviceaccounts::token_request(&state.token_signer, &account, request, &**state, jiff::Timestamp::now())?;
+                Ok(json_response(StatusCode::CREATED, &answer))
+            }
             (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
         };
     }
@@ -849,6 +866,9 @@ fn discovery(group: Option<String>, version: Option<String>, legacy_core: bool) 
                     listed.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
                     listed.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
                 }
+                if info.kind == "ServiceAccount" {
+                    listed.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+                }
             }
             let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": listed})
@@ -952,6 +972,9 @@ fn discovered_resource(info: &ResourceInfo) -> Value {
     if info.kind == "Pod" {
         subresources.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
         subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
+    }
+    if info.kind == "ServiceAccount" {
+        subresources.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
     }
     json!({
         "resource": info.plural,

@@ -4,6 +4,8 @@
 //! credentials, writes the admin kubeconfig, and serves the API until the shutdown token fires.
 
 pub mod authz;
+pub mod rbac;
+pub mod serviceaccounts;
 pub mod cluster;
 pub mod error;
 mod handlers;
@@ -88,6 +90,8 @@ pub struct AppState {
     /// For forwarding requests to another server (trusting only the cluster CA).
     pub(crate) peer_http: reqwest::Client,
     pub(crate) service_cidr: services::Cidr,
+    /// Signs and checks ServiceAccount tokens.
+    pub(crate) token_signer: serviceaccounts::Signer,
 }
 
 /// The body of an answer to [`ApiServer::call`] (a watch streams through it): the same type as
@@ -210,6 +214,7 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         tasks: TaskTracker::new(),
         namespace_teardowns: Mutex::new(HashSet::new()),
         service_cidr: config.service_cidr,
+        token_signer: serviceaccounts::Signer::from_pem(&credentials.service_account_key_pem).map_err(Error::Tls)?,
         http: reqwest::Client::builder().build().map_err(|e| Error::Tls(e.to_string()))?,
         peer_http: cluster::client_trusting(&credentials.ca_pem).map_err(Error::tls)?,
         registry: registry::Registry::new(&config.data_dir, config.registry_max_artifact_bytes)

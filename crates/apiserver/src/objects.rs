@@ -171,6 +171,7 @@ pub async fn create(
         default_ingress_class(state, &mut object)?;
     }
     let mut admitted = admission::admit(info, object, validation)?;
+    no_escalation(state, info, &admitted.object)?;
     reset_status_on_create(info, &mut admitted.object);
     let name = meta::name(&admitted.object).to_owned();
     if info.namespaced {
@@ -235,6 +236,23 @@ pub enum UpdateScope {
     Status,
 }
 
+/// Refuses a Role, ClusterRole or binding that grants more than the requester holds (when the
+/// requester is judged by RBAC; see `rbac::escalation`).
+fn no_escalation(state: &AppState, info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
+    if info.group != shoal_api::validation::RBAC_GROUP {
+        return Ok(());
+    }
+    let subject = crate::authz::REQUESTER.try_with(|identity| match identity {
+        crate::authz::Identity::User(subject) if !subject.groups.iter().any(|g| g == "system:masters") => Some(subject.clone()),
+        _ => None,
+    });
+    let Ok(Some(subject)) = subject else { return Ok(()) };
+    match crate::rbac::escalation(state, &subject, info.kind, object) {
+        None => Ok(()),
+        Some(reason) => Err(ApiError::forbidden(format!("{} \"{}\" is forbidden: {reason}", info.group_resource(), meta::name(object)))),
+    }
+}
+
 /// Fields whose change after creation Kubernetes refuses.
 fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
     match info.kind {
@@ -242,6 +260,7 @@ fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
         "Job" => &["spec.selector", "spec.completionMode"],
         "Service" => &["spec.clusterIP"],
         "Pod" => &["spec.nodeName"],
+        "RoleBinding" | "ClusterRoleBinding" => &["roleRef"],
         _ => &[],
     }
 }
@@ -320,6 +339,7 @@ pub async fn update(
         }
     }
     let mut admitted = admission::admit(info, desired, validation)?;
+    no_escalation(state, info, &admitted.object)?;
     let retryable = allocates_addresses(info);
     let precondition = Precondition { resource_version: precondition.resource_version, uid: Some(meta::uid(current).to_owned()) };
     let key = key(info, namespace, name);
@@ -1011,8 +1031,8 @@ pub async fn keep_kubernetes_endpoints(state: Arc<AppState>) {
     }
 }
 
-/// Creates the objects every cluster has (namespaces, the `shoal` IngressClass, the
-/// `kubernetes` Service), and resumes teardown of terminating namespaces.
+/// Creates the objects every cluster has (namespaces, the `shoal` IngressClass, RBAC's default
+/// ClusterRoles, the `kubernetes` Service), and resumes teardown of terminating namespaces.
 pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> Result<(), ApiError> {
     let namespaces = resources::by_name("namespaces").expect("namespaces are served");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -1024,6 +1044,11 @@ pub async fn bootstrap(state: &Arc<AppState>, api_host: &str, api_port: u16) -> 
         "metadata": {"name": shoal_api::ingress::CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
         "spec": {"controller": shoal_api::ingress::CONTROLLER}});
     create_if_missing(state, classes, None, class).await?;
+    // RBAC's default roles (`cluster-admin`, `admin`, `edit`, `view`).
+    for (plural, object) in crate::rbac::bootstrap_objects() {
+        let info = resources::by_path(shoal_api::validation::RBAC_GROUP, "v1", plural).expect("RBAC kinds are served");
+        create_if_missing(state, info, None, object).await?;
+    }
     kubernetes_service(state, api_host, api_port).await?;
     let listed = state.store.list(&namespaces.group_resource(), None, None, None, &|o| !o["metadata"]["deletionTimestamp"].is_null()).map_err(store_error)?;
     for object in listed.items {

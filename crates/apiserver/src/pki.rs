@@ -22,6 +22,8 @@ pub struct Credentials {
     /// `K1<sha256 of the CA certificate, hex>::<secret>`, so that the joiner can check the CA it
     /// is handed before trusting it (as k3s's tokens do).
     pub server_token: String,
+    /// The P-256 key (PKCS#8 PEM) that signs ServiceAccount tokens, shared by every server.
+    pub service_account_key_pem: String,
     pub kubeconfig_path: PathBuf,
 }
 
@@ -49,6 +51,9 @@ pub struct SharedCredentials {
     pub admin_token: String,
     pub node_token: String,
     pub server_token: String,
+    /// Absent from a member that predates ServiceAccount tokens: the joiner then makes its own.
+    #[serde(default)]
+    pub service_account_key_pem: String,
 }
 
 impl std::fmt::Debug for SharedCredentials {
@@ -82,6 +87,7 @@ pub fn shared(data_dir: &Path, credentials: &Credentials) -> Result<SharedCreden
         admin_token: credentials.admin_token.clone(),
         node_token: credentials.node_token.clone(),
         server_token: credentials.server_token.clone(),
+        service_account_key_pem: credentials.service_account_key_pem.clone(),
     })
 }
 
@@ -95,6 +101,9 @@ pub fn install_shared(data_dir: &Path, shared: &SharedCredentials) -> Result<()>
     write_private(&data_dir.join("admin-token"), &shared.admin_token)?;
     write_private(&data_dir.join("node-token"), &shared.node_token)?;
     write_private(&data_dir.join("server-token"), &shared.server_token)?;
+    if !shared.service_account_key_pem.is_empty() {
+        write_private(&pki.join("sa.key"), &shared.service_account_key_pem)?;
+    }
     Ok(())
 }
 
@@ -197,6 +206,7 @@ pub fn ensure(data_dir: &Path, extra_names: &[String], presets: &Presets) -> Res
         (certificate.pem(), key.serialize_pem())
     };
     let admin_token = read_or_create(&data_dir.join("admin-token"), || Ok(random_token()))?;
+    let service_account_key_pem = read_or_create(&pki.join("sa.key"), || Ok(KeyPair::generate().map_err(Error::tls)?.serialize_pem()))?;
     let hash = ca_hash(&ca_pem);
     let secret_or_random = |preset: &Option<String>| preset.as_deref().map(|s| shoal_api::token::secret(s).to_owned()).unwrap_or_else(random_token);
     let node_token = read_or_create(&data_dir.join("node-token"), || Ok(shoal_api::token::compose(&hash, &secret_or_random(&presets.node_secret))))?;
@@ -208,6 +218,7 @@ pub fn ensure(data_dir: &Path, extra_names: &[String], presets: &Presets) -> Res
         admin_token,
         node_token,
         server_token,
+        service_account_key_pem,
         kubeconfig_path: data_dir.join("admin.kubeconfig"),
     })
 }

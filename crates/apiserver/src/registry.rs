@@ -124,6 +124,7 @@ fn role(state: &AppState, headers: &HeaderMap) -> Option<Role> {
     Some(match crate::authz::identify_token(state, token.as_bytes())? {
         crate::authz::Identity::Admin => Role::Admin,
         crate::authz::Identity::Nodes | crate::authz::Identity::Node(_) => Role::Node,
+        crate::authz::Identity::User(_) => return None,
     })
 }
 

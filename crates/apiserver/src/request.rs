@@ -81,7 +81,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         let known = (sub == "status" && target.info.has_status)
             || (sub == "finalize" && target.info.kind == "Namespace")
             || (sub == "scale" && target.info.has_scale)
-            || ((sub == "log" || sub == "binding") && target.info.kind == "Pod");
+            || ((sub == "log" || sub == "binding") && target.info.kind == "Pod")
+            || (sub == "token" && target.info.kind == "ServiceAccount");
         if !known {
             return Err(ApiError::path_not_found());
         }

@@ -23,6 +23,7 @@ pub mod pods;
 pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccounts;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,6 +132,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let endpoints = endpoints::EndpointsController::register(&context);
     let ingress_status = ingress_status::IngressStatusController::register(&context);
     let autoscalers = autoscaler::AutoscalerController::register(&context);
+    let service_accounts = serviceaccounts::ServiceAccountController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -150,6 +152,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     ingress_status.spawn(&tasks, resync(60), shutdown.clone());
     // Each autoscaler requeues itself every sync period; the resync is only a safety net.
     autoscalers.spawn(&tasks, resync(60), shutdown.clone());
+    service_accounts.spawn(&tasks, resync(300), shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();

@@ -28,6 +28,13 @@ ROOTS = [
     ('batch/v1', 'Job', 'api/batch/v1'),
     ('batch/v1', 'CronJob', 'api/batch/v1'),
     ('networking.k8s.io/v1', 'Ingress', 'api/networking/v1'),
+    # `kubectl create serviceaccount|role|clusterrole|rolebinding|clusterrolebinding|token`.
+    ('v1', 'ServiceAccount', 'api/core/v1'),
+    ('rbac.authorization.k8s.io/v1', 'Role', 'api/rbac/v1'),
+    ('rbac.authorization.k8s.io/v1', 'ClusterRole', 'api/rbac/v1'),
+    ('rbac.authorization.k8s.io/v1', 'RoleBinding', 'api/rbac/v1'),
+    ('rbac.authorization.k8s.io/v1', 'ClusterRoleBinding', 'api/rbac/v1'),
+    ('authentication.k8s.io/v1', 'TokenRequest', 'api/authentication/v1'),
     # `kubectl autoscale` (kubectl >= 1.32 sends it as protobuf).
     ('autoscaling/v2', 'HorizontalPodAutoscaler', 'api/autoscaling/v2'),
     # `kubectl auth whoami` and `kubectl auth can-i [--list]`.

@@ -79,6 +79,60 @@ pub(super) static INGRESS: Schema = Schema {
     ],
 };
 
+pub(super) static SERVICE_ACCOUNT: Schema = Schema {
+    name: "ServiceAccount",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        list(2, "secrets", Msg(&OBJECT_REFERENCE)),
+        list(3, "imagePullSecrets", Msg(&LOCAL_OBJECT_REFERENCE)),
+        one(4, "automountServiceAccountToken", Bool),
+    ],
+};
+
+pub(super) static ROLE: Schema = Schema {
+    name: "Role",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        list(2, "rules", Msg(&POLICY_RULE)),
+    ],
+};
+
+pub(super) static CLUSTER_ROLE: Schema = Schema {
+    name: "ClusterRole",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        list(2, "rules", Msg(&POLICY_RULE)),
+        one(3, "aggregationRule", Msg(&AGGREGATION_RULE)),
+    ],
+};
+
+pub(super) static ROLE_BINDING: Schema = Schema {
+    name: "RoleBinding",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        list(2, "subjects", Msg(&SUBJECT)),
+        one(3, "roleRef", Msg(&ROLE_REF)),
+    ],
+};
+
+pub(super) static CLUSTER_ROLE_BINDING: Schema = Schema {
+    name: "ClusterRoleBinding",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        list(2, "subjects", Msg(&SUBJECT)),
+        one(3, "roleRef", Msg(&ROLE_REF)),
+    ],
+};
+
+pub(super) static TOKEN_REQUEST: Schema = Schema {
+    name: "TokenRequest",
+    fields: &[
+        one(1, "metadata", Msg(&OBJECT_META)),
+        one(2, "spec", Msg(&TOKEN_REQUEST_SPEC)),
+        one(3, "status", Msg(&TOKEN_REQUEST_STATUS)),
+    ],
+};
+
 pub(super) static HORIZONTAL_POD_AUTOSCALER: Schema = Schema {
     name: "HorizontalPodAutoscaler",
     fields: &[
@@ -289,6 +343,80 @@ pub(super) static INGRESS_STATUS: Schema = Schema {
     name: "IngressStatus",
     fields: &[
         one(1, "loadBalancer", Msg(&INGRESS_LOAD_BALANCER_STATUS)),
+    ],
+};
+
+pub(super) static OBJECT_REFERENCE: Schema = Schema {
+    name: "ObjectReference",
+    fields: &[
+        one(1, "kind", Str),
+        one(2, "namespace", Str),
+        one(3, "name", Str),
+        one(4, "uid", Str),
+        one(5, "apiVersion", Str),
+        one(6, "resourceVersion", Str),
+        one(7, "fieldPath", Str),
+    ],
+};
+
+pub(super) static LOCAL_OBJECT_REFERENCE: Schema = Schema {
+    name: "LocalObjectReference",
+    fields: &[
+        one(1, "name", Str),
+    ],
+};
+
+pub(super) static POLICY_RULE: Schema = Schema {
+    name: "PolicyRule",
+    fields: &[
+        list(1, "verbs", Str),
+        list(2, "apiGroups", Str),
+        list(3, "resources", Str),
+        list(4, "resourceNames", Str),
+        list(5, "nonResourceURLs", Str),
+    ],
+};
+
+pub(super) static AGGREGATION_RULE: Schema = Schema {
+    name: "AggregationRule",
+    fields: &[
+        list(1, "clusterRoleSelectors", Msg(&LABEL_SELECTOR)),
+    ],
+};
+
+pub(super) static SUBJECT: Schema = Schema {
+    name: "Subject",
+    fields: &[
+        one(1, "kind", Str),
+        one(2, "apiGroup", Str),
+        one(3, "name", Str),
+        one(4, "namespace", Str),
+    ],
+};
+
+pub(super) static ROLE_REF: Schema = Schema {
+    name: "RoleRef",
+    fields: &[
+        one(1, "apiGroup", Str),
+        one(2, "kind", Str),
+        one(3, "name", Str),
+    ],
+};
+
+pub(super) static TOKEN_REQUEST_SPEC: Schema = Schema {
+    name: "TokenRequestSpec",
+    fields: &[
+        list(1, "audiences", Str),
+        one(3, "boundObjectRef", Msg(&BOUND_OBJECT_REFERENCE)),
+        one(4, "expirationSeconds", Int64),
+    ],
+};
+
+pub(super) static TOKEN_REQUEST_STATUS: Schema = Schema {
+    name: "TokenRequestStatus",
+    fields: &[
+        one(1, "token", Str),
+        one(2, "expirationTimestamp", Time),
     ],
 };
 
@@ -509,19 +637,6 @@ pub(super) static JOB_TEMPLATE_SPEC: Schema = Schema {
     ],
 };
 
-pub(super) static OBJECT_REFERENCE: Schema = Schema {
-    name: "ObjectReference",
-    fields: &[
-        one(1, "kind", Str),
-        one(2, "namespace", Str),
-        one(3, "name", Str),
-        one(4, "uid", Str),
-        one(5, "apiVersion", Str),
-        one(6, "resourceVersion", Str),
-        one(7, "fieldPath", Str),
-    ],
-};
-
 pub(super) static INGRESS_BACKEND: Schema = Schema {
     name: "IngressBackend",
     fields: &[
@@ -550,6 +665,16 @@ pub(super) static INGRESS_LOAD_BALANCER_STATUS: Schema = Schema {
     name: "IngressLoadBalancerStatus",
     fields: &[
         list(1, "ingress", Msg(&INGRESS_LOAD_BALANCER_INGRESS)),
+    ],
+};
+
+pub(super) static BOUND_OBJECT_REFERENCE: Schema = Schema {
+    name: "BoundObjectReference",
+    fields: &[
+        one(1, "kind", Str),
+        one(2, "apiVersion", Str),
+        one(3, "name", Str),
+        one(4, "uid", Str),
     ],
 };
 
@@ -967,13 +1092,6 @@ pub(super) static POD_SECURITY_CONTEXT: Schema = Schema {
         one(11, "appArmorProfile", Msg(&APP_ARMOR_PROFILE)),
         one(12, "supplementalGroupsPolicy", Str),
         one(13, "seLinuxChangePolicy", Str),
-    ],
-};
-
-pub(super) static LOCAL_OBJECT_REFERENCE: Schema = Schema {
-    name: "LocalObjectReference",
-    fields: &[
-        one(1, "name", Str),
     ],
 };
 
@@ -2029,6 +2147,12 @@ pub(super) static KINDS: &[(&str, &str, &Schema)] = &[
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
     ("networking.k8s.io/v1", "Ingress", &INGRESS),
+    ("v1", "ServiceAccount", &SERVICE_ACCOUNT),
+    ("rbac.authorization.k8s.io/v1", "Role", &ROLE),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", &CLUSTER_ROLE),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", &ROLE_BINDING),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", &CLUSTER_ROLE_BINDING),
+    ("authentication.k8s.io/v1", "TokenRequest", &TOKEN_REQUEST),
     ("autoscaling/v2", "HorizontalPodAutoscaler", &HORIZONTAL_POD_AUTOSCALER),
     ("authentication.k8s.io/v1", "SelfSubjectReview", &SELF_SUBJECT_REVIEW),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview", &SELF_SUBJECT_ACCESS_REVIEW),

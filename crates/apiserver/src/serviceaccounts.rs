@@ -1,0 +1,317 @@
+//! ServiceAccount tokens: `kubectl create token` (the TokenRequest API,
+//! `POST …/serviceaccounts/NAME/token`) and their verification when a client presents one.
+//!
+//! A token is a JWT signed with ES256 by the cluster's ServiceAccount key (`pki/sa.key`, shared
+//! by every server, so any server honours a token another issued). Its claims are the ones
+//! kube-apiserver writes: `iss` and the default audience are
+//! `https://kubernetes.default.svc.cluster.local`, `sub` is
+//! `system:serviceaccount:NAMESPACE:NAME`, and `kubernetes.io` names the account (and the Pod or
+//! Secret the token is bound to) by name and uid. A token stops working when it expires, when
+//! its account is deleted (or recreated: the uid differs), or when the object it is bound to is.
+//! Tokens whose audiences leave out the API's are for other services and open nothing here.
+
+use base64::Engine;
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
+use serde_json::{Value, json};
+use shoal_api::ApiError;
+
+/// The issuer and default audience of every token, as kube-apiserver's default.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The shortest lifetime a TokenRequest may ask for (kube-apiserver's limit).
+const MIN_EXPIRATION_SECONDS: i64 = 600;
+/// The lifetime of a token when the request names none.
+const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
+/// How far clocks between servers may disagree on `nbf`.
+const LEEWAY_SECONDS: i64 = 60;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+/// The key that signs and checks tokens.
+pub struct Signer {
+    key: EcdsaKeyPair,
+    /// The key's id, the `kid` of every token's header.
+    kid: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer {{ kid: {} }}", self.kid)
+    }
+}
+
+impl Signer {
+    /// From a P-256 private key in PKCS#8 PEM.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let der = rcgen::KeyPair::from_pem(pem).map_err(|e| format!("reading the ServiceAccount key: {e}"))?.serialize_der();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &ring::rand::SystemRandom::new())
+            .map_err(|e| format!("the ServiceAccount key is not a P-256 key: {e}"))?;
+        let kid = b64(&ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref()).as_ref()[..16]);
+        Ok(Self { key, kid })
+    }
+
+    /// A signed JWT carrying `claims`.
+    pub fn sign(&self, claims: &Value) -> Result<String, String> {
+        let header = json!({"alg": "ES256", "kid": self.kid});
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signature = self.key.sign(&ring::rand::SystemRandom::new(), input.as_bytes()).map_err(|_| "signing the token failed".to_owned())?;
+        Ok(format!("{input}.{}", b64(signature.as_ref())))
+    }
+
+    /// The claims of `token` if this key signed it (nothing else is checked here).
+    pub fn verify(&self, token: &str) -> Option<Value> {
+        let mut parts = token.split('.');
+        let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: Value = serde_json::from_slice(&unb64(header)?).ok()?;
+        if header["alg"] != "ES256" {
+            return None;
+        }
+        let input_len = token.len() - signature.len() - 1;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref()).verify(&token.as_bytes()[..input_len], &unb64(signature)?).ok()?;
+        serde_json::from_slice(&unb64(claims)?).ok()
+    }
+}
+
+/// Whether `token` looks like a JWT (and so is worth a signature check).
+pub fn looks_like_jwt(token: &[u8]) -> bool {
+    token.starts_with(b"eyJ") && token.iter().filter(|&&b| b == b'.').count() == 2
+}
+
+/// Who a valid token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// What checking a token's claims needs from the stored objects: the uid of an object, or
+/// `None` when there is none (or it is being deleted).
+pub trait Objects {
+    fn live_uid(&self, resource: &str, namespace: &str, name: &str) -> Option<String>;
+}
+
+impl Objects for crate::AppState {
+    fn live_uid(&self, resource: &str, namespace: &str, name: &str) -> Option<String> {
+        let object = self.store.get_shared(&shoal_store::ObjectKey::new(resource, namespace, name)).ok()??;
+        if !object["metadata"]["deletionTimestamp"].is_null() {
+            return None;
+        }
+        Some(object["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// The account a token's claims stand for at `now` (Unix seconds), if they are for this API,
+/// current, and every object they name is still there with the same uid.
+pub fn check_claims(claims: &Value, now: i64, objects: &dyn Objects) -> Result<Account, String> {
+    if claims["iss"] != ISSUER {
+        return Err("the token was issued by someone else".into());
+    }
+    let audiences = match &claims["aud"] {
+        Value::String(one) => vec![one.as_str()],
+        many => many.as_array().into_iter().flatten().filter_map(Value::as_str).collect(),
+    };
+    if !audiences.contains(&ISSUER) {
+        return Err("the token is not for this API (audience)".into());
+    }
+    let (Some(expires), Some(not_before)) = (claims["exp"].as_i64(), claims["nbf"].as_i64().or(claims["iat"].as_i64())) else {
+        return Err("the token has no lifetime".into());
+    };
+    if now >= expires {
+        return Err("the token has expired".into());
+    }
+    if now + LEEWAY_SECONDS < not_before {
+        return Err("the token is not valid yet".into());
+    }
+    let details = &claims["kubernetes.io"];
+    let namespace = details["namespace"].as_str().unwrap_or_default();
+    let account = &details["serviceaccount"];
+    let (name, uid) = (account["name"].as_str().unwrap_or_default(), account["uid"].as_str().unwrap_or_default());
+    if namespace.is_empty() || name.is_empty() || claims["sub"] != format!("system:serviceaccount:{namespace}:{name}") {
+        return Err("the token names no service account".into());
+    }
+    if objects.live_uid("serviceaccounts", namespace, name).as_deref() != Some(uid) {
+        return Err(format!("service account {namespace}/{name} (uid {uid}) no longer exists"));
+    }
+    for (key, resource) in [("pod", "pods"), ("secret", "secrets")] {
+        let bound = &details[key];
+        if bound.is_null() {
+            continue;
+        }
+        let (bound_name, bound_uid) = (bound["name"].as_str().unwrap_or_default(), bound["uid"].as_str().unwrap_or_default());
+        if objects.live_uid(resource, namespace, bound_name).as_deref() != Some(bound_uid) {
+            return Err(format!("the {key} {namespace}/{bound_name} the token is bound to no longer exists"));
+        }
+    }
+    Ok(Account { namespace: namespace.to_owned(), name: name.to_owned(), uid: uid.to_owned() })
+}
+
+/// Answers a TokenRequest for service account `namespace/name` (`account` is the stored
+/// object): the request with its spec defaulted and `status` holding the token.
+pub fn token_request(signer: &Signer, account: &Value, request: Value, objects: &dyn Objects, now: jiff::Timestamp) -> Result<Value, ApiError> {
+    if !request.is_object() {
+        return Err(ApiError::bad_request("a TokenRequest must be a JSON object"));
+    }
+    for (field, expected) in [("apiVersion", "authentication.k8s.io/v1"), ("kind", "TokenRequest")] {
+        if let Some(sent) = request.get(field).and_then(Value::as_str)
+            && sent != expected
+        {
+            return Err(ApiError::bad_request(format!("the body is a {sent} ({field}), not a {expected}")));
+        }
+    }
+    let namespace = account["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = account["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &request["spec"];
+    let expiration = match &spec["expirationSeconds"] {
+        Value::Null => DEFAULT_EXPIRATION_SECONDS,
+        value => value.as_i64().ok_or_else(|| ApiError::bad_request("spec.expirationSeconds must be an integer"))?,
+    };
+    let invalid = |detail: String| {
+        let info = shoal_api::resources::by_name("serviceaccounts").expect("service accounts are served");
+        ApiError::invalid(info, name, &[shoal_api::FieldError::invalid("spec.expirationSeconds", expiration, detail)])
+    };
+    if expiration < MIN_EXPIRATION_SECONDS {
+        return Err(invalid("may not specify a duration less than 10 minutes".into()));
+    }
+    if expiration > 1 << 32 {
+        return Err(invalid("may not specify a duration larger than 2^32 seconds".into()));
+    }
+    let mut audiences: Vec<String> = spec["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    if audiences.is_empty() {
+        audiences.push(ISSUER.to_owned());
+    }
+    let mut details = json!({"namespace": namespace, "serviceaccount": {"name": name, "uid": account["metadata"]["uid"]}});
+    let bound = &spec["boundObjectRef"];
+    if !bound.is_null() {
+        let kind = bound["kind"].as_str().unwrap_or_default();
+        let (key, resource) = match kind {
+            "Pod" => ("pod", "pods"),
+            "Secret" => ("secret", "secrets"),
+            other => return Err(ApiError::bad_request(format!("cannot bind a token to a {other:?}: use Pod or Secret"))),
+        };
+        let bound_name = bound["name"].as_str().unwrap_or_default();
+        let Some(uid) = objects.live_uid(resource, namespace, bound_name) else {
+            return Err(ApiError::new(404, "NotFound", format!("{resource} \"{bound_name}\" not found")));
+        };
+        if let Some(expected) = bound["uid"].as_str().filter(|u| !u.is_empty())
+            && expected != uid
+        {
+            return Err(ApiError::new(409, "Conflict", format!("the {kind} {bound_name} has uid {uid}, not {expected}")));
+        }
+        details[key] = json!({"name": bound_name, "uid": uid});
+    }
+    let issued = now.as_second();
+    let expires = issued + expiration;
+    let claims = json!({
+        "aud": audiences, "exp": expires, "iat": issued, "nbf": issued, "iss": ISSUER,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "kubernetes.io": details,
+        "sub": format!("system:serviceaccount:{namespace}:{name}"),
+    });
+    let token = signer.sign(&claims).map_err(ApiError::internal)?;
+    let expiry = jiff::Timestamp::from_second(expires).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut spec = spec.clone();
+    if !spec.is_object() {
+        spec = json!({});
+    }
+    spec["audiences"] = json!(audiences);
+    spec["expirationSeconds"] = json!(expiration);
+    if bound.is_null() {
+        spec["boundObjectRef"] = Value::Null;
+    }
+    Ok(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+        "spec": spec,
+        "status": {"token": token, "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Stored(Vec<(&'static str, &'static str, &'static str)>);
+
+    impl Objects for Stored {
+        fn live_uid(&self, resource: &str, _namespace: &str, name: &str) -> Option<String> {
+            self.0.iter().find(|(r, n, _)| *r == resource && *n == name).map(|(_, _, uid)| (*uid).to_owned())
+        }
+    }
+
+    fn signer() -> Signer {
+        Signer::from_pem(&rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("signer")
+    }
+
+    fn account() -> Value {
+        json!({"metadata": {"namespace": "team", "name": "bot", "uid": "u1"}})
+    }
+
+    fn issue(signer: &Signer, spec: Value, objects: &Stored) -> Result<Value, ApiError> {
+        token_request(signer, &account(), json!({"spec": spec}), objects, jiff::Timestamp::from_second(1_000_000).expect("time"))
+    }
+
+    #[test]
+    fn a_token_names_its_account_until_it_expires_or_the_account_goes() {
+        let signer = signer();
+        let stored = Stored(vec![("serviceaccounts", "bot", "u1")]);
+        let answer = issue(&signer, json!({}), &stored).expect("issued");
+        assert_eq!(answer["spec"]["expirationSeconds"], 3600);
+        assert_eq!(answer["spec"]["audiences"], json!([ISSUER]));
+        assert_eq!(answer["status"]["expirationTimestamp"], "1970-01-12T14:46:40Z");
+        let token = answer["status"]["token"].as_str().expect("token");
+        assert!(looks_like_jwt(token.as_bytes()));
+        let claims = signer.verify(token).expect("our signature");
+        assert_eq!(claims["sub"], "system:serviceaccount:team:bot");
+        let account = check_claims(&claims, 1_000_010, &stored).expect("valid");
+        assert_eq!((account.namespace.as_str(), account.name.as_str(), account.uid.as_str()), ("team", "bot", "u1"));
+        assert!(check_claims(&claims, 1_003_600, &stored).expect_err("expired").contains("expired"));
+        assert!(check_claims(&claims, 1_000_010, &Stored(vec![("serviceaccounts", "bot", "u2")])).is_err(), "recreated account");
+        assert!(check_claims(&claims, 1_000_010, &Stored(vec![])).is_err(), "deleted account");
+    }
+
+    #[test]
+    fn another_key_or_a_changed_claim_is_not_ours() {
+        let signer = signer();
+        let stored = Stored(vec![("serviceaccounts", "bot", "u1")]);
+        let token = issue(&signer, json!({}), &stored).expect("issued")["status"]["token"].as_str().expect("token").to_owned();
+        assert!(self::signer().verify(&token).is_none(), "another cluster's key");
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = json!({"iss": ISSUER, "aud": [ISSUER], "sub": "system:serviceaccount:kube-system:admin", "exp": 2_000_000, "nbf": 0});
+        let tampered = format!("{}.{}.{}", parts[0], b64(forged.to_string().as_bytes()), parts[2]);
+        assert!(signer.verify(&tampered).is_none());
+        assert!(signer.verify("eyJ.not.a-token").is_none());
+        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), parts[1]);
+        assert!(signer.verify(&none).is_none(), "alg none");
+    }
+
+    #[test]
+    fn audiences_lifetimes_and_bindings_are_checked() {
+        let signer = signer();
+        let stored = Stored(vec![("serviceaccounts", "bot", "u1"), ("pods", "web", "p1")]);
+        let other = issue(&signer, json!({"audiences": ["vault"]}), &stored).expect("issued");
+        let claims = signer.verify(other["status"]["token"].as_str().expect("token")).expect("ours");
+        assert!(check_claims(&claims, 1_000_010, &stored).expect_err("not for the API").contains("audience"));
+        let short = issue(&signer, json!({"expirationSeconds": 60}), &stored).expect_err("too short");
+        assert_eq!(short.code, 422);
+        assert!(short.message.contains("less than 10 minutes"), "{}", short.message);
+        let bound = issue(&signer, json!({"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web"}}), &stored).expect("issued");
+        let claims = signer.verify(bound["status"]["token"].as_str().expect("token")).expect("ours");
+        assert_eq!(claims["kubernetes.io"]["pod"], json!({"name": "web", "uid": "p1"}));
+        assert!(check_claims(&claims, 1_000_010, &stored).is_ok());
+        assert!(check_claims(&claims, 1_000_010, &Stored(vec![("serviceaccounts", "bot", "u1")])).expect_err("pod gone").contains("pod team/web"));
+        assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Pod", "name": "gone"}}), &stored).expect_err("no pod").code, 404);
+        assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Pod", "name": "web", "uid": "other"}}), &stored).expect_err("uid").code, 409);
+        assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Node", "name": "a"}}), &stored).expect_err("kind").code, 400);
+    }
+}
