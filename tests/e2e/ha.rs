@@ -134,6 +134,27 @@ async fn servers_join_one_group_where_any_server_serves_linearizable_reads_and_w
     assert_eq!(stories[0].len(), 3, "three creations since {start}: {:?}", stories[0]);
     assert!(stories.iter().all(|story| *story == stories[0]), "watches differ between servers: {stories:?}");
 
+    // A ServiceAccount token issued by one server is honoured by every server (they share the
+    // signing key), and says who it is.
+    let (code, created) = servers[0].post("/api/v1/namespaces/default/serviceaccounts", &serde_json::json!({"metadata": {"name": "bot"}})).await;
+    assert_eq!(code, 201, "{created}");
+    let (code, issued) = servers[0].post("/api/v1/namespaces/default/serviceaccounts/bot/token", &serde_json::json!({"spec": {}})).await;
+    assert_eq!(code, 201, "{issued}");
+    let token = issued["status"]["token"].as_str().expect("a token").to_owned();
+    for (index, server) in servers.iter().enumerate() {
+        let answer = server
+            .http
+            .post(format!("{}/apis/authentication.k8s.io/v1/selfsubjectreviews", server.url))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}))
+            .send()
+            .await
+            .expect("whoami");
+        assert_eq!(answer.status().as_u16(), 201, "server {index} honours the token");
+        let review: Value = answer.json().await.expect("json");
+        assert_eq!(review["status"]["userInfo"]["username"], "system:serviceaccount:default:bot", "server {index}: {review}");
+    }
+
     // The first server's kubeconfig works against the others with --server.
     let output = std::process::Command::new(shoal_binary())
         .args(["--kubeconfig"])

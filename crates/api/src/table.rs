@@ -359,6 +359,21 @@ mod tests {
     }
 
     #[test]
+    fn rbac_rows_read_like_kubectl() {
+        let now: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
+        let binding = json!({"metadata": {"name": "b", "namespace": "team", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "roleRef": {"kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "jane"}, {"kind": "User", "name": "joe"}, {"kind": "ServiceAccount", "name": "bot", "namespace": "team"}]});
+        let info = by_name("rolebindings").expect("served");
+        assert_eq!(row(info, &binding, now), vec!["b", "ClusterRole/edit", "5m", "jane, joe", "", "team/bot"]);
+        assert_eq!(columns(info).len(), 6);
+        let role = json!({"metadata": {"name": "r", "creationTimestamp": "2026-01-01T00:00:00Z"}, "rules": []});
+        assert_eq!(row(by_name("clusterroles").expect("served"), &role, now), vec!["r", "2026-01-01T00:00:00Z"]);
+        let account = json!({"metadata": {"name": "default", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        assert_eq!(row(by_name("sa").expect("served"), &account, now), vec!["default", "0", "5m"]);
+    }
+
+    #[test]
     fn deployment_row() {
         let now: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
         let object = json!({"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},

@@ -778,6 +778,40 @@ mod tests {
     }
 
     #[test]
+    fn rbac_rules_and_bindings_are_checked_as_kube_does() {
+        let role = |rules: Value| json!({"metadata": {"name": "r", "namespace": "team"}, "rules": rules});
+        assert!(fields("roles", role(json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]))).is_empty());
+        assert_eq!(fields("roles", role(json!([{"apiGroups": [""], "resources": ["pods"]}, {"verbs": ["get"]}]))), vec!["rules[0].verbs", "rules[1].apiGroups", "rules[1].resources"]);
+        assert_eq!(fields("roles", role(json!([{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]))), vec!["rules[0].nonResourceURLs"], "namespaced");
+        let cluster_role = json!({"metadata": {"name": "r"}, "rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}, {"nonResourceURLs": ["/x"], "resources": ["pods"], "verbs": ["get"]}]});
+        assert_eq!(fields("clusterroles", cluster_role), vec!["rules[1].nonResourceURLs"]);
+        let binding = |role_ref: Value, subjects: Value| json!({"metadata": {"name": "b", "namespace": "team"}, "roleRef": role_ref, "subjects": subjects});
+        let good = binding(json!({"kind": "Role", "name": "r"}), json!([{"kind": "ServiceAccount", "name": "bot"}, {"kind": "User", "name": "jane"}, {"kind": "Group", "name": "devs"}]));
+        assert!(fields("rolebindings", good.clone()).is_empty(), "apiGroups are defaulted");
+        let mut defaulted = good;
+        crate::defaults::apply(by_name("rolebindings").expect("served"), &mut defaulted);
+        assert_eq!(defaulted["roleRef"]["apiGroup"], RBAC_GROUP);
+        assert_eq!(defaulted["subjects"][1]["apiGroup"], RBAC_GROUP);
+        assert!(defaulted["subjects"][0].get("apiGroup").is_none(), "a ServiceAccount's group is the core one");
+        let bad = binding(json!({"kind": "Deployment", "name": ""}), json!([{"kind": "Robot", "name": "x"}, {"kind": "ServiceAccount", "name": "Bad_Name"}, {"kind": "User", "name": "u", "apiGroup": "apps"}]));
+        assert_eq!(fields("rolebindings", bad), vec!["roleRef.kind", "roleRef.name", "subjects[0].kind", "subjects[1].name", "subjects[2].apiGroup"]);
+        let cluster = json!({"metadata": {"name": "b"}, "roleRef": {"kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]});
+        assert_eq!(fields("clusterrolebindings", cluster), vec!["roleRef.kind", "subjects[0].namespace"]);
+    }
+
+    #[test]
+    fn pods_run_as_the_default_service_account_unless_they_name_one() {
+        let pod = |spec: Value| {
+            let mut pod = json!({"metadata": {"name": "p", "namespace": "team"}, "spec": spec});
+            crate::defaults::apply(by_name("pods").expect("served"), &mut pod);
+            (pod["spec"]["serviceAccountName"].clone(), pod["spec"]["serviceAccount"].clone())
+        };
+        assert_eq!(pod(json!({"containers": [{"name": "c", "image": "i"}]})), (json!("default"), json!("default")));
+        assert_eq!(pod(json!({"serviceAccountName": "bot", "containers": [{"name": "c", "image": "i"}]})), (json!("bot"), json!("bot")));
+        assert_eq!(pod(json!({"serviceAccount": "old", "containers": [{"name": "c", "image": "i"}]})), (json!("old"), json!("old")));
+    }
+
+    #[test]
     fn autoscaler_metrics_are_checked_and_default_to_cpu() {
         let hpa = |metrics: Value| json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "a"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 3, "metrics": metrics}});
         assert!(fields("horizontalpodautoscalers", hpa(json!([]))).is_empty());
