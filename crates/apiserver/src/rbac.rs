@@ -49,7 +49,7 @@ impl Policies for crate::AppState {
     }
 
     fn role(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.store.get(&shoal_store::ObjectKey::new(&format!("roles.{RBAC}"), namespace, name)).ok()?
+        self.store.get(&shoal_store::ObjectKey::new(format!("roles.{RBAC}"), namespace, name)).ok()?
     }
 }
 
@@ -351,8 +351,7 @@ mod tests {
     }
 
     fn policies() -> Stored {
-        let mut stored = Stored::default();
-        stored.cluster_roles = bootstrap_objects().into_iter().filter(|(r, _)| *r == "clusterroles").map(|(_, o)| o).collect();
+        let mut stored = Stored { cluster_roles: bootstrap_objects().into_iter().filter(|(r, _)| *r == "clusterroles").map(|(_, o)| o).collect(), ..Stored::default() };
         stored.cluster_roles.push(json!({"metadata": {"name": "crd-viewer", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}}, "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}]}));
         stored.roles.push(json!({"metadata": {"namespace": "team", "name": "pod-reader"}, "rules": [{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]}, {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["settings"], "verbs": ["get"]}]}));
         stored.bindings.push(json!({"metadata": {"namespace": "team", "name": "bot-reads"}, "roleRef": {"kind": "Role", "name": "pod-reader"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]}));
