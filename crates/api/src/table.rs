@@ -284,10 +284,11 @@ pub fn row(info: &ResourceInfo, object: &Value, now: jiff::Timestamp) -> Vec<Str
         "ServiceAccount" => vec![name, object["secrets"].as_array().map_or(0, Vec::len).to_string(), created],
         "Role" | "ClusterRole" => vec![name, text(&object["metadata"]["creationTimestamp"])],
         "RoleBinding" | "ClusterRoleBinding" => {
-            let subjects = object["subjects"].as_array().cloned().unwrap_or_default();
             let named = |kind: &str| {
-                let names: Vec<String> = subjects
-                    .iter()
+                let names: Vec<String> = object["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
                     .filter(|s| s["kind"] == kind)
                     .map(|s| if kind == "ServiceAccount" { format!("{}/{}", text(&s["namespace"]), text(&s["name"])) } else { text(&s["name"]) })
                     .collect();

@@ -443,12 +443,17 @@ fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Resu
         if request.verb.is_empty() || request.resource.is_empty() {
             return Err(ApiError::bad_request("spec.resourceAttributes needs a verb and a resource"));
         }
-        match (identity, denial(identity, &request, lookup)) {
-            (Identity::Admin, _) => (true, "shoal-admin (system:masters) may do everything".to_owned()),
-            (Identity::User(subject), None) => (true, crate::rbac::allowed_by(lookup, subject, &request).unwrap_or_else(|| "system:masters may do everything".into())),
-            (Identity::User(_), Some(_)) => (false, String::new()),
-            (_, None) => (true, format!("node agents may {} {}", request.verb, request.resource_path())),
-            (_, Some(reason)) => (false, reason),
+        match identity {
+            Identity::Admin => (true, "shoal-admin (system:masters) may do everything".to_owned()),
+            Identity::User(subject) if subject.groups.iter().any(|g| g == "system:masters") => (true, "system:masters may do everything".to_owned()),
+            Identity::User(subject) => match crate::rbac::allowed_by(lookup, subject, &request) {
+                Some(why) => (true, why),
+                None => (false, String::new()),
+            },
+            _ => match denial(identity, &request, lookup) {
+                None => (true, format!("node agents may {} {}", request.verb, request.resource_path())),
+                Some(reason) => (false, reason),
+            },
         }
     } else if let Some(attributes) = spec.get("nonResourceAttributes").filter(|a| a.is_object()) {
         let (path, verb) = (text(attributes, "path"), text(attributes, "verb"));
@@ -456,15 +461,11 @@ fn access_review(identity: &Identity, spec: &Value, lookup: &dyn Lookup) -> Resu
             Some(prefix) => path.starts_with(prefix),
             None => path == *pattern,
         });
-        let by_rbac = match identity {
-            Identity::User(subject) => crate::rbac::rules_for(lookup, subject, "").into_iter().find(|(rule, _)| crate::rbac::non_resource_allows(rule, &verb, &path)).map(|(_, why)| why),
-            _ => None,
-        };
         match identity {
             Identity::Admin => (true, "shoal-admin (system:masters) may do everything".to_owned()),
             _ if discovery => (true, "every authenticated user may read discovery, version and health".to_owned()),
-            Identity::User(_) => match by_rbac {
-                Some(why) => (true, why),
+            Identity::User(subject) => match crate::rbac::rules_for(lookup, subject, "").into_iter().find(|(rule, _)| crate::rbac::non_resource_allows(rule, &verb, &path)) {
+                Some((_, why)) => (true, why),
                 None => (false, String::new()),
             },
             _ => (false, "node credentials open only what node agents do".to_owned()),

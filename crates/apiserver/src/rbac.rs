@@ -112,19 +112,21 @@ fn cluster_role_rules(roles: &[Value], name: &str) -> Vec<Value> {
 /// The rules `subject` holds in `namespace` (empty: only the cluster-wide ones), with where
 /// each comes from (for `kubectl auth can-i` reasons).
 pub fn rules_for(policies: &dyn Policies, subject: &Subject, namespace: &str) -> Vec<(Value, String)> {
-    let roles = policies.cluster_roles();
+    // Read only when a binding names a ClusterRole (most requests by most accounts do not).
+    let cluster_roles = std::cell::OnceCell::new();
+    let roles = || cluster_roles.get_or_init(|| policies.cluster_roles());
     let mut rules = Vec::new();
     for binding in policies.cluster_role_bindings().iter().filter(|b| binds(b, subject, "")) {
         let role = binding["roleRef"]["name"].as_str().unwrap_or_default();
         let why = format!("RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
-        rules.extend(cluster_role_rules(&roles, role).into_iter().map(|rule| (rule, why.clone())));
+        rules.extend(cluster_role_rules(roles(), role).into_iter().map(|rule| (rule, why.clone())));
     }
     if !namespace.is_empty() {
         for binding in policies.role_bindings(namespace).iter().filter(|b| binds(b, subject, namespace)) {
             let (kind, role) = (binding["roleRef"]["kind"].as_str().unwrap_or_default(), binding["roleRef"]["name"].as_str().unwrap_or_default());
             let why = format!("RBAC: allowed by RoleBinding \"{}/{namespace}\" of {kind} \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
             let granted = match kind {
-                "ClusterRole" => cluster_role_rules(&roles, role),
+                "ClusterRole" => cluster_role_rules(roles(), role),
                 _ => policies.role(namespace, role).map(|r| strings_of(&r["rules"]).cloned().collect()).unwrap_or_default(),
             };
             rules.extend(granted.into_iter().map(|rule| (rule, why.clone())));
@@ -219,12 +221,14 @@ pub fn escalation(policies: &dyn Policies, subject: &Subject, kind: &str, object
     };
     let (granted, exempt) = match kind {
         "Role" | "ClusterRole" => {
-            let plural = if kind == "Role" { "roles" } else { "clusterroles" };
-            let roles = policies.cluster_roles();
-            // An aggregating ClusterRole grants what it selects: judge it as stored would be.
-            let mut with_it: Vec<Value> = roles.into_iter().filter(|other| other["metadata"]["name"] != name).collect();
-            with_it.push(object.clone());
-            let granted = if kind == "ClusterRole" { cluster_role_rules(&with_it, name) } else { strings_of(&object["rules"]).cloned().collect() };
+            let (plural, granted) = if kind == "Role" {
+                ("roles", strings_of(&object["rules"]).cloned().collect())
+            } else {
+                // An aggregating ClusterRole grants what it selects: judge it as stored would be.
+                let mut with_it: Vec<Value> = policies.cluster_roles().into_iter().filter(|other| other["metadata"]["name"] != name).collect();
+                with_it.push(object.clone());
+                ("clusterroles", cluster_role_rules(&with_it, name))
+            };
             (granted, may("escalate", plural, name))
         }
         "RoleBinding" | "ClusterRoleBinding" => {
