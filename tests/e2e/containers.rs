@@ -579,3 +579,86 @@ async fn the_scheduler_sends_container_pods_only_to_nodes_that_run_containers() 
         delete_and_expect_nothing_left(&server, &format!("box-{i}")).await;
     }
 }
+
+/// Pushes `curl:1` to `registry`: busybox plus Debian's curl and the libraries `ldd` names, at
+/// their paths, so a container has a TLS client that verifies certificates.
+fn push_curl_image(registry: &DockerRegistry) -> String {
+    let context = tempfile::tempdir().expect("tempdir");
+    let root = context.path().join("root");
+    let place = |from: &std::path::Path| {
+        let to = root.join(from.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("directory");
+        std::fs::copy(std::fs::canonicalize(from).expect("resolved"), &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    };
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| p.exists()).expect("busybox-static must be installed (.ci/run installs it)");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
+    let curl = PathBuf::from("/usr/bin/curl");
+    assert!(curl.exists(), "curl must be installed (.ci/run installs it)");
+    place(&curl);
+    let ldd = Command::new("ldd").arg(&curl).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line.split("=>").last().and_then(|rest| rest.split_whitespace().next()).filter(|p| p.starts_with('/'));
+        if let Some(path) = path {
+            place(std::path::Path::new(path));
+        }
+    }
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n").expect("nsswitch");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY root/ /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
+    )
+    .expect("Dockerfile");
+    let reference = format!("{}/curl:1", registry.host);
+    let build = Command::new("docker").args(["build", "-q", "-t", &reference]).arg(context.path()).output().expect("docker must be installed");
+    assert!(build.status.success(), "docker build: {}", String::from_utf8_lossy(&build.stderr));
+    let pushed = Command::new("docker").args(["push", &reference]).output().expect("docker push");
+    assert!(pushed.status.success(), "docker push: {}", String::from_utf8_lossy(&pushed.stderr));
+    reference
+}
+
+#[tokio::test]
+async fn a_container_calls_the_api_with_its_mounted_token_by_cluster_ip_and_by_name() {
+    let (registry, _) = busybox_registry().await;
+    let image = push_curl_image(&registry);
+    let server = server().await;
+    // curl checks the API's certificate against the mounted CA, for the cluster IP and for the
+    // Service's name.
+    let script = r#"D=/var/run/secrets/kubernetes.io/serviceaccount; T=$(cat $D/token); echo ns=$(cat $D/namespace); head -1 $D/ca.crt; curl -sS --fail-with-body --cacert $D/ca.crt -H "Authorization: Bearer $T" https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/pods/incluster && echo && curl -sS --fail-with-body --cacert $D/ca.crt -H "Authorization: Bearer $T" https://kubernetes.default.svc/api/v1/namespaces/default/pods && echo && curl -sS -o /dev/null -w "secrets=%{http_code}\n" --cacert $D/ca.crt -H "Authorization: Bearer $T" https://kubernetes.default.svc.cluster.local/api/v1/namespaces/default/secrets"#;
+    apply(
+        &server,
+        &format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: default-reads-pods}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects: [{{kind: ServiceAccount, name: default, namespace: default}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: incluster}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: {image}
+    command: ["sh", "-c", {script}]
+"#,
+            script = serde_json::to_string(script).expect("a YAML double-quoted string"),
+        ),
+    );
+    let done = wait_until(&server, "/api/v1/namespaces/default/pods/incluster", 90, "the in-cluster client finishing", |p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))).await;
+    let (_, logs, _) = server.cli(&["logs", "incluster"]);
+    assert_eq!(done["status"]["phase"], "Succeeded", "{logs}");
+    assert!(logs.contains("ns=default") && logs.contains("-----BEGIN CERTIFICATE-----"), "the namespace and the CA are mounted: {logs}");
+    assert!(logs.contains(r#""kind":"Pod""#) && logs.contains(r#""name":"incluster""#), "the pod read itself by the cluster IP: {logs}");
+    assert!(logs.contains(r#""kind":"PodList""#), "and listed pods by the Service's name: {logs}");
+    assert!(logs.contains("secrets=403"), "Secrets are not granted: {logs}");
+    delete_and_expect_nothing_left(&server, "incluster").await;
+}

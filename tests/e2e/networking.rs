@@ -445,3 +445,108 @@ async fn up_serves_the_sample_and_deploy_prints_a_url_that_serves() {
     let status = up.wait().expect("up exits");
     assert!(status.success(), "shoal up exited with {status} on SIGTERM");
 }
+
+/// An echo pod on `node` running as `account`, its Service and an Ingress host `NAME.api.test`.
+async fn in_cluster_client(server: &Server, name: &str, node: &str, account: &str) {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"client": name}},
+        "spec": {"nodeName": node, "serviceAccountName": account, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": "shoal.local/samples/echo:latest", "ports": [{"name": "http", "containerPort": 8080}]}]}});
+    create(server, "/api/v1/namespaces/default/pods", &pod).await;
+    create(server, "/api/v1/namespaces/default/services", &service(name, json!({"client": name}), "ClusterIP")).await;
+    create(server, "/apis/networking.k8s.io/v1/namespaces/default/ingresses", &ingress(name, &format!("{name}.api.test"), json!([backend("/", "Prefix", name)]))).await;
+}
+
+/// What `/kube?path=…` of the pod behind `host` got from the API: (status, body).
+async fn guest_calls_api(http: &reqwest::Client, ingress: &str, host: &str, query: &str) -> (u64, Value) {
+    let answer = get(http, ingress, host, &format!("/kube?{query}")).await;
+    assert_eq!(answer.status, 200, "{host} /kube?{query}: {}", answer.body);
+    let answer: Value = serde_json::from_str(&answer.body).expect("echo answers JSON");
+    let body = serde_json::from_str(answer["body"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
+    (answer["status"].as_u64().unwrap_or_default(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_reach_the_api_with_the_token_mounted_for_their_service_account() {
+    let (server, _agent) = two_nodes().await;
+    push(&server, "echo/echo.wasm", "shoal.local/samples/echo:latest");
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}});
+    create(&server, "/api/v1/namespaces/default/serviceaccounts", &account).await;
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]});
+    create(&server, "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles", &role).await;
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader-reads-pods"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}]});
+    create(&server, "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", &binding).await;
+    // One reader on each node (node-2 requests its token with its own node credential), and a
+    // pod running as the namespace's default account.
+    in_cluster_client(&server, "reader-1", "node-1", "reader").await;
+    in_cluster_client(&server, "reader-2", "node-2", "reader").await;
+    in_cluster_client(&server, "plain", "node-2", "default").await;
+
+    // The API gave each pod the projected volume, mounted where client libraries look.
+    let (_, pod) = server.get("/api/v1/namespaces/default/pods/reader-2").await;
+    let volume = pod["spec"]["volumes"].as_array().into_iter().flatten().find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-"))).cloned().expect("a kube-api-access volume");
+    let sources: Vec<&str> = volume["projected"]["sources"].as_array().into_iter().flatten().filter_map(|s| s.as_object()?.keys().next().map(String::as_str)).collect();
+    assert_eq!(sources, ["serviceAccountToken", "configMap", "downwardAPI"], "{volume}");
+    assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][0], json!({"name": volume["name"], "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}));
+    // Asking for no token gets none.
+    let mut unmounted = pod.clone();
+    unmounted["metadata"] = json!({"name": "no-token"});
+    unmounted["spec"]["automountServiceAccountToken"] = json!(false);
+    unmounted["spec"]["volumes"] = json!([]);
+    unmounted["spec"]["containers"][0]["volumeMounts"] = json!([]);
+    let (code, created) = server.post("/api/v1/namespaces/default/pods?dryRun=All", &unmounted).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["volumes"], json!([]), "{created}");
+
+    let (ingress, _) = ingress_of(&server, "node-1").await;
+    let http = reqwest::Client::new();
+    for name in ["reader-1", "reader-2", "plain"] {
+        wait_endpoints(&server, name, 1, 1).await;
+    }
+    let read = |host: &'static str, file: &'static str| {
+        let (http, ingress) = (http.clone(), ingress.clone());
+        async move { get(&http, &ingress, host, &format!("/read?path=/var/run/secrets/kubernetes.io/serviceaccount/{file}")).await }
+    };
+    let namespace = read("reader-2.api.test", "namespace").await;
+    assert_eq!((namespace.status, namespace.body.as_str()), (200, "default"));
+    let ca = read("reader-2.api.test", "ca.crt").await;
+    assert_eq!(ca.body, std::fs::read_to_string(server.data_dir.join("pki/ca.crt")).expect("the cluster CA"), "the CA the API's certificate is signed by");
+    let token = read("reader-1.api.test", "token").await;
+    assert!(token.status == 200 && token.body.starts_with("eyJ") && token.body.split('.').count() == 3, "a JWT: {}", token.body);
+
+    // Each reader lists pods through `https://kubernetes.default.svc` as its account.
+    for host in ["reader-1.api.test", "reader-2.api.test"] {
+        let (status, list) = guest_calls_api(&http, &ingress, host, "path=/api/v1/namespaces/default/pods").await;
+        assert_eq!(status, 200, "{host}: {list}");
+        let names: Vec<&str> = list["items"].as_array().into_iter().flatten().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+        assert!(names.contains(&"reader-1") && names.contains(&"plain"), "{names:?}");
+        let (status, refused) = guest_calls_api(&http, &ingress, host, "path=/api/v1/namespaces/default/secrets").await;
+        assert_eq!(status, 403, "{refused}");
+        assert!(refused["message"].as_str().is_some_and(|m| m.contains(r#"User "system:serviceaccount:default:reader" cannot list resource "secrets""#)), "{refused}");
+    }
+    // By the cluster IP and port that KUBERNETES_SERVICE_HOST and _PORT give, too.
+    let service_host = get(&http, &ingress, "reader-2.api.test", "/env?name=KUBERNETES_SERVICE_HOST").await.body;
+    let service_port = get(&http, &ingress, "reader-2.api.test", "/env?name=KUBERNETES_SERVICE_PORT").await.body;
+    let (_, kubernetes) = server.get("/api/v1/namespaces/default/services/kubernetes").await;
+    assert_eq!((service_host.as_str(), service_port.as_str()), (kubernetes["spec"]["clusterIP"].as_str().unwrap_or("?"), "443"));
+    let (status, _) = guest_calls_api(&http, &ingress, "reader-2.api.test", &format!("host={service_host}:{service_port}&path=/api/v1/namespaces/default/pods/reader-2")).await;
+    assert_eq!(status, 200);
+    // The default account is granted nothing.
+    let (status, refused) = guest_calls_api(&http, &ingress, "plain.api.test", "path=/api/v1/namespaces/default/pods").await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("system:serviceaccount:default:default")), "{refused}");
+
+    // The token is bound to its pod: it opens the API from outside too, until the pod is gone.
+    let outside = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.body.as_bytes()).expect("ca"))
+        .build()
+        .expect("client");
+    let with_token = || outside.get(format!("{}/api/v1/namespaces/default/pods", server.url)).bearer_auth(&token.body).send();
+    assert_eq!(with_token().await.expect("request").status(), 200);
+    let (code, _) = server.request(reqwest::Method::DELETE, "/api/v1/namespaces/default/pods/reader-1", None).await;
+    assert_eq!(code, 200);
+    wait_until(&server, "/api/v1/namespaces/default/pods/reader-1", 60, "the pod being gone", |p| p["code"] == 404).await;
+    assert_eq!(with_token().await.expect("request").status(), 401, "a token bound to a deleted pod");
+}

@@ -9,7 +9,8 @@
 //!   kubelet (see [`node_restriction`]). It reads pods, Services, EndpointSlices and Ingresses;
 //!   of Secrets and ConfigMaps only those a pod bound to it uses (and TLS Secrets, which its
 //!   ingress router serves); it writes only its own Node and Lease, and the status and
-//!   deletion of the pods bound to it.
+//!   deletion of the pods bound to it; and it requests tokens only for the ServiceAccounts its
+//!   pods run as, bound to those pods.
 //! - **The shared node token** (user `shoal-node`, group `system:nodes`) is the bootstrap
 //!   secret agents join with, and the credential of the server's own node and of hollow nodes.
 //!   It opens [`NODE_RULES`] for any node.
@@ -187,9 +188,13 @@ impl Lookup for crate::AppState {
 }
 
 /// Whether `pod` uses `resource` (`secrets` or `configmaps`) `name`: in a volume (projected
-/// ones included), a container's environment, or (Secrets) its image pull secrets.
+/// ones included), a container's environment, or (Secrets) its image pull secrets. For
+/// `serviceaccounts`: whether the pod runs as that account.
 pub fn pod_uses(pod: &Value, resource: &str, name: &str) -> bool {
     let spec = &pod["spec"];
+    if resource == "serviceaccounts" {
+        return spec["serviceAccountName"].as_str().unwrap_or("default") == name;
+    }
     let items = |value: &Value| value.as_array().cloned().unwrap_or_default();
     let (volume_key, volume_name, projected_key, env_key, env_from_key) = match resource {
         "secrets" => ("secret", "secretName", "secret", "secretKeyRef", "secretRef"),
@@ -295,6 +300,9 @@ pub static NODE_RULES: &[Rule] = &[
     Rule { verbs: &["get", "update", "patch"], groups: &[""], resources: &["pods/status"], namespace: None },
     Rule { verbs: &["delete"], groups: &[""], resources: &["pods"], namespace: None },
     Rule { verbs: &["create", "update", "patch"], groups: &["", "events.k8s.io"], resources: &["events"], namespace: None },
+    // The tokens of the pods' projected ServiceAccount volumes (bound to the pod; see
+    // `serviceaccounts::node_may_request`).
+    Rule { verbs: &["create"], groups: &[""], resources: &["serviceaccounts/token"], namespace: None },
     Rule { verbs: &["create"], groups: &["authentication.k8s.io"], resources: &["selfsubjectreviews"], namespace: None },
     Rule { verbs: &["create"], groups: &["authorization.k8s.io"], resources: &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], namespace: None },
 ];
@@ -341,6 +349,13 @@ fn node_restriction(node: &str, request: &Attributes, lookup: &dyn Lookup) -> Re
         // The ingress router follows TLS Secrets for the Ingresses it serves.
         ("", "secrets", "", "list" | "watch") if request.field_selector.trim() == "type=kubernetes.io/tls" => Ok(()),
         ("", "secrets" | "configmaps", "", _) => Err(format!("node {node} reads only the ones its pods use, one at a time (and TLS Secrets, listed with fieldSelector=type=kubernetes.io/tls)")),
+        ("", "serviceaccounts", "token", "create") => {
+            if lookup.used_by_pod_on(node, namespace, "serviceaccounts", name) {
+                Ok(())
+            } else {
+                Err(format!("no pod bound to node {node} runs as it"))
+            }
+        }
         ("", "nodes", _, "create" | "update" | "patch") => own("Node"),
         ("coordination.k8s.io", "leases", _, _) => own("Lease"),
         ("", "pods", "status", "update" | "patch") | ("", "pods", "", "delete") => match lookup.pod_node(namespace, name) {
@@ -514,7 +529,7 @@ fn rules_review(identity: &Identity, namespace: &str, lookup: &dyn Lookup) -> Va
     match identity {
         Identity::Node(node) => json!({
             "resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": true,
-            "evaluationError": format!("node {node} may further only change its own Node and Lease and the pods bound to it, and read only the Secrets and ConfigMaps those pods use"),
+            "evaluationError": format!("node {node} may further only change its own Node and Lease and the pods bound to it, read only the Secrets and ConfigMaps those pods use, and request tokens only for their ServiceAccounts, bound to them"),
         }),
         _ => json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false}),
     }
@@ -653,6 +668,17 @@ mod tests {
         assert!(authorize(&a, &request("list", "", "configmaps", "", "shop"), &pods()).is_err());
         // The shared node token reads them all.
         assert!(authorize(&Identity::Nodes, &request("list", "", "secrets", "", ""), &pods()).is_ok());
+    }
+
+    #[test]
+    fn a_node_requests_tokens_only_for_the_accounts_its_pods_run_as() {
+        let token = |node: &str, account: &str| authorize(&Identity::Node(node.into()), &named(account, request("create", "", "serviceaccounts", "token", "shop")), &pods());
+        // Pods that name no account run as `default`.
+        assert!(token("a", "default").is_ok());
+        assert!(token("a", "builder").expect_err("no pod of node a runs as it").message.ends_with("no pod bound to node a runs as it"));
+        let elsewhere = authorize(&Identity::Node("c".into()), &named("default", request("create", "", "serviceaccounts", "token", "shop")), &pods());
+        assert!(elsewhere.is_err(), "node c runs no pod");
+        assert!(authorize(&Identity::Node("a".into()), &named("default", request("get", "", "serviceaccounts", "", "shop")), &pods()).is_err(), "reading accounts is not a node's");
     }
 
     #[test]

@@ -355,6 +355,18 @@ async fn resource(state: &Arc<AppState>, method: &Method, headers: &HeaderMap, q
             (Method::POST, Some(name)) => {
                 let account = objects::get(state, info, namespace, name)?;
                 let request = request::decode_body(headers, body)?;
+                let node = crate::authz::REQUESTER.try_with(|identity| match identity {
+                    crate::authz::Identity::Nodes => Some(None),
+                    crate::authz::Identity::Node(node) => Some(Some(node.clone())),
+                    _ => None,
+                });
+                if let Ok(Some(node)) = node {
+                    let pod_name = request["spec"]["boundObjectRef"]["name"].as_str().unwrap_or_default();
+                    let pod = state.store.get_shared(&shoal_store::ObjectKey::new("pods", namespace.unwrap_or("default"), pod_name)).map_err(objects::store_error)?;
+                    crate::serviceaccounts::node_may_request(node.as_deref(), &account, &request, pod.as_deref()).map_err(|reason| {
+                        ApiError::forbidden(format!("serviceaccounts \"{name}\" is forbidden: {reason}"))
+                    })?;
+                }
                 let answer = crate::serviceaccounts::token_request(&state.token_signer, &account, request, &**state, jiff::Timestamp::now())?;
                 Ok(json_response(StatusCode::CREATED, &answer))
             }

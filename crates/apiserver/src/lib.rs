@@ -184,7 +184,9 @@ pub async fn start(config: ApiServerConfig, shutdown: CancellationToken) -> Resu
         Some(_) => !config.data_dir.join("store").join("raft-log.redb").exists(),
         None => false,
     };
-    let credentials = pki::ensure(&config.data_dir, std::slice::from_ref(&host), &config.presets)?;
+    // The serving certificate also names the `kubernetes` Service's cluster IP, which
+    // in-cluster clients connect to (`KUBERNETES_SERVICE_HOST`).
+    let credentials = pki::ensure(&config.data_dir, &[host.clone(), config.service_cidr.first().to_string()], &config.presets)?;
     let url_host = match host.as_str() {
         "" | "0.0.0.0" => "127.0.0.1".to_owned(),
         "::" => "[::1]".to_owned(),

@@ -172,6 +172,12 @@ pub async fn create(
     }
     let mut admitted = admission::admit(info, object, validation)?;
     no_escalation(state, info, &admitted.object)?;
+    if info.kind == "Pod" && info.group.is_empty() {
+        let namespace = meta::namespace(&admitted.object).to_owned();
+        let account_name = admitted.object["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_owned();
+        let account = state.store.get_shared(&ObjectKey::new("serviceaccounts", &namespace, &account_name)).map_err(store_error)?;
+        crate::serviceaccounts::mount_token(&mut admitted.object, account.as_deref());
+    }
     reset_status_on_create(info, &mut admitted.object);
     let name = meta::name(&admitted.object).to_owned();
     if info.namespaced {

@@ -239,3 +239,37 @@ pub fn write_kubeconfig(credentials: &Credentials, server_url: &str, all_servers
     );
     write_private(&credentials.kubeconfig_path, &kubeconfig)
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls_pki_types::pem::PemObject;
+
+    /// Whether `certificate_pem` is valid, under `ca_pem`, for `name`.
+    fn valid_for(ca_pem: &str, certificate_pem: &str, name: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA")).expect("root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider).build().expect("verifier");
+        let certificate = CertificateDer::from_pem_slice(certificate_pem.as_bytes()).expect("certificate");
+        let name = ServerName::try_from(name.to_owned()).expect("name");
+        verifier.verify_server_cert(&certificate, &[], &name, &[], UnixTime::now()).is_ok()
+    }
+
+    #[test]
+    fn a_server_names_its_clients_in_cluster_names_and_addresses() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let names = ["0.0.0.0".to_owned(), "10.43.0.1".to_owned()];
+        let credentials = super::ensure(directory.path(), &names, &super::Presets::default()).expect("credentials");
+        for name in ["localhost", "127.0.0.1", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "10.43.0.1"] {
+            assert!(valid_for(&credentials.ca_pem, &credentials.server_cert_pem, name), "{name}");
+        }
+        assert!(!valid_for(&credentials.ca_pem, &credentials.server_cert_pem, "10.43.0.2"));
+        assert!(!valid_for(&credentials.ca_pem, &credentials.server_cert_pem, "example.com"));
+        // A restart with another name reissues the certificate from the same CA.
+        let again = super::ensure(directory.path(), &["0.0.0.0".to_owned(), "10.96.0.1".to_owned()], &super::Presets::default()).expect("credentials");
+        assert_eq!(again.ca_pem.trim(), credentials.ca_pem.trim(), "the same CA");
+        assert!(valid_for(&again.ca_pem, &again.server_cert_pem, "10.96.0.1"));
+    }
+}

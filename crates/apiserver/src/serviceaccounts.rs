@@ -103,11 +103,107 @@ pub trait Objects {
 impl Objects for crate::AppState {
     fn live_uid(&self, resource: &str, namespace: &str, name: &str) -> Option<String> {
         let object = self.store.get_shared(&shoal_store::ObjectKey::new(resource, namespace, name)).ok()??;
-        if !object["metadata"]["deletionTimestamp"].is_null() {
+        if deleted_long_ago(&object["metadata"]["deletionTimestamp"], jiff::Timestamp::now().as_second()) {
             return None;
         }
         Some(object["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
     }
+}
+
+/// Whether an object's `deletionTimestamp` (the end of its grace period) passed more than the
+/// clock leeway before `now`. As kube-apiserver does, a token bound to a terminating pod keeps
+/// working through the pod's grace period, so its in-flight calls to the API finish.
+fn deleted_long_ago(deletion: &Value, now: i64) -> bool {
+    match deletion.as_str() {
+        None => false,
+        Some(text) => text.parse::<jiff::Timestamp>().map_or(true, |at| at.as_second() + LEEWAY_SECONDS < now),
+    }
+}
+
+/// Where a pod's containers find their ServiceAccount's token, the cluster's CA and their
+/// namespace (kube's `DefaultAPITokenMountPath`).
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The ConfigMap in every namespace that holds the cluster's CA certificate (`ca.crt`).
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+/// The lifetime the injected volume asks for (kube's value: an hour and seven seconds, which
+/// marks the token as one the node refreshes).
+const MOUNTED_TOKEN_SECONDS: i64 = 3607;
+
+/// kube's ServiceAccount admission for a new pod: unless the pod (or, when the pod does not
+/// say, its account) sets `automountServiceAccountToken: false`, adds a projected
+/// `kube-api-access-XXXXX` volume (a token bound to the pod, the CA, the namespace) and mounts
+/// it read-only at [`TOKEN_MOUNT_PATH`] in every container and init container that mounts
+/// nothing there already. `account` is the pod's ServiceAccount, when it exists.
+pub fn mount_token(pod: &mut Value, account: Option<&Value>) {
+    let automount = match &pod["spec"]["automountServiceAccountToken"] {
+        Value::Bool(chosen) => *chosen,
+        _ => account.is_none_or(|a| a["automountServiceAccountToken"] != false),
+    };
+    if !automount || !pod["spec"].is_object() {
+        return;
+    }
+    let taken: Vec<String> = pod["spec"]["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(str::to_owned)).collect();
+    let volume_name = loop {
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().filter(|c| c.is_ascii_lowercase() || ('2'..='9').contains(c)).take(5).collect();
+        let candidate = format!("kube-api-access-{suffix}");
+        if suffix.len() == 5 && !taken.contains(&candidate) {
+            break candidate;
+        }
+    };
+    let mut needed = false;
+    for key in ["initContainers", "containers"] {
+        for container in pod["spec"][key].as_array_mut().into_iter().flatten() {
+            let mounted = container["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(TOKEN_MOUNT_PATH));
+            if mounted || !container.is_object() {
+                continue;
+            }
+            let mount = json!({"name": volume_name, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH});
+            match container["volumeMounts"].as_array_mut() {
+                Some(mounts) => mounts.push(mount),
+                None => container["volumeMounts"] = json!([mount]),
+            }
+            needed = true;
+        }
+    }
+    if !needed {
+        return;
+    }
+    let volume = json!({
+        "name": volume_name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": MOUNTED_TOKEN_SECONDS, "path": "token"}},
+                {"configMap": {"name": ROOT_CA_CONFIG_MAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    });
+    match pod["spec"]["volumes"].as_array_mut() {
+        Some(volumes) => volumes.push(volume),
+        None => pod["spec"]["volumes"] = json!([volume]),
+    }
+}
+
+/// What a node may ask of the TokenRequest API (kube's NodeRestriction): only tokens bound to
+/// a pod that runs as `account`, and, for a node's own credential (`node` is `Some`), a pod bound
+/// to that node. `pod` is the stored pod the request binds to, if any.
+pub fn node_may_request(node: Option<&str>, account: &Value, request: &Value, pod: Option<&Value>) -> Result<(), String> {
+    let bound = &request["spec"]["boundObjectRef"];
+    if bound["kind"] != "Pod" {
+        return Err("a node may only request tokens bound to a pod".into());
+    }
+    let Some(pod) = pod else { return Err(format!("pod {:?} not found", bound["name"].as_str().unwrap_or_default())) };
+    let account_name = account["metadata"]["name"].as_str().unwrap_or_default();
+    if pod["spec"]["serviceAccountName"].as_str().unwrap_or("default") != account_name {
+        return Err(format!("pod {} does not run as ServiceAccount {account_name}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+    }
+    if let Some(node) = node
+        && pod["spec"]["nodeName"] != node
+    {
+        return Err(format!("pod {} is not bound to node {node}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+    }
+    Ok(())
 }
 
 /// The account a token's claims stand for at `now` (Unix seconds), if they are for this API,
@@ -313,5 +409,69 @@ mod tests {
         assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Pod", "name": "gone"}}), &stored).expect_err("no pod").code, 404);
         assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Pod", "name": "web", "uid": "other"}}), &stored).expect_err("uid").code, 409);
         assert_eq!(issue(&signer, json!({"boundObjectRef": {"kind": "Node", "name": "a"}}), &stored).expect_err("kind").code, 400);
+    }
+
+    fn pod(spec: Value) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "team"}, "spec": spec})
+    }
+
+    #[test]
+    fn new_pods_mount_their_account_token_unless_they_or_the_account_opt_out() {
+        let mut web = pod(json!({"serviceAccountName": "bot", "volumes": [{"name": "data", "emptyDir": {}}],
+            "initContainers": [{"name": "setup"}],
+            "containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}, {"name": "own", "volumeMounts": [{"name": "data", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount/"}]}]}));
+        mount_token(&mut web, Some(&account()));
+        let volumes = web["spec"]["volumes"].as_array().expect("volumes");
+        assert_eq!(volumes.len(), 2);
+        let name = volumes[1]["name"].as_str().expect("name");
+        assert!(name.starts_with("kube-api-access-") && name.len() == "kube-api-access-".len() + 5, "{name}");
+        assert_eq!(volumes[1]["projected"]["sources"][0]["serviceAccountToken"], json!({"expirationSeconds": 3607, "path": "token"}));
+        assert_eq!(volumes[1]["projected"]["sources"][1]["configMap"]["name"], ROOT_CA_CONFIG_MAP);
+        assert_eq!(volumes[1]["projected"]["sources"][2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"], "metadata.namespace");
+        let mount = json!({"name": name, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH});
+        assert_eq!(web["spec"]["initContainers"][0]["volumeMounts"], json!([mount]));
+        assert_eq!(web["spec"]["containers"][0]["volumeMounts"][1], mount);
+        assert_eq!(web["spec"]["containers"][1]["volumeMounts"].as_array().map(Vec::len), Some(1), "a container with its own mount there keeps it");
+
+        let opted_out = |pod_choice: Value, account_choice: Value| {
+            let mut spec = json!({"containers": [{"name": "app"}]});
+            spec["automountServiceAccountToken"] = pod_choice;
+            let mut object = pod(spec);
+            let mut account = account();
+            account["automountServiceAccountToken"] = account_choice;
+            mount_token(&mut object, Some(&account));
+            object["spec"]["volumes"].is_null()
+        };
+        assert!(opted_out(json!(false), Value::Null));
+        assert!(opted_out(Value::Null, json!(false)));
+        assert!(!opted_out(json!(true), json!(false)), "the pod's choice wins");
+        assert!(!opted_out(Value::Null, Value::Null));
+        let mut no_account = pod(json!({"containers": [{"name": "app"}]}));
+        mount_token(&mut no_account, None);
+        assert_eq!(no_account["spec"]["volumes"].as_array().map(Vec::len), Some(1), "mounted even before the account exists");
+    }
+
+    #[test]
+    fn nodes_get_tokens_only_for_pods_bound_to_them_running_as_the_account() {
+        let bound = |kind: &str| json!({"spec": {"boundObjectRef": {"kind": kind, "name": "web"}}});
+        let on_a = pod(json!({"nodeName": "a", "serviceAccountName": "bot"}));
+        assert!(node_may_request(Some("a"), &account(), &bound("Pod"), Some(&on_a)).is_ok());
+        assert!(node_may_request(None, &account(), &bound("Pod"), Some(&on_a)).is_ok(), "the shared node token, for any node");
+        assert!(node_may_request(Some("b"), &account(), &bound("Pod"), Some(&on_a)).expect_err("another node's pod").contains("not bound to node b"));
+        assert!(node_may_request(Some("a"), &account(), &bound("Secret"), Some(&on_a)).is_err());
+        assert!(node_may_request(Some("a"), &account(), &json!({"spec": {}}), Some(&on_a)).is_err(), "unbound tokens");
+        assert!(node_may_request(Some("a"), &account(), &bound("Pod"), None).is_err());
+        let as_default = pod(json!({"nodeName": "a"}));
+        assert!(node_may_request(Some("a"), &account(), &bound("Pod"), Some(&as_default)).expect_err("another account").contains("does not run as"));
+    }
+
+    #[test]
+    fn a_terminating_object_counts_as_there_until_its_grace_period_and_the_leeway_pass() {
+        let at = |text: &str| json!(text);
+        let end = "1970-01-12T13:46:40Z".parse::<jiff::Timestamp>().expect("time").as_second();
+        assert!(!deleted_long_ago(&Value::Null, end));
+        assert!(!deleted_long_ago(&at("1970-01-12T13:46:40Z"), end + LEEWAY_SECONDS));
+        assert!(deleted_long_ago(&at("1970-01-12T13:46:40Z"), end + LEEWAY_SECONDS + 1));
+        assert!(deleted_long_ago(&at("not a time"), end), "unreadable: gone");
     }
 }

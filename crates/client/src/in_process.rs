@@ -57,6 +57,12 @@ impl InProcess {
         self.url == server
     }
 
+    /// Sends a request as it is (its own headers and credentials).
+    pub(crate) async fn forward(&self, request: http::Request<Bytes>) -> http::Response<Body> {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.call)(request).await
+    }
+
     /// Sends one request: the same method, path, query and headers the HTTPS path sends. With
     /// `want_objects`, a watch answers with its events as shared objects
     /// (`shoal_api::watch::ObjectEvents`) instead of JSON lines.

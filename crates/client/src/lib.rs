@@ -253,6 +253,40 @@ impl Client {
         Error::Transport { url: self.server(), detail }
     }
 
+    /// Sends `request` (a path and query, its own headers and credentials: this client's token
+    /// is not added) to the API, moving to another server when the current one cannot be
+    /// connected to, and streams the answer back as it comes (a watch included). For proxies
+    /// that pass other clients' requests on: a guest's call to the `kubernetes` Service.
+    pub async fn forward(&self, request: http::Request<Bytes>) -> Result<http::Response<in_process::Body>> {
+        let attempts = self.servers.read().unwrap_or_else(|p| p.into_inner()).len().max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let server = self.server();
+            if let Some(local) = self.in_process_for(&server) {
+                return Ok(local.forward(request).await);
+            }
+            let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut outgoing = self.http.request(request.method().clone(), format!("{server}{path}")).body(request.body().clone());
+            for (name, value) in request.headers() {
+                outgoing = outgoing.header(name, value);
+            }
+            match outgoing.send().await {
+                Err(error) if error.is_connect() && attempt < attempts => self.move_on(&server),
+                Err(error) => return Err(self.transport(error)),
+                Ok(response) => {
+                    let mut answer = http::Response::builder().status(response.status());
+                    for (name, value) in response.headers() {
+                        answer = answer.header(name, value);
+                    }
+                    let frames = futures::StreamExt::map(response.bytes_stream(), |chunk| chunk.map(http_body::Frame::data).map_err(|e| Box::new(e) as in_process::BoxError));
+                    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(frames));
+                    return answer.body(body).map_err(|e| Error::Transport { url: server, detail: e.to_string() });
+                }
+            }
+        }
+    }
+
     /// Sends one request and decodes the JSON answer, turning `Status` errors into [`Error::Api`].
     pub async fn request(&self, method: reqwest::Method, path: &str, query: &[(&str, String)], body: Option<(&str, Vec<u8>)>) -> Result<Value> {
         let attempts = self.servers.read().unwrap_or_else(|p| p.into_inner()).len().max(1);

@@ -49,11 +49,14 @@ pub struct Settings {
     pub identity: String,
     /// How often each HorizontalPodAutoscaler reads its metrics and rescales.
     pub autoscaler_sync_period: Duration,
+    /// The cluster's CA certificate (PEM), published in every namespace as the
+    /// `kube-root-ca.crt` ConfigMap; nothing is published when `None`.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Settings {
     pub fn new(identity: impl Into<String>) -> Self {
-        Self { node_monitor_grace_period: Duration::from_secs(6), job_backoff_base: Duration::from_secs(10), identity: identity.into(), autoscaler_sync_period: Duration::from_secs(15) }
+        Self { node_monitor_grace_period: Duration::from_secs(6), job_backoff_base: Duration::from_secs(10), identity: identity.into(), autoscaler_sync_period: Duration::from_secs(15), root_ca_pem: None }
     }
 }
 

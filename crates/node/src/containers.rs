@@ -113,7 +113,19 @@ pub(crate) async fn attach(shared: &Arc<Shared>, pod: &Value) -> Result<PodNet, 
     let runtime = runtime(shared).await?;
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
     let attach_uid = uid.clone();
-    let network = tokio::task::spawn_blocking(move || runtime.network.attach(&attach_uid)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    // The API's cluster IP (`KUBERNETES_SERVICE_HOST`) leads to the gateway, which passes TLS on
+    // to the API server (`serve_gateway`).
+    let api = crate::pods::api_service(shared);
+    let network = tokio::task::spawn_blocking(move || {
+        let network = runtime.network.attach(&attach_uid)?;
+        if let Some((ip, port)) = api {
+            runtime.network.redirect_to_gateway(&network, ip, port)?;
+        }
+        Ok::<_, shoal_runtime_oci::Error>(network)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let net = PodNet {
         namespace: pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
         name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
@@ -219,10 +231,19 @@ async fn follow_services(shared: Arc<Shared>) {
 
 /// Serves HTTP from pods to Services on the gateway: the Host header names the Service (`NAME`
 /// in the calling pod's namespace, or `NAME.NS[.svc[.cluster.local]]`).
+///
+/// A TLS connection on the port of the `kubernetes` Service (by name through `/etc/hosts`, or by
+/// its cluster IP, which the pod's NAT rule sends here) is passed through whole to the API
+/// server this node uses: the container's client verifies the API's own certificate (issued
+/// for `kubernetes.default.svc` and the cluster IP) against the mounted `ca.crt`.
 async fn serve_gateway(shared: Arc<Shared>, listener: tokio::net::TcpListener, port: u16, stop: CancellationToken) {
     while let Some((stream, peer)) = crate::proxy::next_connection(&listener, &stop, "pod gateway").await {
         let shared = Arc::clone(&shared);
         shared.clone().tasks.spawn(async move {
+            if crate::pods::api_service(&shared).is_some_and(|(_, api_port)| api_port == port) && starts_tls(&stream).await {
+                pass_to_api(&shared, stream).await;
+                return;
+            }
             let caller = shared.pod_networks.read().unwrap_or_else(|p| p.into_inner()).values().find(|n| std::net::IpAddr::V4(n.network.address) == peer.ip()).map(|n| n.namespace.clone());
             let handler_shared = Arc::clone(&shared);
             crate::proxy::serve_http(&shared, TokioIo::new(stream), move |request| {
@@ -239,6 +260,26 @@ async fn serve_gateway(shared: Arc<Shared>, listener: tokio::net::TcpListener, p
             })
             .await;
         });
+    }
+}
+
+/// Whether the client's first byte is a TLS handshake record (waits up to 5 s for it).
+async fn starts_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16)
+}
+
+/// Copies bytes between a pod's connection and the API server the node's client uses now.
+async fn pass_to_api(shared: &Shared, mut stream: tokio::net::TcpStream) {
+    let server = shared.client.server();
+    let Some(address) = server.strip_prefix("https://").map(|rest| rest.split('/').next().unwrap_or(rest).to_owned()) else { return };
+    match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&address)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        }
+        Ok(Err(error)) => tracing::debug!(%error, %address, "a pod's connection to the API: the server did not answer"),
+        Err(_) => tracing::debug!(%address, "a pod's connection to the API: connecting timed out"),
     }
 }
 
@@ -289,7 +330,7 @@ async fn container_spec(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, 
     let name = container["name"].as_str().unwrap_or_default();
     let logs = log_sink(shared, reporter, name);
     let address = net.network.address.to_string();
-    let sandbox = spec::sandbox(&shared.client, pod, container, volume_root, &address, logs).await?;
+    let sandbox = spec::sandbox(&shared.client, pod, container, volume_root, &address, crate::pods::api_service(shared), logs).await?;
     let security = &container["securityContext"];
     let pod_security = &pod["spec"]["securityContext"];
     let privileged = security["privileged"] == true;
@@ -350,11 +391,17 @@ fn grace_of(pod: &Value) -> Duration {
 pub(crate) async fn run_once(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, container: &Value, image: &Image, net: &PodNet, volume_root: &std::path::Path, stop: &CancellationToken, is_init: bool) -> Option<i32> {
     let runtime = shared.containers.as_ref().and_then(|s| s.started())?;
     let name = container["name"].as_str().unwrap_or_default().to_owned();
-    let spec = match container_spec(shared, reporter, pod, container, net, volume_root).await {
-        Ok(spec) => spec,
-        Err(message) => {
-            reporter.config_error(&name, &message).await;
-            return None;
+    // A configuration that cannot be built yet is tried again, as the kubelet does.
+    let mut attempt = 0;
+    let spec = loop {
+        match container_spec(shared, reporter, pod, container, net, volume_root).await {
+            Ok(spec) => break spec,
+            Err(message) => {
+                reporter.config_error(&name, &message).await;
+                if !crate::pods::config_back_off(&mut attempt, stop).await {
+                    return None;
+                }
+            }
         }
     };
     let mut probes = Vec::new();

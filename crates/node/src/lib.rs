@@ -19,6 +19,7 @@ pub mod reactors;
 pub mod services;
 pub mod spec;
 pub mod status;
+pub mod tokens;
 pub mod tunnel;
 
 use std::collections::HashMap;

@@ -400,6 +400,10 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
         reporter.update(&container_name, |r| r.image_id = loaded.last().map(|(_, id)| id.clone()).unwrap_or_default());
         reporter.event("Normal", "Pulled", &format!("Artifact \"{}\" is ready", container["image"].as_str().unwrap_or_default())).await;
     }
+    // Its ServiceAccount tokens are in its volumes before any container starts.
+    if !crate::tokens::keep(shared, &reporter, &pod, &volume_root, &stop).await {
+        return false;
+    }
     // A pod with any OCI container gets a network namespace of its own; its address is the
     // pod's IP, for its Wasm components as well.
     let mut net = None;
@@ -515,34 +519,61 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
 
 /// Runs one command container once; returns its exit code (None when stopped).
 /// The container's sandbox, or None after reporting why it cannot be built.
-async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, volume_root: &std::path::Path, net: Option<&crate::containers::PodNet>) -> Option<shoal_runtime_wasm::SandboxSpec> {
+/// A configuration that cannot be built now (a ConfigMap, Secret or key not there yet) is tried
+/// again with growing waits, as the kubelet does, until it can or the pod stops.
+async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, volume_root: &std::path::Path, net: Option<&crate::containers::PodNet>, stop: &CancellationToken) -> Option<shoal_runtime_wasm::SandboxSpec> {
     let container_name = container["name"].as_str().unwrap_or_default();
     let logs = log_sink(shared, reporter, container_name);
     let pod_ip = net.map(|n| n.network.address.to_string()).unwrap_or_else(|| shared.host_ip.clone());
-    match spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, logs).await {
-        Ok(mut sandbox) => {
-            sandbox.usage = shared.metrics.wasm(reporter.container_key(container_name));
-            // Outgoing requests to Service names go through this node's proxy; in a pod with
-            // containers, `localhost` means the pod's network namespace.
-            sandbox.outbound = Some(Arc::new(crate::proxy::GuestOutbound {
-                shared: Arc::downgrade(shared),
-                namespace: reporter.namespace.clone(),
-                client: shared.host_ip.parse().ok(),
-                pod_address: net.map(|n| n.network.address),
-            }));
-            Some(sandbox)
-        }
-        Err(message) => {
-            reporter.config_error(container_name, &message).await;
-            None
+    let mut attempt = 0;
+    loop {
+        match spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, api_service(shared), logs.clone()).await {
+            Ok(sandbox) => return Some(with_outbound(shared, reporter, container_name, sandbox, net)),
+            Err(message) => {
+                reporter.config_error(container_name, &message).await;
+                if !config_back_off(&mut attempt, stop).await {
+                    return None;
+                }
+            }
         }
     }
+}
+
+/// The API's Service (`default/kubernetes`): its cluster IP and port, once the node knows it.
+pub(crate) fn api_service(shared: &Shared) -> Option<(std::net::Ipv4Addr, u16)> {
+    let service = shared.services.get("default", "kubernetes")?;
+    Some((service.cluster_ip?, service.ports.first()?.port))
+}
+
+/// Waits before a container's configuration is built again: 1 s, doubling up to a minute.
+/// False when the pod stops first.
+pub(crate) async fn config_back_off(attempt: &mut u32, stop: &CancellationToken) -> bool {
+    let wait = Duration::from_secs(1u64 << (*attempt).min(6)).min(Duration::from_secs(60));
+    *attempt += 1;
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// The sandbox with its container's usage meter and outgoing-request router.
+fn with_outbound(shared: &Arc<Shared>, reporter: &Reporter, container_name: &str, mut sandbox: shoal_runtime_wasm::SandboxSpec, net: Option<&crate::containers::PodNet>) -> shoal_runtime_wasm::SandboxSpec {
+    sandbox.usage = shared.metrics.wasm(reporter.container_key(container_name));
+    // Outgoing requests to Service names go through this node's proxy; in a pod with
+    // containers, `localhost` means the pod's network namespace.
+    sandbox.outbound = Some(Arc::new(crate::proxy::GuestOutbound {
+        shared: Arc::downgrade(shared),
+        namespace: reporter.namespace.clone(),
+        client: shared.host_ip.parse().ok(),
+        pod_address: net.map(|n| n.network.address),
+    }));
+    sandbox
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run_once(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value, container: &Value, workload: &Workload, volume_root: &std::path::Path, stop: &CancellationToken, net: Option<&crate::containers::PodNet>) -> Option<i32> {
     let container_name = container["name"].as_str().unwrap_or_default().to_owned();
-    let sandbox = prepare_sandbox(shared, reporter, pod, container, volume_root, net).await?;
+    let sandbox = prepare_sandbox(shared, reporter, pod, container, volume_root, net, stop).await?;
     let started_at = now();
     let restarted = reporter.records.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.name == container_name && r.restart_count > 0);
     if restarted {
@@ -603,7 +634,7 @@ async fn run_main(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, c
         }
     }
     if let Workload::Http(prepared) = &workload {
-        let Some(sandbox) = prepare_sandbox(shared, reporter, pod, container, volume_root, net).await else { return };
+        let Some(sandbox) = prepare_sandbox(shared, reporter, pod, container, volume_root, net, stop).await else { return };
         let concurrency = pod["metadata"]["annotations"][spec::CONCURRENCY_ANNOTATION].as_str().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
         let reuse = pod["metadata"]["annotations"][spec::REUSE_ANNOTATION].as_str().and_then(|r| r.parse().ok()).unwrap_or(1);
         let handler = Arc::new(HttpHandler::with_reuse(Arc::clone(prepared), sandbox, concurrency, reuse));

@@ -248,6 +248,37 @@ where
     }
 }
 
+/// The largest request body a guest may send to the API (more than the API itself accepts, so
+/// the API's own 413 is what a guest sees first).
+const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Headers that belong to one connection, not to the request a proxy passes on.
+const HOP_BY_HOP: &[&str] = &["host", "connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "content-length"];
+
+/// A guest's request to the `kubernetes` Service (`https://kubernetes.default.svc/…`, or its
+/// cluster IP): the node passes it to the API over its own verified HTTPS connection (or, on a
+/// server, in-process), with the guest's own headers and credentials (its ServiceAccount token)
+/// and none of the node's. The guest does not need the CA: the node checks the server.
+async fn to_api(shared: &Shared, request: Request<ProxyBody>) -> Response<ProxyBody> {
+    let (parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, API_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request to the API was not read: {error}\n")),
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut builder = http::Request::builder().method(parts.method.clone()).uri(path);
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    let Ok(forwarded) = builder.body(body) else { return text(StatusCode::BAD_REQUEST, "invalid request\n") };
+    match shared.client.forward(forwarded).await {
+        Ok(response) => response.map(|b| b.map_err(|e| HttpError::InternalError(Some(format!("the API's answer: {e}")))).boxed_unsync()),
+        Err(error) => text(StatusCode::BAD_GATEWAY, format!("the API did not answer: {error}\n")),
+    }
+}
+
 /// Routes a guest's outgoing requests for Service names into the proxy.
 pub struct GuestOutbound {
     pub shared: Weak<Shared>,
@@ -276,6 +307,9 @@ impl OutboundHttp for GuestOutbound {
             }));
         }
         let Some(service) = shared.services.resolve(host, &self.namespace) else { return Err(request) };
+        if service.namespace == "default" && service.name == "kubernetes" {
+            return Ok(Box::pin(async move { Ok(to_api(&shared, request).await) }));
+        }
         let client = self.client;
         Ok(Box::pin(async move {
             let Some(service_port) = service.port(port).cloned() else { return Err(HttpError::DestinationNotFound) };

@@ -39,11 +39,17 @@ async fn config_value(client: &Client, kind: &str, namespace: &str, name: &str, 
 
 /// Builds the sandbox of `container` in `pod`. Errors name what is missing (they become the
 /// container's `CreateContainerConfigError`).
-pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_root: &Path, host_ip: &str, logs: LogSink) -> Result<SandboxSpec, String> {
+/// `api_service` is the `default/kubernetes` Service's cluster IP and port, when the node knows
+/// it: every container gets kube's `KUBERNETES_SERVICE_HOST` variables, which in-cluster
+/// clients read.
+pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_root: &Path, host_ip: &str, api_service: Option<(std::net::Ipv4Addr, u16)>, logs: LogSink) -> Result<SandboxSpec, String> {
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let mut spec = SandboxSpec::new(logs);
     let mut env: Vec<(String, String)> = vec![("HOSTNAME".into(), pod_name.to_owned())];
+    if let Some((ip, port)) = api_service {
+        env.extend(api_service_env(ip, port));
+    }
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = source["prefix"].as_str().unwrap_or_default();
         let (kind, reference) = if source["configMapRef"].is_object() { ("configmap", &source["configMapRef"]) } else { ("secret", &source["secretRef"]) };
@@ -82,14 +88,12 @@ pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_roo
                     Err(error) => return Err(error),
                 }
             } else if let Some(field) = from["fieldRef"]["fieldPath"].as_str() {
-                match field {
-                    "metadata.name" => pod_name.to_owned(),
-                    "metadata.namespace" => namespace.to_owned(),
-                    "metadata.uid" => pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
-                    "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
-                    "status.podIP" | "status.hostIP" => host_ip.to_owned(),
-                    other => return Err(format!("unsupported fieldRef {other}")),
+                if matches!(field, "metadata.labels" | "metadata.annotations") {
+                    return Err(format!("env {name}: fieldRef {field} is only supported in downwardAPI volumes"));
                 }
+                field_value(pod, field, host_ip)?
+            } else if from["resourceFieldRef"].is_object() {
+                resource_value(pod, container, &from["resourceFieldRef"])?
             } else {
                 return Err(format!("env {name}: unsupported valueFrom"));
             }
@@ -117,46 +121,204 @@ pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_roo
     for mount in container["volumeMounts"].as_array().into_iter().flatten() {
         let volume_name = mount["name"].as_str().unwrap_or_default();
         let volume = pod["spec"]["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == volume_name).ok_or_else(|| format!("volume {volume_name} is not declared"))?;
-        let host_path = materialize(client, namespace, volume, &volume_root.join(volume_name)).await?;
-        let read_only = mount["readOnly"] == true || volume.get("configMap").is_some() || volume.get("secret").is_some();
+        let host_path = materialize(client, pod, volume, &volume_root.join(volume_name), host_ip).await?;
+        let read_only = mount["readOnly"] == true || ["configMap", "secret", "projected", "downwardAPI"].iter().any(|kind| volume.get(*kind).is_some());
         spec.preopens.push(Preopen { host_path, guest_path: mount["mountPath"].as_str().unwrap_or("/").to_owned(), read_only });
     }
     Ok(spec)
 }
 
-/// Makes a volume's content exist on the node and returns its directory.
-async fn materialize(client: &Client, namespace: &str, volume: &Value, directory: &Path) -> Result<std::path::PathBuf, String> {
+/// kube's variables for the API's Service (`KUBERNETES_SERVICE_HOST`, `…_PORT`, and the
+/// Docker-link style `KUBERNETES_PORT_443_TCP…`).
+pub fn api_service_env(ip: std::net::Ipv4Addr, port: u16) -> Vec<(String, String)> {
+    let url = format!("tcp://{ip}:{port}");
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), ip.to_string()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+        ("KUBERNETES_PORT".into(), url.clone()),
+        (format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+        (format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.to_string()),
+    ]
+}
+
+/// The value of a pod field a `fieldRef` names, as the downward API gives it (labels and
+/// annotations as `key="value"` lines, sorted).
+pub fn field_value(pod: &Value, path: &str, host_ip: &str) -> Result<String, String> {
+    let metadata = &pod["metadata"];
+    let string = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    let keyed = |map: &str, rest: &str| -> Option<String> {
+        let key = rest.strip_prefix("['").and_then(|r| r.strip_suffix("']")).or_else(|| rest.strip_prefix("[\"").and_then(|r| r.strip_suffix("\"]")))?;
+        Some(string(&metadata[map][key]))
+    };
+    Ok(match path {
+        "metadata.name" => string(&metadata["name"]),
+        "metadata.namespace" => string(&metadata["namespace"]),
+        "metadata.uid" => string(&metadata["uid"]),
+        "metadata.labels" | "metadata.annotations" => {
+            let map = metadata[path.trim_start_matches("metadata.")].as_object().cloned().unwrap_or_default();
+            let mut lines: Vec<String> = map.iter().map(|(k, v)| format!("{k}={}", serde_json::to_string(v.as_str().unwrap_or_default()).unwrap_or_default())).collect();
+            lines.sort();
+            lines.join("\n")
+        }
+        "spec.nodeName" => string(&pod["spec"]["nodeName"]),
+        "spec.serviceAccountName" => string(&pod["spec"]["serviceAccountName"]),
+        "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => host_ip.to_owned(),
+        other => {
+            if let Some(rest) = other.strip_prefix("metadata.labels")
+                && let Some(value) = keyed("labels", rest)
+            {
+                return Ok(value);
+            }
+            if let Some(rest) = other.strip_prefix("metadata.annotations")
+                && let Some(value) = keyed("annotations", rest)
+            {
+                return Ok(value);
+            }
+            return Err(format!("unsupported fieldRef {other}"));
+        }
+    })
+}
+
+/// The value a `resourceFieldRef` names (`limits.cpu`, `requests.memory`, …) of `container`,
+/// in units of its divisor (default 1), rounded up as kube rounds it. A limit not set is the
+/// node's allocatable amount in kube; here it is reported as 0 for memory and 1 core for cpu
+/// when neither a limit nor a request says otherwise.
+pub fn resource_value(pod: &Value, container: &Value, reference: &Value) -> Result<String, String> {
+    let name = reference["containerName"].as_str().unwrap_or_default();
+    let container = if name.is_empty() {
+        container
+    } else {
+        ["containers", "initContainers"]
+            .iter()
+            .flat_map(|key| pod["spec"][*key].as_array().into_iter().flatten())
+            .find(|c| c["name"] == name)
+            .ok_or_else(|| format!("resourceFieldRef names container {name:?}, which the pod does not have"))?
+    };
+    let resource = reference["resource"].as_str().unwrap_or_default();
+    let (kind, what) = resource.split_once('.').ok_or_else(|| format!("unsupported resourceFieldRef {resource:?}"))?;
+    if !matches!(kind, "limits" | "requests") || !matches!(what, "cpu" | "memory" | "ephemeral-storage") {
+        return Err(format!("unsupported resourceFieldRef {resource:?}"));
+    }
+    let resources = &container["resources"];
+    let quantity = shoal_api::quantity::of_json(&resources[kind][what]).or_else(|| if kind == "limits" { None } else { shoal_api::quantity::of_json(&resources["limits"][what]) });
+    let divisor = shoal_api::quantity::of_json(&reference["divisor"]).unwrap_or_else(|| "1".into());
+    let milli = |q: &str| shoal_api::quantity::parse_milli(q).ok_or_else(|| format!("resourceFieldRef {resource}: {q:?} is not a quantity"));
+    let amount = match quantity {
+        Some(q) => milli(&q)?,
+        None if what == "cpu" => 1000,
+        None => 0,
+    };
+    let divisor = milli(&divisor)?;
+    if divisor <= 0 {
+        return Err(format!("resourceFieldRef {resource}: the divisor must be positive"));
+    }
+    Ok(((amount + divisor - 1) / divisor).to_string())
+}
+
+/// Writes `bytes` to `directory/path` so a reader sees the old file or the new one, never a
+/// part (a new file renamed over the old).
+pub fn write_atomically(directory: &Path, path: &str, bytes: &[u8]) -> Result<(), String> {
+    if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) {
+        return Err(format!("volume item path {path:?} must be relative and stay inside the volume"));
+    }
+    let io = |e: std::io::Error| format!("{}: {e}", directory.join(path).display());
+    let target = directory.join(path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = target.with_file_name(format!(".{file_name}.{}", std::process::id()));
+    std::fs::write(&temporary, bytes).map_err(io)?;
+    std::fs::rename(&temporary, &target).map_err(io)
+}
+
+/// The items a ConfigMap or Secret source writes: `(key, path)`, every key when it lists none.
+fn source_items(source: &Value, object: &Value) -> Vec<(String, String)> {
+    match source["items"].as_array() {
+        Some(items) => items.iter().map(|i| (i["key"].as_str().unwrap_or_default().to_owned(), i["path"].as_str().unwrap_or_default().to_owned())).collect(),
+        None => ["data", "binaryData"].iter().flat_map(|field| object[*field].as_object().into_iter().flatten()).map(|(k, _)| (k.clone(), k.clone())).collect(),
+    }
+}
+
+/// Writes a ConfigMap's or Secret's keys (`kind` is `configmap` or `secret`) into `directory`.
+/// A missing object or key is an error unless the source is `optional`.
+async fn write_object_source(client: &Client, namespace: &str, kind: &str, name: &str, source: &Value, directory: &Path) -> Result<(), String> {
+    let info = resources::by_name(kind).ok_or("unknown kind")?;
+    let optional = source["optional"] == true;
+    let object = match client.get(info, Some(namespace), name).await {
+        Ok(object) => object,
+        Err(_) if optional => return Ok(()),
+        Err(error) => return Err(format!("{kind} {name}: {error}")),
+    };
+    for (key, path) in source_items(source, &object) {
+        let bytes = if let Some(raw) = object["data"][&key].as_str() {
+            if kind == "secret" { base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| format!("secret {name}/{key}: {e}"))? } else { raw.as_bytes().to_vec() }
+        } else if let Some(raw) = object["binaryData"][&key].as_str() {
+            base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| format!("configmap {name}/{key}: {e}"))?
+        } else if optional {
+            continue;
+        } else {
+            return Err(format!("{kind} {name} has no key {key}"));
+        };
+        write_atomically(directory, &path, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Writes a downward API source's items (`fieldRef` and `resourceFieldRef`) into `directory`.
+fn write_downward_items(pod: &Value, items: &Value, directory: &Path, host_ip: &str) -> Result<(), String> {
+    for item in items.as_array().into_iter().flatten() {
+        let path = item["path"].as_str().unwrap_or_default();
+        let value = if let Some(field) = item["fieldRef"]["fieldPath"].as_str() {
+            field_value(pod, field, host_ip)?
+        } else if item["resourceFieldRef"].is_object() {
+            let container = pod["spec"]["containers"].get(0).unwrap_or(&Value::Null);
+            resource_value(pod, container, &item["resourceFieldRef"])?
+        } else {
+            return Err(format!("downward API item {path:?} names neither fieldRef nor resourceFieldRef"));
+        };
+        write_atomically(directory, path, value.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Makes a volume's content exist on the node and returns its directory: hostPath as it is;
+/// configMap, secret, downwardAPI and projected volumes written from their sources (a projected
+/// volume's ServiceAccount token is written and refreshed by [`crate::tokens`], before any
+/// container starts); emptyDir and anything else a plain directory.
+async fn materialize(client: &Client, pod: &Value, volume: &Value, directory: &Path, host_ip: &str) -> Result<std::path::PathBuf, String> {
     let io = |e: std::io::Error| format!("{}: {e}", directory.display());
     if let Some(path) = volume["hostPath"]["path"].as_str() {
         return Ok(std::path::PathBuf::from(path));
     }
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     std::fs::create_dir_all(directory).map_err(io)?;
-    let (kind, name_field, source) = if let Some(source) = volume.get("configMap") {
-        ("configmap", "name", source)
+    if let Some(source) = volume.get("configMap") {
+        write_object_source(client, namespace, "configmap", source["name"].as_str().unwrap_or_default(), source, directory).await?;
     } else if let Some(source) = volume.get("secret") {
-        ("secret", "secretName", source)
-    } else {
-        // emptyDir (and anything else backed by a plain directory).
-        return Ok(directory.to_owned());
-    };
-    let info = resources::by_name(kind).ok_or("unknown kind")?;
-    let name = source[name_field].as_str().unwrap_or_default();
-    let object = client.get(info, Some(namespace), name).await.map_err(|e| format!("{kind} {name}: {e}"))?;
-    let items: Vec<(String, String)> = match source["items"].as_array() {
-        Some(items) => items.iter().map(|i| (i["key"].as_str().unwrap_or_default().to_owned(), i["path"].as_str().unwrap_or_default().to_owned())).collect(),
-        None => object["data"].as_object().into_iter().flatten().map(|(k, _)| (k.clone(), k.clone())).collect(),
-    };
-    for (key, path) in items {
-        if path.split('/').any(|p| p == "..") {
-            return Err(format!("volume item path {path:?} escapes the volume"));
+        write_object_source(client, namespace, "secret", source["secretName"].as_str().unwrap_or_default(), source, directory).await?;
+    } else if let Some(source) = volume.get("downwardAPI") {
+        write_downward_items(pod, &source["items"], directory, host_ip)?;
+    } else if let Some(projected) = volume.get("projected") {
+        for source in projected["sources"].as_array().into_iter().flatten() {
+            if let Some(config_map) = source.get("configMap") {
+                write_object_source(client, namespace, "configmap", config_map["name"].as_str().unwrap_or_default(), config_map, directory).await?;
+            } else if let Some(secret) = source.get("secret") {
+                write_object_source(client, namespace, "secret", secret["name"].as_str().unwrap_or_default(), secret, directory).await?;
+            } else if let Some(downward) = source.get("downwardAPI") {
+                write_downward_items(pod, &downward["items"], directory, host_ip)?;
+            } else if let Some(token) = source.get("serviceAccountToken") {
+                let path = token["path"].as_str().unwrap_or_default();
+                if !directory.join(path).is_file() {
+                    return Err(format!("the ServiceAccount token {path:?} of volume {} has not been issued", volume["name"].as_str().unwrap_or_default()));
+                }
+            } else if let Some(other) = source.as_object().and_then(|o| o.keys().next()) {
+                return Err(format!("projected volume source {other:?} is not supported"));
+            }
         }
-        let raw = object["data"][&key].as_str().ok_or_else(|| format!("{kind} {name} has no key {key}"))?;
-        let bytes = if kind == "secret" { base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| e.to_string())? } else { raw.as_bytes().to_vec() };
-        let target = directory.join(&path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        std::fs::write(&target, bytes).map_err(io)?;
     }
     Ok(directory.to_owned())
 }
@@ -168,7 +330,62 @@ pub fn cpu_millicores(container: &Value) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_millicores, parse_bytes};
+    use super::{api_service_env, cpu_millicores, field_value, parse_bytes, resource_value, write_atomically};
+    use serde_json::json;
+
+    #[test]
+    fn the_downward_api_gives_pod_fields_labels_and_resources() {
+        let pod = json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": "u1", "labels": {"tier": "front", "app": "web"}, "annotations": {"note": "say \"hi\""}},
+            "spec": {"nodeName": "node-2", "serviceAccountName": "bot", "containers": [
+                {"name": "app", "resources": {"limits": {"cpu": "1500m", "memory": "64Mi"}, "requests": {"cpu": "250m"}}},
+                {"name": "side"},
+            ]},
+        });
+        let field = |path: &str| field_value(&pod, path, "10.0.0.7");
+        assert_eq!(field("metadata.namespace").as_deref(), Ok("team"));
+        assert_eq!(field("spec.serviceAccountName").as_deref(), Ok("bot"));
+        assert_eq!(field("status.podIP").as_deref(), Ok("10.0.0.7"));
+        assert_eq!(field("metadata.labels").as_deref(), Ok("app=\"web\"\ntier=\"front\""));
+        assert_eq!(field("metadata.annotations").as_deref(), Ok("note=\"say \\\"hi\\\"\""));
+        assert_eq!(field("metadata.labels['tier']").as_deref(), Ok("front"));
+        assert!(field("spec.hostname").is_err());
+        let app = &pod["spec"]["containers"][0];
+        let resource = |reference: serde_json::Value| resource_value(&pod, app, &reference);
+        assert_eq!(resource(json!({"resource": "limits.cpu"})).as_deref(), Ok("2"), "rounded up to whole cores");
+        assert_eq!(resource(json!({"resource": "limits.cpu", "divisor": "1m"})).as_deref(), Ok("1500"));
+        assert_eq!(resource(json!({"resource": "requests.cpu", "divisor": "1m"})).as_deref(), Ok("250"));
+        assert_eq!(resource(json!({"resource": "limits.memory", "divisor": "1Mi"})).as_deref(), Ok("64"));
+        assert_eq!(resource(json!({"resource": "limits.memory", "containerName": "side"})).as_deref(), Ok("0"));
+        assert!(resource(json!({"resource": "limits.cpu", "containerName": "nope"})).is_err());
+        assert!(resource(json!({"resource": "limits.gpu"})).is_err());
+        assert!(resource(json!({"resource": "limits.cpu", "divisor": "0"})).is_err());
+    }
+
+    #[test]
+    fn volume_files_are_replaced_whole_and_stay_inside_the_volume() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        write_atomically(directory.path(), "token", b"one").expect("written");
+        write_atomically(directory.path(), "token", b"two").expect("replaced");
+        write_atomically(directory.path(), "nested/ca.crt", b"ca").expect("nested");
+        assert_eq!(std::fs::read(directory.path().join("token")).expect("read"), b"two");
+        assert_eq!(std::fs::read(directory.path().join("nested/ca.crt")).expect("read"), b"ca");
+        let left: Vec<_> = std::fs::read_dir(directory.path()).expect("dir").filter_map(Result::ok).map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "no temporary file is left: {left:?}");
+        for escape in ["../x", "/etc/passwd", "a//b", ""] {
+            assert!(write_atomically(directory.path(), escape, b"x").is_err(), "{escape:?}");
+        }
+    }
+
+    #[test]
+    fn containers_learn_the_api_service_as_kube_names_it() {
+        let env = api_service_env("10.43.0.1".parse().expect("ip"), 443);
+        let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.43.0.1"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.43.0.1:443"));
+    }
 
     #[test]
     fn cpu_limits_in_millicores() {

@@ -181,6 +181,20 @@ impl Network {
         Ok(network)
     }
 
+    /// Sends the pod's TCP connections to `destination:port` (a cluster IP) to the same port
+    /// of the gateway, where the node's listeners are: a NAT rule inside the pod's namespace,
+    /// added once.
+    pub fn redirect_to_gateway(&self, network: &PodNetwork, destination: Ipv4Addr, port: u16) -> Result<()> {
+        let (destination, port, gateway) = (format!("{destination}/32"), port.to_string(), format!("{}:{port}", self.range.gateway()));
+        let rule = |action: &'static str| -> Vec<&str> {
+            vec!["netns", "exec", &network.namespace, "iptables", "-w", "-t", "nat", action, "OUTPUT", "-d", &destination, "-p", "tcp", "--dport", &port, "-j", "DNAT", "--to-destination", &gateway]
+        };
+        if succeeds("ip", &rule("-C")) {
+            return Ok(());
+        }
+        run("ip", &rule("-A"))
+    }
+
     /// Removes pod `uid`'s namespace (and with it the veth pair) and frees its address.
     pub fn detach(&self, uid: &str) {
         let namespace = short("shoal-", uid);

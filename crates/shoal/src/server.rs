@@ -224,6 +224,7 @@ fn start_controllers(server: &ApiServer, args: &ServerArgs, shutdown: &Cancellat
     settings.node_monitor_grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period.max(1));
     settings.job_backoff_base = std::time::Duration::from_secs(args.job_backoff_seconds);
     settings.autoscaler_sync_period = std::time::Duration::from_secs(args.horizontal_pod_autoscaler_sync_period.max(1));
+    settings.root_ca_pem = Some(server.credentials.ca_pem.clone());
     Ok(Some(shoal_controllers::start(client, settings, shutdown.clone())))
 }
 

@@ -2,6 +2,10 @@
 //! query, headers, body). `GET /fetch?url=U` makes an outgoing wasi:http request to U and answers
 //! with its status and body. `POST /write?path=P` writes the request body to the file P (in a
 //! directory the pod mounted for it) and answers with the number of bytes written.
+//! `GET /read?path=P` answers with the file P's content, `GET /env?name=N` with the variable
+//! N. `GET /kube?path=/api/…[&host=H]` is an in-cluster client: it calls the Kubernetes API at
+//! `https://kubernetes.default.svc` (or H) with the pod's ServiceAccount token (read from its
+//! mounted volume) and answers with the API's status and body.
 
 use std::io::{Read as _, Write as _};
 
@@ -106,8 +110,11 @@ fn respond(response_out: ResponseOutparam, status: u16, content_type: &str, body
     let _ = OutgoingBody::finish(outgoing, None);
 }
 
-/// Makes a GET request to `url` and returns (status, body).
-fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
+/// Where the pod's ServiceAccount token is mounted.
+const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Makes a GET request to `url` with `headers` and returns (status, body).
+fn fetch(url: &str, headers: &[(&str, String)]) -> Result<(u16, Vec<u8>), String> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest)
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -119,7 +126,11 @@ fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
         Some(position) => (&rest[..position], &rest[position..]),
         None => (rest, "/"),
     };
-    let request = OutgoingRequest::new(Fields::new());
+    let fields = Fields::new();
+    for (name, value) in headers {
+        fields.append(name, &value.as_bytes().to_vec()).map_err(|e| format!("header {name}: {e:?}"))?;
+    }
+    let request = OutgoingRequest::new(fields);
     request.set_scheme(Some(&scheme)).map_err(|()| "invalid scheme".to_owned())?;
     request.set_authority(Some(authority)).map_err(|()| format!("invalid authority {authority:?}"))?;
     request.set_path_with_query(Some(path)).map_err(|()| format!("invalid path {path:?}"))?;
@@ -154,7 +165,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
                 respond(response_out, 400, "text/plain", b"missing ?url=\n");
                 return;
             };
-            match fetch(&url) {
+            match fetch(&url, &[]) {
                 Ok((status, body)) => {
                     let text = String::from_utf8_lossy(&body);
                     let json = format!("{{\"url\":{},\"status\":{status},\"body\":{}}}\n", json_string(&url), json_string(&text));
@@ -164,6 +175,45 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
                     let json = format!("{{\"url\":{},\"error\":{}}}\n", json_string(&url), json_string(&error));
                     respond(response_out, 502, "application/json", json.as_bytes());
                 }
+            }
+            return;
+        }
+        if path == "/read" {
+            let Some(file) = query_parameter(&query, "path") else {
+                respond(response_out, 400, "text/plain", b"missing ?path=\n");
+                return;
+            };
+            match std::fs::read(&file) {
+                Ok(content) => respond(response_out, 200, "application/octet-stream", &content),
+                Err(error) => respond(response_out, 404, "text/plain", format!("reading {file}: {error}\n").as_bytes()),
+            }
+            return;
+        }
+        if path == "/env" {
+            let name = query_parameter(&query, "name").unwrap_or_default();
+            match std::env::var(&name) {
+                Ok(value) => respond(response_out, 200, "text/plain", value.as_bytes()),
+                Err(_) => respond(response_out, 404, "text/plain", format!("{name} is not set\n").as_bytes()),
+            }
+            return;
+        }
+        if path == "/kube" {
+            let api_path = query_parameter(&query, "path").unwrap_or_else(|| "/api".to_owned());
+            let host = query_parameter(&query, "host").unwrap_or_else(|| "kubernetes.default.svc".to_owned());
+            let token = match std::fs::read_to_string(TOKEN_PATH) {
+                Ok(token) => token,
+                Err(error) => {
+                    respond(response_out, 500, "text/plain", format!("reading {TOKEN_PATH}: {error}\n").as_bytes());
+                    return;
+                }
+            };
+            let url = format!("https://{host}{api_path}");
+            match fetch(&url, &[("authorization", format!("Bearer {}", token.trim())), ("accept", "application/json".to_owned())]) {
+                Ok((status, body)) => {
+                    let json = format!("{{\"status\":{status},\"body\":{}}}\n", json_string(&String::from_utf8_lossy(&body)));
+                    respond(response_out, 200, "application/json", json.as_bytes());
+                }
+                Err(error) => respond(response_out, 502, "application/json", format!("{{\"error\":{}}}\n", json_string(&error)).as_bytes()),
             }
             return;
         }
