@@ -45,6 +45,8 @@ export KUBECONFIG="$work/data/admin.kubeconfig"
 
 ./target/release/pod_start "$work/data" "$image" "$runs" sleep 3600
 ./target/release/pod_start "$work/data" shoal.local/bench/hello:1 "$runs"
+echo "the same Wasm pod with automountServiceAccountToken: false (no token requested):"
+AUTOMOUNT=false ./target/release/pod_start "$work/data" shoal.local/bench/hello:1 "$runs"
 
 # The floor: ctr run -d (create the container, its snapshot and task, start it) on the same
 # containerd, in a namespace of its own, timed from the command's start to its return.

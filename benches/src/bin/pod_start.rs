@@ -3,7 +3,8 @@
 //! median, minimum and maximum.
 //!
 //! Usage: `pod_start DATA_DIR IMAGE RUNS [COMMAND…]` (the command is the container's, for an OCI
-//! image; a Wasm HTTP component takes none).
+//! image; a Wasm HTTP component takes none). With `AUTOMOUNT=false` in the environment the pods
+//! set `automountServiceAccountToken: false`, so no ServiceAccount token is requested for them.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,10 @@ async fn main() -> anyhow::Result<()> {
         if !command.is_empty() {
             container["command"] = json!(command);
         }
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [container]}});
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [container]}});
+        if std::env::var("AUTOMOUNT").is_ok_and(|v| v == "false") {
+            pod["spec"]["automountServiceAccountToken"] = json!(false);
+        }
         let started = Instant::now();
         let created = client.post(&pods).bearer_auth(&token).json(&pod).send().await?;
         anyhow::ensure!(created.status().is_success(), "creating {name}: {}", created.text().await?);

@@ -116,16 +116,7 @@ pub(crate) async fn attach(shared: &Arc<Shared>, pod: &Value) -> Result<PodNet, 
     // The API's cluster IP (`KUBERNETES_SERVICE_HOST`) leads to the gateway, which passes TLS on
     // to the API server (`serve_gateway`).
     let api = crate::pods::api_service(shared);
-    let network = tokio::task::spawn_blocking(move || {
-        let network = runtime.network.attach(&attach_uid)?;
-        if let Some((ip, port)) = api {
-            runtime.network.redirect_to_gateway(&network, ip, port)?;
-        }
-        Ok::<_, shoal_runtime_oci::Error>(network)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    let network = tokio::task::spawn_blocking(move || runtime.network.attach(&attach_uid, api)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let net = PodNet {
         namespace: pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
         name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),

@@ -400,33 +400,40 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
         reporter.update(&container_name, |r| r.image_id = loaded.last().map(|(_, id)| id.clone()).unwrap_or_default());
         reporter.event("Normal", "Pulled", &format!("Artifact \"{}\" is ready", container["image"].as_str().unwrap_or_default())).await;
     }
-    // Its ServiceAccount tokens are in its volumes before any container starts.
-    if !crate::tokens::keep(shared, &reporter, &pod, &volume_root, &stop).await {
-        return false;
-    }
     // A pod with any OCI container gets a network namespace of its own; its address is the
-    // pod's IP, for its Wasm components as well.
-    let mut net = None;
-    if loaded.iter().any(|(l, _)| matches!(l, Loaded::Image(_))) {
+    // pod's IP, for its Wasm components as well. Its ServiceAccount tokens are written into its
+    // volumes meanwhile: both are done before any container starts.
+    let wants_network = loaded.iter().any(|(l, _)| matches!(l, Loaded::Image(_)));
+    let network = async {
+        if !wants_network {
+            return Ok(None);
+        }
         let mut attempt = 0;
         loop {
             match crate::containers::attach(shared, &pod).await {
                 Ok(attached) => {
                     *reporter.pod_ip.lock().unwrap_or_else(|p| p.into_inner()) = Some(attached.network.address.to_string());
-                    net = Some(attached);
-                    break;
+                    return Ok(Some(attached));
                 }
                 Err(message) => {
                     reporter.event("Warning", "FailedCreatePodSandBox", &format!("Failed to create the pod's network: {message}")).await;
                     let wait = backoff(attempt);
                     attempt += 1;
                     tokio::select! {
-                        _ = stop.cancelled() => return true,
+                        // Stopped while (possibly half) attached: the caller detaches.
+                        _ = stop.cancelled() => return Err(()),
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
         }
+    };
+    let (tokens_written, net) = tokio::join!(crate::tokens::keep(shared, &reporter, &pod, &volume_root, &stop), network);
+    let Ok(net) = net else { return true };
+    if !tokens_written {
+        return net.is_some();
+    }
+    if net.is_some() {
         reporter.publish().await;
     }
     let attached = net.is_some();

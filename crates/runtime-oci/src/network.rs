@@ -101,16 +101,18 @@ pub struct Network {
     allocating: Mutex<()>,
 }
 
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let output = std::process::Command::new(program).args(args).output().map_err(|e| Error::Network(format!("running {program}: {e}")))?;
+fn run<S: AsRef<str>>(program: &str, args: &[S]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let output = std::process::Command::new(program).args(&args).output().map_err(|e| Error::Network(format!("running {program}: {e}")))?;
     if output.status.success() {
         return Ok(());
     }
     Err(Error::Network(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())))
 }
 
-fn succeeds(program: &str, args: &[&str]) -> bool {
-    std::process::Command::new(program).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+fn succeeds<S: AsRef<str>>(program: &str, args: &[S]) -> bool {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    std::process::Command::new(program).args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// A short stable name (interface names are at most 15 bytes).
@@ -154,12 +156,16 @@ impl Network {
     }
 
     /// The network of pod `uid`, created if it does not exist yet (a restarted agent finds the
-    /// one it made before).
-    pub fn attach(&self, uid: &str) -> Result<PodNetwork> {
+    /// one it made before). With `redirect` (a cluster IP and port), the pod's connections to it
+    /// go to the gateway's same port (see [`Self::redirect_to_gateway`]).
+    pub fn attach(&self, uid: &str, redirect: Option<(Ipv4Addr, u16)>) -> Result<PodNetwork> {
         let namespace = short("shoal-", uid);
         let address = self.lease(uid)?;
         let network = PodNetwork { namespace: namespace.clone(), address };
         if network.path().exists() && succeeds("ip", &["-n", &namespace, "-4", "addr", "show", "dev", "eth0"]) {
+            if let Some((destination, port)) = redirect {
+                self.redirect_to_gateway(&network, destination, port)?;
+            }
             return Ok(network);
         }
         let _ = run("ip", &["netns", "del", &namespace]);
@@ -171,7 +177,12 @@ impl Network {
             run("ip", &["-n", &namespace, "addr", "add", &format!("{address}/{}", self.range.prefix), "dev", "eth0"])?;
             run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
-            run("ip", &["-n", &namespace, "route", "add", "default", "via", &self.range.gateway().to_string()])
+            run("ip", &["-n", &namespace, "route", "add", "default", "via", &self.range.gateway().to_string()])?;
+            // A new namespace has no rules yet: no check first (each command is a process).
+            match redirect {
+                Some((destination, port)) => run("ip", &self.redirect_rule(&network, destination, port, "-A")),
+                None => Ok(()),
+            }
         };
         if let Err(error) = setup() {
             let _ = run("ip", &["netns", "del", &namespace]);
@@ -185,14 +196,16 @@ impl Network {
     /// of the gateway, where the node's listeners are: a NAT rule inside the pod's namespace,
     /// added once.
     pub fn redirect_to_gateway(&self, network: &PodNetwork, destination: Ipv4Addr, port: u16) -> Result<()> {
-        let (destination, port, gateway) = (format!("{destination}/32"), port.to_string(), format!("{}:{port}", self.range.gateway()));
-        let rule = |action: &'static str| -> Vec<&str> {
-            vec!["netns", "exec", &network.namespace, "iptables", "-w", "-t", "nat", action, "OUTPUT", "-d", &destination, "-p", "tcp", "--dport", &port, "-j", "DNAT", "--to-destination", &gateway]
-        };
-        if succeeds("ip", &rule("-C")) {
+        if succeeds("ip", &self.redirect_rule(network, destination, port, "-C")) {
             return Ok(());
         }
-        run("ip", &rule("-A"))
+        run("ip", &self.redirect_rule(network, destination, port, "-A"))
+    }
+
+    /// `ip` arguments that check (`-C`) or add (`-A`) the rule of [`Self::redirect_to_gateway`].
+    fn redirect_rule(&self, network: &PodNetwork, destination: Ipv4Addr, port: u16, action: &str) -> Vec<String> {
+        let words = ["netns", "exec", &network.namespace, "iptables", "-w", "-t", "nat", action, "OUTPUT", "-d", &format!("{destination}/32"), "-p", "tcp", "--dport", &port.to_string(), "-j", "DNAT", "--to-destination", &format!("{}:{port}", self.range.gateway())];
+        words.iter().map(|w| w.to_string()).collect()
     }
 
     /// Removes pod `uid`'s namespace (and with it the veth pair) and frees its address.
