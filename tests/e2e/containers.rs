@@ -36,11 +36,16 @@ async fn busybox_registry() -> (DockerRegistry, String) {
     )
     .expect("Dockerfile");
     let reference = format!("{}/busybox:1", registry.host);
-    let build = Command::new("docker").args(["build", "-q", "-t", &reference]).arg(context.path()).output().expect("docker must be installed");
-    assert!(build.status.success(), "docker build: {}", String::from_utf8_lossy(&build.stderr));
-    let pushed = Command::new("docker").args(["push", &reference]).output().expect("docker push");
-    assert!(pushed.status.success(), "docker push: {}", String::from_utf8_lossy(&pushed.stderr));
+    build_and_push(context.path(), &reference);
     (registry, reference)
+}
+
+/// `docker build` of the context `directory` as `reference`, and `docker push` of it.
+fn build_and_push(directory: &std::path::Path, reference: &str) {
+    let build = Command::new("docker").args(["build", "-q", "-t", reference]).arg(directory).output().expect("docker must be installed");
+    assert!(build.status.success(), "docker build: {}", String::from_utf8_lossy(&build.stderr));
+    let pushed = Command::new("docker").args(["push", reference]).output().expect("docker push");
+    assert!(pushed.status.success(), "docker push: {}", String::from_utf8_lossy(&pushed.stderr));
 }
 
 async fn server() -> Server {
@@ -611,10 +616,7 @@ fn push_curl_image(registry: &DockerRegistry) -> String {
     )
     .expect("Dockerfile");
     let reference = format!("{}/curl:1", registry.host);
-    let build = Command::new("docker").args(["build", "-q", "-t", &reference]).arg(context.path()).output().expect("docker must be installed");
-    assert!(build.status.success(), "docker build: {}", String::from_utf8_lossy(&build.stderr));
-    let pushed = Command::new("docker").args(["push", &reference]).output().expect("docker push");
-    assert!(pushed.status.success(), "docker push: {}", String::from_utf8_lossy(&pushed.stderr));
+    build_and_push(context.path(), &reference);
     reference
 }
 
