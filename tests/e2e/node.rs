@@ -272,3 +272,89 @@ async fn probes_drive_readiness_and_restarts_and_exec_is_refused() {
     let message = refused["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("exec probes are not supported for Wasm containers"), "{message}");
 }
+
+/// Reads a file inside pod `name` through echo's `/read`: (status, body).
+async fn read_in_pod(http: &reqwest::Client, base: &str, name: &str, path: &str) -> (u16, String) {
+    let response = http.get(format!("{base}/_pods/default/{name}/read?path={path}")).send().await.expect("request");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// Polls a file in a pod until `check` holds; returns how long that took.
+async fn wait_for_file(http: &reqwest::Client, base: &str, name: &str, path: &str, what: &str, check: impl Fn(u16, &str) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = read_in_pod(http, base, name, path).await;
+        if check(status, &body) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{path} in pod {name} never showed {what}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn config_map_secret_and_downward_api_volumes_follow_their_sources_while_the_pod_runs() {
+    let server = Server::start().await;
+    push(&server, "echo/echo.wasm", "shoal.local/samples/echo:latest");
+    let (code, body) = server.post("/api/v1/namespaces/default/configmaps", &json!({"metadata": {"name": "settings"}, "data": {"app.conf": "one", "extra": "x"}})).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = server.post("/api/v1/namespaces/default/secrets", &json!({"metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}})).await;
+    assert_eq!(code, 201, "{body}");
+    let mut files = pod("files", "shoal.local/samples/echo:latest", "Always", &[]);
+    files["metadata"]["labels"] = json!({"app": "files"});
+    files["spec"]["volumes"] = json!([
+        {"name": "config", "configMap": {"name": "settings"}},
+        {"name": "creds", "secret": {"secretName": "db", "defaultMode": 0o400, "items": [{"key": "password", "path": "nested/pw"}]}},
+        {"name": "meta", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+    ]);
+    files["spec"]["containers"][0]["volumeMounts"] = json!([
+        {"name": "config", "mountPath": "/config"}, {"name": "creds", "mountPath": "/creds"}, {"name": "meta", "mountPath": "/meta"},
+    ]);
+    create(&server, &files).await;
+    // A pod whose ConfigMap does not exist yet waits with FailedMount events, then starts.
+    let mut waits = pod("waits", "shoal.local/samples/echo:latest", "Always", &[]);
+    waits["spec"]["volumes"] = json!([{"name": "late", "configMap": {"name": "later"}}]);
+    waits["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "late", "mountPath": "/late"}]);
+    create(&server, &waits).await;
+
+    let ready = |p: &Value| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    wait_for(&server, "files", "Ready", ready).await;
+    let base = data_plane(&server).await;
+    let http = reqwest::Client::new();
+    assert_eq!(read_in_pod(&http, &base, "files", "/config/app.conf").await, (200, "one".to_owned()));
+    assert_eq!(read_in_pod(&http, &base, "files", "/config/extra").await, (200, "x".to_owned()));
+    assert_eq!(read_in_pod(&http, &base, "files", "/creds/nested/pw").await, (200, "hunter2".to_owned()));
+    assert_eq!(read_in_pod(&http, &base, "files", "/meta/labels").await, (200, "app=\"files\"".to_owned()));
+    // The kubelet's layout: `..data` points at the current content.
+    let (status, _) = read_in_pod(&http, &base, "files", "/config/..data/app.conf").await;
+    assert_eq!(status, 200, "the files are reached through ..data");
+
+    // A changed value and a removed key reach the running pod; the changed Secret too.
+    let merge = |patch: Value| Some(("application/merge-patch+json", serde_json::to_vec(&patch).expect("json")));
+    let (code, body) = server.request(reqwest::Method::PATCH, "/api/v1/namespaces/default/configmaps/settings", merge(json!({"data": {"app.conf": "two", "extra": null}}))).await;
+    assert_eq!(code, 200, "{body}");
+    let took = wait_for_file(&http, &base, "files", "/config/app.conf", "the new value", |status, body| status == 200 && body == "two").await;
+    eprintln!("a ConfigMap change reached the pod's volume in {took:?}");
+    assert_eq!(read_in_pod(&http, &base, "files", "/config/extra").await.0, 404, "a removed key disappears");
+    let (code, body) = server.request(reqwest::Method::PATCH, "/api/v1/namespaces/default/secrets/db", merge(json!({"stringData": {"password": "swordfish"}}))).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for_file(&http, &base, "files", "/creds/nested/pw", "the new password", |status, body| status == 200 && body == "swordfish").await;
+    // The pod's own labels (downward API) follow too.
+    let (code, body) = server.request(reqwest::Method::PATCH, "/api/v1/namespaces/default/pods/files", merge(json!({"metadata": {"labels": {"tier": "web"}}}))).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for_file(&http, &base, "files", "/meta/labels", "the new label", |status, body| status == 200 && body == "app=\"files\"\ntier=\"web\"").await;
+    let (_, still) = server.get("/api/v1/namespaces/default/pods/files").await;
+    assert_eq!(still["status"]["containerStatuses"][0]["restartCount"], 0, "volumes change under a running container");
+
+    let (_, waiting) = server.get("/api/v1/namespaces/default/pods/waits").await;
+    assert_eq!(waiting["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating", "{}", waiting["status"]);
+    let uid = waiting["metadata"]["uid"].as_str().expect("uid").to_owned();
+    crate::harness::wait_until(&server, &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dwaits%2CinvolvedObject.uid%3D{uid}"), 30, "a FailedMount event", |events| {
+        events["items"].as_array().into_iter().flatten().any(|e| e["reason"] == "FailedMount" && e["message"].as_str().is_some_and(|m| m.contains("MountVolume.SetUp failed for volume \"late\"") && m.contains("configmap \"later\" not found")))
+    })
+    .await;
+    let (code, body) = server.post("/api/v1/namespaces/default/configmaps", &json!({"metadata": {"name": "later"}, "data": {"k": "v"}})).await;
+    assert_eq!(code, 201, "{body}");
+    wait_for(&server, "waits", "Ready once its ConfigMap exists", ready).await;
+    assert_eq!(read_in_pod(&http, &base, "waits", "/late/k").await, (200, "v".to_owned()));
+}

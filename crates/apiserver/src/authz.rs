@@ -231,6 +231,15 @@ pub struct Attributes {
     pub field_selector: String,
 }
 
+/// The name a field selector requires (`metadata.name=NAME` or `==`, among other terms), if a
+/// valid path segment.
+pub fn selected_name(field_selector: &str) -> Option<String> {
+    field_selector.split(',').find_map(|term| {
+        let (field, value) = term.split_once("==").or_else(|| term.split_once('=')).filter(|(field, _)| !field.ends_with('!'))?;
+        (field.trim() == "metadata.name").then(|| value.trim().to_owned())
+    }).filter(|name| !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%']))
+}
+
 impl Attributes {
     /// The attributes of a request on a resource path.
     pub fn of(method: &Method, target: &Target, watch: bool, field_selector: Option<&str>) -> Self {
@@ -253,7 +262,9 @@ impl Attributes {
             resource: target.info.plural.to_owned(),
             subresource: target.subresource.clone().unwrap_or_default(),
             namespace: target.namespace.clone().unwrap_or_default(),
-            name: target.name.clone().unwrap_or_default(),
+            // As kube's RequestInfo: a list or watch of one object by `metadata.name` names it,
+            // so RBAC's resourceNames and the node authorizer judge it as they judge a get.
+            name: target.name.clone().or_else(|| field_selector.and_then(selected_name)).unwrap_or_default(),
             field_selector: field_selector.unwrap_or_default().to_owned(),
         }
     }
@@ -339,7 +350,7 @@ fn node_restriction(node: &str, request: &Attributes, lookup: &dyn Lookup) -> Re
     let (namespace, name) = (request.namespace.as_str(), request.name.as_str());
     let own = |what: &str| if name == node { Ok(()) } else { Err(format!("node {node} may change only its own {what}")) };
     match (request.group.as_str(), request.resource.as_str(), request.subresource.as_str(), request.verb.as_str()) {
-        ("", resource @ ("secrets" | "configmaps"), "", "get") => {
+        ("", resource @ ("secrets" | "configmaps"), "", "get" | "list" | "watch") if !name.is_empty() => {
             if lookup.used_by_pod_on(node, namespace, resource, name) {
                 Ok(())
             } else {
@@ -348,7 +359,7 @@ fn node_restriction(node: &str, request: &Attributes, lookup: &dyn Lookup) -> Re
         }
         // The ingress router follows TLS Secrets for the Ingresses it serves.
         ("", "secrets", "", "list" | "watch") if request.field_selector.trim() == "type=kubernetes.io/tls" => Ok(()),
-        ("", "secrets" | "configmaps", "", _) => Err(format!("node {node} reads only the ones its pods use, one at a time (and TLS Secrets, listed with fieldSelector=type=kubernetes.io/tls)")),
+        ("", "secrets" | "configmaps", "", _) => Err(format!("node {node} reads only the ones its pods use, one at a time by name (and TLS Secrets, listed with fieldSelector=type=kubernetes.io/tls)")),
         ("", "serviceaccounts", "token", "create") => {
             if lookup.used_by_pod_on(node, namespace, "serviceaccounts", name) {
                 Ok(())
@@ -666,8 +677,30 @@ mod tests {
         assert!(authorize(&a, &tls, &pods()).is_ok());
         assert!(authorize(&a, &request("list", "", "secrets", "", ""), &pods()).is_err());
         assert!(authorize(&a, &request("list", "", "configmaps", "", "shop"), &pods()).is_err());
+        // One object followed by name (the kubelet's watch of a volume's source): as a get.
+        for verb in ["list", "watch"] {
+            assert!(authorize(&a, &named("settings", request(verb, "", "configmaps", "", "shop")), &pods()).is_ok(), "{verb}");
+            assert!(authorize(&a, &named("b-only", request(verb, "", "secrets", "", "shop")), &pods()).is_err(), "{verb}");
+        }
         // The shared node token reads them all.
         assert!(authorize(&Identity::Nodes, &request("list", "", "secrets", "", ""), &pods()).is_ok());
+    }
+
+    #[test]
+    fn a_list_or_watch_by_metadata_name_names_its_object() {
+        for (selector, name) in [
+            ("metadata.name=settings", Some("settings")),
+            ("metadata.name==settings", Some("settings")),
+            ("type=Opaque,metadata.name=settings", Some("settings")),
+            (" metadata.name = settings ", Some("settings")),
+            ("metadata.name!=settings", None),
+            ("metadata.name=", None),
+            ("metadata.name=a/b", None),
+            ("metadata.name=..", None),
+            ("type=kubernetes.io/tls", None),
+        ] {
+            assert_eq!(super::selected_name(selector).as_deref(), name, "{selector:?}");
+        }
     }
 
     #[test]

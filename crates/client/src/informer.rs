@@ -96,6 +96,8 @@ pub struct Informer {
     /// Mirror only the objects this field selector matches (the watch sends DELETED for one
     /// that stops matching).
     field_selector: Option<String>,
+    /// Mirror only this namespace's objects (all namespaces when `None`).
+    namespace: Option<String>,
     contents: RwLock<Contents>,
     handlers: RwLock<Vec<Handler>>,
     synced: tokio::sync::watch::Sender<bool>,
@@ -103,16 +105,23 @@ pub struct Informer {
 
 impl Informer {
     pub fn new(info: &'static ResourceInfo) -> Arc<Self> {
-        Self::selecting(info, None)
+        Self::selecting(info, None, None)
     }
 
     /// An informer of only the objects `field_selector` matches (`type=kubernetes.io/tls`).
     pub fn with_field_selector(info: &'static ResourceInfo, field_selector: &str) -> Arc<Self> {
-        Self::selecting(info, Some(field_selector.to_owned()))
+        Self::selecting(info, Some(field_selector.to_owned()), None)
     }
 
-    fn selecting(info: &'static ResourceInfo, field_selector: Option<String>) -> Arc<Self> {
-        Arc::new(Self { info, field_selector, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
+    /// An informer of the one object `namespace/name` (the kubelet's way of following the
+    /// ConfigMaps and Secrets its pods use: a list and watch with `fieldSelector=metadata.name=`,
+    /// which a node may make for an object its pods use).
+    pub fn of_object(info: &'static ResourceInfo, namespace: &str, name: &str) -> Arc<Self> {
+        Self::selecting(info, Some(format!("metadata.name={name}")), Some(namespace.to_owned()))
+    }
+
+    fn selecting(info: &'static ResourceInfo, field_selector: Option<String>, namespace: Option<String>) -> Arc<Self> {
+        Arc::new(Self { info, field_selector, namespace, contents: RwLock::default(), handlers: RwLock::default(), synced: tokio::sync::watch::channel(false).0 })
     }
 
     /// Registers a change handler. Handlers run on the informer's task and must not block.
@@ -285,7 +294,7 @@ impl Informer {
                 return;
             }
             if revision.is_none() {
-                match client.list_all(self.info, None, &ListOptions { limit: Some(2000), field_selector: self.field_selector.clone(), ..Default::default() }).await {
+                match client.list_all(self.info, self.namespace.as_deref(), &ListOptions { limit: Some(2000), field_selector: self.field_selector.clone(), ..Default::default() }).await {
                     Ok((items, listed_revision)) => {
                         self.replace_all(items);
                         self.synced.send_replace(true);
@@ -301,7 +310,7 @@ impl Informer {
                 }
             }
             let options = ListOptions { resource_version: revision.clone(), timeout_seconds: Some(300 + rand::random_range(0..60)), field_selector: self.field_selector.clone(), ..Default::default() };
-            let stream = match client.watch(self.info, None, &options).await {
+            let stream = match client.watch(self.info, self.namespace.as_deref(), &options).await {
                 Ok(stream) => stream,
                 Err(ClientError::Api(error)) if error.code == 410 => {
                     revision = None;

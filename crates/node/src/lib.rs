@@ -21,6 +21,7 @@ pub mod spec;
 pub mod status;
 pub mod tokens;
 pub mod tunnel;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -175,6 +176,8 @@ pub struct Shared {
     pub(crate) logs: RwLock<HashMap<(String, String, String), LogSink>>,
     /// Pods with a network namespace here, by uid.
     pub(crate) pod_networks: RwLock<HashMap<String, containers::PodNet>>,
+    /// The ConfigMaps and Secrets the pods' volumes are made from, followed while used.
+    pub(crate) volume_sources: Arc<volumes::Sources>,
     /// Services and their endpoints, for the proxy.
     pub(crate) services: Arc<services::ServiceTable>,
     pub(crate) reactors: reactors::Reactors,
@@ -257,6 +260,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<No
         logs: RwLock::new(HashMap::new()),
         metrics: metrics::Metrics::default(),
         services: services::ServiceTable::new(),
+        volume_sources: Arc::default(),
         reactors,
         router: ingress::Router::new(),
         forwarder: proxy::forwarder(),

@@ -26,6 +26,8 @@ pub(crate) struct PodHandle {
     stop: CancellationToken,
     /// Set when the worker has finished (so a terminal pod is not restarted).
     done: Arc<std::sync::atomic::AtomicBool>,
+    /// The pod as last seen, for what follows its metadata (downward API volumes).
+    updates: tokio::sync::watch::Sender<Arc<Value>>,
 }
 
 pub(crate) fn now() -> String {
@@ -58,17 +60,25 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, pod: Value) {
     }
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     let mut pods = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
-    if pods.contains_key(&uid) || phase == "Succeeded" || phase == "Failed" {
+    if let Some(running) = pods.get(&uid) {
+        let metadata_changed = |old: &Value| old["metadata"]["labels"] != pod["metadata"]["labels"] || old["metadata"]["annotations"] != pod["metadata"]["annotations"];
+        if metadata_changed(&running.updates.borrow()) {
+            running.updates.send_replace(Arc::new(pod));
+        }
         return;
     }
-    let handle = PodHandle { stop: shared.shutdown.child_token(), done: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
+    if phase == "Succeeded" || phase == "Failed" {
+        return;
+    }
+    let (updates, updates_seen) = tokio::sync::watch::channel(Arc::new(pod.clone()));
+    let handle = PodHandle { stop: shared.shutdown.child_token(), done: Arc::new(std::sync::atomic::AtomicBool::new(false)), updates };
     let stop = handle.stop.clone();
     let done = Arc::clone(&handle.done);
     pods.insert(uid, handle);
     drop(pods);
     let worker_shared = Arc::clone(shared);
     shared.tasks.spawn(async move {
-        run_pod(&worker_shared, pod, stop).await;
+        run_pod(&worker_shared, pod, updates_seen, stop).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
@@ -321,9 +331,9 @@ fn backoff(attempt: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(5)).min(MAX_BACKOFF)
 }
 
-async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
+async fn run_pod(shared: &Arc<Shared>, pod: Value, updates: tokio::sync::watch::Receiver<Arc<Value>>, stop: CancellationToken) {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    let attached = run_pod_containers(shared, pod, stop).await;
+    let attached = run_pod_containers(shared, pod, updates, stop).await;
     // The pod's network goes when its containers have ended or stopped, unless the agent is the
     // one stopping (its containers keep running for the next agent process).
     if attached && !shared.shutdown.is_cancelled() {
@@ -332,7 +342,7 @@ async fn run_pod(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) {
 }
 
 /// Runs the pod's containers; true when it made the pod a network namespace.
-async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: CancellationToken) -> bool {
+async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, updates: tokio::sync::watch::Receiver<Arc<Value>>, stop: CancellationToken) -> bool {
     let (namespace, name) = key(&pod);
     let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_owned();
     let init: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
@@ -401,8 +411,9 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
         reporter.event("Normal", "Pulled", &format!("Artifact \"{}\" is ready", container["image"].as_str().unwrap_or_default())).await;
     }
     // A pod with any OCI container gets a network namespace of its own; its address is the
-    // pod's IP, for its Wasm components as well. Its ServiceAccount tokens are written into its
-    // volumes meanwhile: both are done before any container starts.
+    // pod's IP, for its Wasm components as well. Its ServiceAccount tokens are issued and its
+    // volumes written meanwhile: both are done before any container starts, and the volumes are
+    // then kept in step with their sources while the pod runs.
     let wants_network = loaded.iter().any(|(l, _)| matches!(l, Loaded::Image(_)));
     let network = async {
         if !wants_network {
@@ -428,11 +439,14 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, stop: Cancellation
             }
         }
     };
-    let (tokens_written, net) = tokio::join!(crate::tokens::keep(shared, &reporter, &pod, &volume_root, &stop), network);
+    let volumes = Arc::new(crate::volumes::PodVolumes::new(shared, &pod, volume_root.clone()));
+    let volumes_written = async { crate::tokens::keep(shared, &reporter, &pod, &volumes, &stop).await && volumes.set_up(&reporter, &pod, &stop).await };
+    let (volumes_written, net) = tokio::join!(volumes_written, network);
     let Ok(net) = net else { return true };
-    if !tokens_written {
+    if !volumes_written {
         return net.is_some();
     }
+    shared.tasks.spawn(Arc::clone(&volumes).keep(updates, stop.clone()));
     if net.is_some() {
         reporter.publish().await;
     }

@@ -121,8 +121,12 @@ pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_roo
     for mount in container["volumeMounts"].as_array().into_iter().flatten() {
         let volume_name = mount["name"].as_str().unwrap_or_default();
         let volume = pod["spec"]["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == volume_name).ok_or_else(|| format!("volume {volume_name} is not declared"))?;
-        let host_path = materialize(client, pod, volume, &volume_root.join(volume_name), host_ip).await?;
-        let read_only = mount["readOnly"] == true || ["configMap", "secret", "projected", "downwardAPI"].iter().any(|kind| volume.get(*kind).is_some());
+        // The pod's volumes are written (`crate::volumes`) before any container starts.
+        let host_path = match volume["hostPath"]["path"].as_str() {
+            Some(path) => std::path::PathBuf::from(path),
+            None => volume_root.join(volume_name),
+        };
+        let read_only = mount["readOnly"] == true || crate::volumes::written_by_node(volume);
         spec.preopens.push(Preopen { host_path, guest_path: mount["mountPath"].as_str().unwrap_or("/").to_owned(), read_only });
     }
     Ok(spec)
@@ -218,111 +222,6 @@ pub fn resource_value(pod: &Value, container: &Value, reference: &Value) -> Resu
     Ok(((amount + divisor - 1) / divisor).to_string())
 }
 
-/// Writes `bytes` to `directory/path` so a reader sees the old file or the new one, never a
-/// part (a new file renamed over the old).
-pub fn write_atomically(directory: &Path, path: &str, bytes: &[u8]) -> Result<(), String> {
-    if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) {
-        return Err(format!("volume item path {path:?} must be relative and stay inside the volume"));
-    }
-    let io = |e: std::io::Error| format!("{}: {e}", directory.join(path).display());
-    let target = directory.join(path);
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = target.with_file_name(format!(".{file_name}.{}", std::process::id()));
-    std::fs::write(&temporary, bytes).map_err(io)?;
-    std::fs::rename(&temporary, &target).map_err(io)
-}
-
-/// The items a ConfigMap or Secret source writes: `(key, path)`, every key when it lists none.
-fn source_items(source: &Value, object: &Value) -> Vec<(String, String)> {
-    match source["items"].as_array() {
-        Some(items) => items.iter().map(|i| (i["key"].as_str().unwrap_or_default().to_owned(), i["path"].as_str().unwrap_or_default().to_owned())).collect(),
-        None => ["data", "binaryData"].iter().flat_map(|field| object[*field].as_object().into_iter().flatten()).map(|(k, _)| (k.clone(), k.clone())).collect(),
-    }
-}
-
-/// Writes a ConfigMap's or Secret's keys (`kind` is `configmap` or `secret`) into `directory`.
-/// A missing object or key is an error unless the source is `optional`.
-async fn write_object_source(client: &Client, namespace: &str, kind: &str, name: &str, source: &Value, directory: &Path) -> Result<(), String> {
-    let info = resources::by_name(kind).ok_or("unknown kind")?;
-    let optional = source["optional"] == true;
-    let object = match client.get(info, Some(namespace), name).await {
-        Ok(object) => object,
-        Err(_) if optional => return Ok(()),
-        Err(error) => return Err(format!("{kind} {name}: {error}")),
-    };
-    for (key, path) in source_items(source, &object) {
-        let bytes = if let Some(raw) = object["data"][&key].as_str() {
-            if kind == "secret" { base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| format!("secret {name}/{key}: {e}"))? } else { raw.as_bytes().to_vec() }
-        } else if let Some(raw) = object["binaryData"][&key].as_str() {
-            base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| format!("configmap {name}/{key}: {e}"))?
-        } else if optional {
-            continue;
-        } else {
-            return Err(format!("{kind} {name} has no key {key}"));
-        };
-        write_atomically(directory, &path, &bytes)?;
-    }
-    Ok(())
-}
-
-/// Writes a downward API source's items (`fieldRef` and `resourceFieldRef`) into `directory`.
-fn write_downward_items(pod: &Value, items: &Value, directory: &Path, host_ip: &str) -> Result<(), String> {
-    for item in items.as_array().into_iter().flatten() {
-        let path = item["path"].as_str().unwrap_or_default();
-        let value = if let Some(field) = item["fieldRef"]["fieldPath"].as_str() {
-            field_value(pod, field, host_ip)?
-        } else if item["resourceFieldRef"].is_object() {
-            let container = pod["spec"]["containers"].get(0).unwrap_or(&Value::Null);
-            resource_value(pod, container, &item["resourceFieldRef"])?
-        } else {
-            return Err(format!("downward API item {path:?} names neither fieldRef nor resourceFieldRef"));
-        };
-        write_atomically(directory, path, value.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// Makes a volume's content exist on the node and returns its directory: hostPath as it is;
-/// configMap, secret, downwardAPI and projected volumes written from their sources (a projected
-/// volume's ServiceAccount token is written and refreshed by [`crate::tokens`], before any
-/// container starts); emptyDir and anything else a plain directory.
-async fn materialize(client: &Client, pod: &Value, volume: &Value, directory: &Path, host_ip: &str) -> Result<std::path::PathBuf, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", directory.display());
-    if let Some(path) = volume["hostPath"]["path"].as_str() {
-        return Ok(std::path::PathBuf::from(path));
-    }
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-    std::fs::create_dir_all(directory).map_err(io)?;
-    if let Some(source) = volume.get("configMap") {
-        write_object_source(client, namespace, "configmap", source["name"].as_str().unwrap_or_default(), source, directory).await?;
-    } else if let Some(source) = volume.get("secret") {
-        write_object_source(client, namespace, "secret", source["secretName"].as_str().unwrap_or_default(), source, directory).await?;
-    } else if let Some(source) = volume.get("downwardAPI") {
-        write_downward_items(pod, &source["items"], directory, host_ip)?;
-    } else if let Some(projected) = volume.get("projected") {
-        for source in projected["sources"].as_array().into_iter().flatten() {
-            if let Some(config_map) = source.get("configMap") {
-                write_object_source(client, namespace, "configmap", config_map["name"].as_str().unwrap_or_default(), config_map, directory).await?;
-            } else if let Some(secret) = source.get("secret") {
-                write_object_source(client, namespace, "secret", secret["name"].as_str().unwrap_or_default(), secret, directory).await?;
-            } else if let Some(downward) = source.get("downwardAPI") {
-                write_downward_items(pod, &downward["items"], directory, host_ip)?;
-            } else if let Some(token) = source.get("serviceAccountToken") {
-                let path = token["path"].as_str().unwrap_or_default();
-                if !directory.join(path).is_file() {
-                    return Err(format!("the ServiceAccount token {path:?} of volume {} has not been issued", volume["name"].as_str().unwrap_or_default()));
-                }
-            } else if let Some(other) = source.as_object().and_then(|o| o.keys().next()) {
-                return Err(format!("projected volume source {other:?} is not supported"));
-            }
-        }
-    }
-    Ok(directory.to_owned())
-}
-
 /// A container's `resources.limits.cpu` in millicores (`"500m"`, `"2"`, `1.5`), if positive.
 pub fn cpu_millicores(container: &Value) -> Option<u64> {
     shoal_api::quantity::of_json(&container["resources"]["limits"]["cpu"]).as_deref().and_then(shoal_api::quantity::parse_milli).filter(|m| *m > 0).map(|m| m as u64)
@@ -330,7 +229,7 @@ pub fn cpu_millicores(container: &Value) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_service_env, cpu_millicores, field_value, parse_bytes, resource_value, write_atomically};
+    use super::{api_service_env, cpu_millicores, field_value, parse_bytes, resource_value};
     use serde_json::json;
 
     #[test]
@@ -360,21 +259,6 @@ mod tests {
         assert!(resource(json!({"resource": "limits.cpu", "containerName": "nope"})).is_err());
         assert!(resource(json!({"resource": "limits.gpu"})).is_err());
         assert!(resource(json!({"resource": "limits.cpu", "divisor": "0"})).is_err());
-    }
-
-    #[test]
-    fn volume_files_are_replaced_whole_and_stay_inside_the_volume() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        write_atomically(directory.path(), "token", b"one").expect("written");
-        write_atomically(directory.path(), "token", b"two").expect("replaced");
-        write_atomically(directory.path(), "nested/ca.crt", b"ca").expect("nested");
-        assert_eq!(std::fs::read(directory.path().join("token")).expect("read"), b"two");
-        assert_eq!(std::fs::read(directory.path().join("nested/ca.crt")).expect("read"), b"ca");
-        let left: Vec<_> = std::fs::read_dir(directory.path()).expect("dir").filter_map(Result::ok).map(|e| e.file_name()).collect();
-        assert_eq!(left.len(), 2, "no temporary file is left: {left:?}");
-        for escape in ["../x", "/etc/passwd", "a//b", ""] {
-            assert!(write_atomically(directory.path(), escape, b"x").is_err(), "{escape:?}");
-        }
     }
 
     #[test]

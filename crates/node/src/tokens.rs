@@ -1,13 +1,13 @@
 //! The ServiceAccount tokens of this node's pods: every `serviceAccountToken` source of a pod's
 //! projected volumes (the `kube-api-access-…` volume the API adds to each pod, or one the spec
 //! declares) is a token the node requests from the TokenRequest API, bound to the pod, and
-//! writes into the volume before any container starts. Like the kubelet, the node requests a
-//! fresh one once the token has lived 80% of its lifetime (or 24 hours) and replaces the file
-//! atomically, so a guest reading it again always finds a valid token. The API refuses a
+//! hands to the pod's volumes ([`crate::volumes`]) before any container starts. Like the
+//! kubelet, the node requests a fresh one once the token has lived 80% of its lifetime (or 24
+//! hours) and the volume is rewritten, swapped whole, so a guest reading it again always finds a
+//! valid token. The API refuses a
 //! node's request unless the pod is bound to that node and runs as that account, and a token
 //! bound to a pod stops working soon after the pod is deleted.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::pods::Reporter;
+use crate::volumes::PodVolumes;
 
 /// The lifetime asked for when a source names none (kube's default).
 const DEFAULT_EXPIRATION_SECONDS: u64 = 3600;
@@ -29,17 +30,15 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// One token a pod's volumes hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSource {
-    /// The volume's directory on the node.
-    pub directory: PathBuf,
-    /// The file in it.
+    /// The file in its volume.
     pub path: String,
     pub audience: Option<String>,
     pub expiration_seconds: u64,
     pub volume: String,
 }
 
-/// Every token source of `pod`'s projected volumes, with the directories under `volume_root`.
-pub fn sources(pod: &Value, volume_root: &Path) -> Vec<TokenSource> {
+/// Every token source of `pod`'s projected volumes.
+pub fn sources(pod: &Value) -> Vec<TokenSource> {
     let mut found = Vec::new();
     for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let name = volume["name"].as_str().unwrap_or_default();
@@ -49,7 +48,6 @@ pub fn sources(pod: &Value, volume_root: &Path) -> Vec<TokenSource> {
                 continue;
             }
             found.push(TokenSource {
-                directory: volume_root.join(name),
                 path: token["path"].as_str().unwrap_or_default().to_owned(),
                 audience: token["audience"].as_str().filter(|a| !a.is_empty()).map(str::to_owned),
                 expiration_seconds: token["expirationSeconds"].as_u64().unwrap_or(DEFAULT_EXPIRATION_SECONDS),
@@ -94,13 +92,12 @@ impl Request {
         Self { path: format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"), body, source }
     }
 
-    /// Requests the token and writes it; returns how long it lives.
-    async fn issue(&self, shared: &Shared) -> Result<Duration, String> {
+    /// Requests the token and hands it to the pod's volumes; returns how long it lives.
+    async fn issue(&self, shared: &Shared, volumes: &PodVolumes) -> Result<Duration, String> {
         let answer = shared.client.request(reqwest::Method::POST, &self.path, &[], Some(("application/json", self.body.clone()))).await.map_err(|e| format!("failed to fetch token: {e}"))?;
         let token = answer["status"]["token"].as_str().ok_or("failed to fetch token: the answer holds no token")?;
         let source = &self.source;
-        std::fs::create_dir_all(&source.directory).map_err(|e| format!("{}: {e}", source.directory.display()))?;
-        crate::spec::write_atomically(&source.directory, &source.path, token.as_bytes())?;
+        volumes.set_token(&source.volume, &source.path, token.as_bytes());
         let expires = answer["status"]["expirationTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
         Ok(match expires {
             Some(at) => Duration::from_secs(u64::try_from(at.as_second() - jiff::Timestamp::now().as_second()).unwrap_or(0)),
@@ -112,12 +109,12 @@ impl Request {
 /// Issues every token `pod`'s volumes hold, retrying with growing waits (each failure is a
 /// `FailedMount` event, as the kubelet reports it), then keeps each one fresh until `stop`.
 /// Returns false when the pod stopped before every token was written.
-pub(crate) async fn keep(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, volume_root: &Path, stop: &CancellationToken) -> bool {
-    for source in sources(pod, volume_root) {
+pub(crate) async fn keep(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &Value, volumes: &Arc<PodVolumes>, stop: &CancellationToken) -> bool {
+    for source in sources(pod) {
         let request = Request::new(pod, source);
         let mut wait = FIRST_RETRY;
         let lifetime = loop {
-            match request.issue(shared).await {
+            match request.issue(shared, volumes).await {
                 Ok(lifetime) => break lifetime,
                 Err(message) => {
                     reporter.event("Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{}\": {message}", request.source.volume)).await;
@@ -129,7 +126,7 @@ pub(crate) async fn keep(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &V
                 }
             }
         };
-        let (task_shared, stop) = (Arc::clone(shared), stop.clone());
+        let (task_shared, stop, volumes) = (Arc::clone(shared), stop.clone(), Arc::clone(volumes));
         let pod_name = format!("{}/{}", reporter.namespace, reporter.name);
         shared.tasks.spawn(async move {
             let mut next = refresh_after(lifetime);
@@ -138,9 +135,9 @@ pub(crate) async fn keep(shared: &Arc<Shared>, reporter: &Arc<Reporter>, pod: &V
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(next) => {}
                 }
-                next = match request.issue(&task_shared).await {
+                next = match request.issue(&task_shared, &volumes).await {
                     Ok(lifetime) => refresh_after(lifetime),
-                    // The file still holds the last token, valid for a while yet: try again soon.
+                    // The volume still holds the last token, valid for a while yet: try again soon.
                     Err(message) => {
                         tracing::warn!(pod = %pod_name, volume = %request.source.volume, %message, "refreshing a ServiceAccount token");
                         MIN_REFRESH
@@ -177,9 +174,9 @@ mod tests {
                 {"name": "vault", "projected": {"sources": [{"serviceAccountToken": {"path": "vault/token", "audience": "vault"}}]}},
             ]},
         });
-        let found = sources(&pod, Path::new("/data/pods/u-1/volumes"));
+        let found = sources(&pod);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(found[0].directory, Path::new("/data/pods/u-1/volumes/kube-api-access-abcde"));
+        assert_eq!(found[0].volume, "kube-api-access-abcde");
         assert_eq!((found[0].path.as_str(), found[0].expiration_seconds, found[0].audience.as_deref()), ("token", 3607, None));
         assert_eq!((found[1].path.as_str(), found[1].expiration_seconds, found[1].audience.as_deref()), ("vault/token", 3600, Some("vault")));
         let body = request_body(&pod, &found[1]);
