@@ -115,6 +115,7 @@ pub fn write_payload(directory: &Path, payload: &Payload) -> Result<bool, String
     }
     let fresh = data_directory_name();
     let fresh_path = directory.join(&fresh);
+    std::fs::create_dir_all(&fresh_path).map_err(io_error(&fresh_path))?;
     for (path, file) in payload {
         let target = fresh_path.join(path);
         if let Some(parent) = target.parent() {
@@ -123,7 +124,6 @@ pub fn write_payload(directory: &Path, payload: &Payload) -> Result<bool, String
         std::fs::write(&target, &file.bytes).map_err(io_error(&target))?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode)).map_err(io_error(&target))?;
     }
-    std::fs::create_dir_all(&fresh_path).map_err(io_error(&fresh_path))?;
     let swap = directory.join(DATA_TMP);
     let _ = std::fs::remove_file(&swap);
     std::os::unix::fs::symlink(&fresh, &swap).map_err(io_error(&swap))?;
@@ -143,10 +143,9 @@ pub fn write_payload(directory: &Path, payload: &Payload) -> Result<bool, String
     }
     for entry in std::fs::read_dir(directory).map_err(io_error(directory))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("..") && name != fresh && name != DATA {
-            // An older data directory (or a swap link a crash left).
-            let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(entry.path()) } else { std::fs::remove_file(entry.path()) };
-        } else if !name.starts_with("..") && !visible.contains(name.as_str()) {
+        // An older data directory (or a swap link a crash left), or a name no longer served.
+        let stale = if name.starts_with("..") { name != fresh && name != DATA } else { !visible.contains(name.as_str()) };
+        if stale {
             let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(entry.path()) } else { std::fs::remove_file(entry.path()) };
         }
     }
