@@ -4,9 +4,8 @@
 //! hands to the pod's volumes ([`crate::volumes`]) before any container starts. Like the
 //! kubelet, the node requests a fresh one once the token has lived 80% of its lifetime (or 24
 //! hours) and the volume is rewritten, swapped whole, so a guest reading it again always finds a
-//! valid token. The API refuses a
-//! node's request unless the pod is bound to that node and runs as that account, and a token
-//! bound to a pod stops working soon after the pod is deleted.
+//! valid token. The API refuses a node's request unless the pod is bound to that node and runs
+//! as that account, and a token bound to a pod stops working soon after the pod is deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
