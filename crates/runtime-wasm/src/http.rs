@@ -91,7 +91,7 @@ impl Prepared {
         }
         let mut linker = Linker::<ComponentState>::new(engine);
         crate::sandbox::add_wasi_to_linker(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        crate::outgoing::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
         let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| Error::Link(format!("{e:#}")))?;
         Ok(Some(Self { pre }))

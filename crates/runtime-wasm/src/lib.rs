@@ -14,6 +14,7 @@ mod cache;
 mod command;
 mod http;
 mod latency;
+mod outgoing;
 mod sandbox;
 mod usage;
 

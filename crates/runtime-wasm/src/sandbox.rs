@@ -386,35 +386,14 @@ pub trait OutboundHttp: Send + Sync {
     fn route(&self, request: http::Request<wasmtime_wasi_http::WasiBody>) -> Result<OutboundFuture, http::Request<wasmtime_wasi_http::WasiBody>>;
 }
 
-/// The `wasi:http` hooks of one store: outgoing requests pass the node's router first.
+/// The `wasi:http` hooks of one store: the node's router, which the store's outgoing requests
+/// pass first (`crate::outgoing`).
 #[derive(Default)]
 pub(crate) struct Hooks {
-    outbound: Option<Arc<dyn OutboundHttp>>,
+    pub(crate) outbound: Option<Arc<dyn OutboundHttp>>,
 }
 
-impl wasmtime_wasi_http::WasiHttpHooks for Hooks {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<dyn std::future::Future<Output = Result<(http::Response<wasmtime_wasi_http::WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>), wasmtime_wasi_http::Error>> + Send> {
-        let request = match &self.outbound {
-            Some(outbound) => match outbound.route(request) {
-                Ok(answer) => {
-                    return Box::new(async move {
-                        let response = answer.await?;
-                        Ok((response, Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>))
-                    });
-                }
-                Err(request) => request,
-            },
-            None => request,
-        };
-        let mut default: [(); 0] = [];
-        wasmtime_wasi_http::WasiHttpHooks::send_request(&mut default, request, options, fut)
-    }
-}
+impl wasmtime_wasi_http::WasiHttpHooks for Hooks {}
 
 impl SandboxSpec {
     pub fn new(logs: LogSink) -> Self {

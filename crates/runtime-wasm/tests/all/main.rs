@@ -301,3 +301,83 @@ async fn finished_instances_wait_for_the_threads_idle_moment_up_to_its_limit() {
     assert_eq!(handler.instantiations(), 15, "every request had an instance of its own");
     shoal_runtime_wasm::drop_retired();
 }
+
+/// Routes a guest's requests for `hello` to the hello component in-process (as the node's
+/// Service proxy does for a local endpoint) and for `missing` to a routing error; records the
+/// task each answer ran in, and with `wait`, makes the answer wait once before it runs.
+struct ToHello {
+    hello: Arc<HttpHandler>,
+    wait: bool,
+    ran_in: Arc<std::sync::Mutex<Vec<tokio::task::Id>>>,
+}
+
+impl shoal_runtime_wasm::OutboundHttp for ToHello {
+    fn route(&self, request: hyper::Request<shoal_runtime_wasm::WasiBody>) -> Result<shoal_runtime_wasm::OutboundFuture, hyper::Request<shoal_runtime_wasm::WasiBody>> {
+        match request.uri().host() {
+            Some("missing") => Ok(Box::pin(async { Err(shoal_runtime_wasm::HttpError::DestinationNotFound) })),
+            Some("hello") => {
+                let (hello, wait, ran_in) = (Arc::clone(&self.hello), self.wait, Arc::clone(&self.ran_in));
+                Ok(Box::pin(async move {
+                    ran_in.lock().expect("lock").push(tokio::task::id());
+                    if wait {
+                        tokio::task::yield_now().await;
+                        ran_in.lock().expect("lock").push(tokio::task::id());
+                    }
+                    let (mut parts, body) = request.into_parts();
+                    parts.uri = hyper::Uri::from_static("/");
+                    Ok(hello.handle(hyper::Request::from_parts(parts, body)).await.0)
+                }))
+            }
+            _ => Err(request),
+        }
+    }
+}
+
+/// A guest's outgoing request that the host answers in-process is answered inside the guest's
+/// own call when the answer is ready at once (no task of its own); one that must wait moves to
+/// a task and still arrives; a routing error reaches the guest as its error code; a request the
+/// host does not route goes to the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_outgoing_requests_are_answered_inline_when_ready_and_in_a_task_when_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(hello) = load(&runtime, "hello/hello.wasm").await else { panic!("hello is an HTTP component") };
+    let hello = Arc::new(HttpHandler::new(hello, SandboxSpec::new(LogSink::new(10)), 16));
+    // A port nothing listens on, for the unrouted request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    for wait in [false, true] {
+        let ran_in = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut spec = SandboxSpec::new(LogSink::new(10));
+        spec.outbound = Some(Arc::new(ToHello { hello: Arc::clone(&hello), wait, ran_in: Arc::clone(&ran_in) }));
+        let Workload::Http(echo) = load(&runtime, "echo/echo.wasm").await else { panic!("echo is an HTTP component") };
+        let echo = Arc::new(HttpHandler::new(echo, spec, 16));
+        let fetch = |url: String| {
+            let echo = Arc::clone(&echo);
+            // The guest runs in the task that calls its handler: this one.
+            tokio::spawn(async move {
+                let (response, _) = echo.handle(request(&format!("/fetch?url={url}"))).await;
+                (tokio::task::id(), response.status().as_u16(), body_text(response).await)
+            })
+        };
+
+        let (caller, status, body) = fetch("http://hello/".into()).await.expect("task");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""status":200"#) && body.contains("hello from shoal"), "{body}");
+        let ran_in = std::mem::take(&mut *ran_in.lock().expect("lock"));
+        if wait {
+            assert_eq!(ran_in.len(), 2, "{ran_in:?}");
+            assert_eq!(ran_in[0], caller, "the answer is first tried inside the guest's call");
+            assert_ne!(ran_in[1], caller, "an answer that waits moves to a task of its own");
+        } else {
+            assert_eq!(ran_in, vec![caller], "a ready answer runs inside the guest's call");
+        }
+
+        let (_, status, body) = fetch("http://missing/".into()).await.expect("task");
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("DestinationNotFound"), "{body}");
+
+        let (_, status, body) = fetch(format!("http://{closed}/")).await.expect("task");
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("ConnectionRefused"), "the unrouted request went to the network: {body}");
+    }
+}
