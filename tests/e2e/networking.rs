@@ -499,6 +499,18 @@ async fn guests_reach_the_api_with_the_token_mounted_for_their_service_account()
     let (code, created) = server.post("/api/v1/namespaces/default/pods?dryRun=All", &unmounted).await;
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["spec"]["volumes"], json!([]), "{created}");
+    // A pod naming an account that does not exist is refused (kube's ServiceAccount admission),
+    // dry run or not.
+    let mut stranger = unmounted.clone();
+    stranger["metadata"] = json!({"name": "stranger"});
+    stranger["spec"]["serviceAccountName"] = json!("nobody");
+    for path in ["/api/v1/namespaces/default/pods?dryRun=All", "/api/v1/namespaces/default/pods"] {
+        let (code, refused) = server.post(path, &stranger).await;
+        assert_eq!(code, 403, "{refused}");
+        assert_eq!(refused["message"], r#"pods "stranger" is forbidden: error looking up service account default/nobody: serviceaccount "nobody" not found"#, "{refused}");
+    }
+    let (code, _) = server.get("/api/v1/namespaces/default/pods/stranger").await;
+    assert_eq!(code, 404, "nothing was stored");
 
     let (ingress, _) = ingress_of(&server, "node-1").await;
     let http = reqwest::Client::new();

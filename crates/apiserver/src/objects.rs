@@ -175,8 +175,14 @@ pub async fn create(
     if info.kind == "Pod" && info.group.is_empty() {
         let namespace = meta::namespace(&admitted.object).to_owned();
         let account_name = admitted.object["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_owned();
-        let account = state.store.get_shared(&ObjectKey::new("serviceaccounts", &namespace, &account_name)).map_err(store_error)?;
-        crate::serviceaccounts::mount_token(&mut admitted.object, account.as_deref());
+        let account = service_account(state, &namespace, &account_name).await?;
+        let Some(account) = account else {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{}\" is forbidden: error looking up service account {namespace}/{account_name}: serviceaccount \"{account_name}\" not found",
+                meta::name(&admitted.object)
+            )));
+        };
+        crate::serviceaccounts::mount_token(&mut admitted.object, Some(&account));
     }
     reset_status_on_create(info, &mut admitted.object);
     let name = meta::name(&admitted.object).to_owned();
@@ -205,6 +211,23 @@ pub async fn create(
             Err(error) => return Err(write_error(info, &name, error)),
         }
     }
+}
+
+/// The ServiceAccount a new pod runs as (kube's ServiceAccount admission: a pod naming one that
+/// does not exist is refused). The namespace's `default` account is made by a controller just
+/// after the namespace, so a pod created in that moment waits for it, up to 2 s.
+async fn service_account(state: &AppState, namespace: &str, name: &str) -> Result<Option<std::sync::Arc<Value>>, ApiError> {
+    let key = ObjectKey::new("serviceaccounts", namespace, name);
+    let waits = if name == "default" { 40 } else { 0 };
+    for attempt in 0..=waits {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if let Some(account) = state.store.get_shared(&key).map_err(store_error)? {
+            return Ok(Some(account));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether `desired` (which carries no resourceVersion) equals `current` apart from
