@@ -292,6 +292,59 @@ async fn wait_for_file(http: &reqwest::Client, base: &str, name: &str, path: &st
     }
 }
 
+/// subPath mounts: single ConfigMap keys as files in a directory of their own, fixed at start
+/// while a whole-volume mount of the same ConfigMap follows it; a `subPathExpr` directory made in
+/// an emptyDir from the pod's name; the API refuses `..`; the pod's directory goes with the pod.
+#[tokio::test]
+async fn sub_path_mounts_give_a_container_one_key_or_directory_of_a_volume() {
+    let server = Server::start().await;
+    push(&server, "echo/echo.wasm", "shoal.local/samples/echo:latest");
+    let (code, body) = server.post("/api/v1/namespaces/default/configmaps", &json!({"metadata": {"name": "app"}, "data": {"app.conf": "one", "other.conf": "o", "left-out": "x"}})).await;
+    assert_eq!(code, 201, "{body}");
+    let mut sub = pod("sub", "shoal.local/samples/echo:latest", "Always", &[]);
+    sub["spec"]["volumes"] = json!([{"name": "config", "configMap": {"name": "app"}}, {"name": "scratch", "emptyDir": {}}]);
+    sub["spec"]["containers"][0]["env"] = json!([{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
+    sub["spec"]["containers"][0]["volumeMounts"] = json!([
+        {"name": "config", "mountPath": "/etc/app/app.conf", "subPath": "app.conf"},
+        {"name": "config", "mountPath": "/etc/app/other.conf", "subPath": "other.conf"},
+        {"name": "config", "mountPath": "/config"},
+        {"name": "scratch", "mountPath": "/data", "subPathExpr": "$(POD_NAME)/cache"},
+    ]);
+    let mut escapes = sub.clone();
+    escapes["metadata"]["name"] = json!("escapes");
+    escapes["spec"]["containers"][0]["volumeMounts"][0]["subPath"] = json!("../../etc/passwd");
+    let (code, refused) = server.post("/api/v1/namespaces/default/pods", &escapes).await;
+    assert_eq!(code, 422, "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains(r#"spec.containers[0].volumeMounts[0].subPath: Invalid value: "../../etc/passwd": must not contain '..'"#)), "{refused}");
+    create(&server, &sub).await;
+
+    let ready = |p: &Value| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    let running = wait_for(&server, "sub", "Ready", ready).await;
+    let base = data_plane(&server).await;
+    let http = reqwest::Client::new();
+    assert_eq!(read_in_pod(&http, &base, "sub", "/etc/app/app.conf").await, (200, "one".to_owned()));
+    assert_eq!(read_in_pod(&http, &base, "sub", "/etc/app/other.conf").await, (200, "o".to_owned()));
+    assert_eq!(read_in_pod(&http, &base, "sub", "/etc/app/left-out").await.0, 404, "only the keys mounted are there");
+    let pod_dir = server.data_dir.join("node/pods").join(running["metadata"]["uid"].as_str().expect("uid"));
+    assert!(pod_dir.join("volumes/scratch/sub/cache").is_dir(), "the subPathExpr directory was made in the emptyDir: {:?}", listing(&pod_dir));
+
+    // kube does not update subPath mounts: the whole-volume mount changes, the file stays.
+    let patch = serde_json::to_vec(&json!({"data": {"app.conf": "two"}})).expect("json");
+    let (code, body) = server.request(reqwest::Method::PATCH, "/api/v1/namespaces/default/configmaps/app", Some(("application/merge-patch+json", patch))).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for_file(&http, &base, "sub", "/config/app.conf", "the new value", |status, body| status == 200 && body == "two").await;
+    assert_eq!(read_in_pod(&http, &base, "sub", "/etc/app/app.conf").await, (200, "one".to_owned()));
+
+    let (code, body) = server.request(reqwest::Method::DELETE, "/api/v1/namespaces/default/pods/sub", None).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get("/api/v1/namespaces/default/pods/sub").await.0 != 404 {
+        assert!(Instant::now() < deadline, "the pod was never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pod_dir.exists(), "the pod's directory (its emptyDir) goes with it");
+}
+
 #[tokio::test]
 async fn config_map_secret_and_downward_api_volumes_follow_their_sources_while_the_pod_runs() {
     let server = Server::start().await;
@@ -357,4 +410,16 @@ async fn config_map_secret_and_downward_api_volumes_follow_their_sources_while_t
     assert_eq!(code, 201, "{body}");
     wait_for(&server, "waits", "Ready once its ConfigMap exists", ready).await;
     assert_eq!(read_in_pod(&http, &base, "waits", "/late/k").await, (200, "v".to_owned()));
+}
+
+/// Every path under `dir`, for a failure's message.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(entry.path().display().to_string());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(listing(&entry.path()));
+        }
+    }
+    out
 }

@@ -8,7 +8,7 @@ use crate::ResourceInfo;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
     /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueNotSupported`, `FieldValueDuplicate`,
-    /// `FieldValueForbidden`, `FieldValueTooLong`.
+    /// `FieldValueForbidden`, `FieldValueTooLong`, `FieldValueNotFound`.
     pub reason: &'static str,
     pub field: String,
     pub message: String,
@@ -30,6 +30,10 @@ impl FieldError {
             field: field.into(),
             message: format!("Unsupported value: \"{value}\": supported values: {}", supported.join(", ")),
         }
+    }
+
+    pub fn not_found(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        Self { reason: "FieldValueNotFound", field: field.into(), message: format!("Not found: {value}") }
     }
 
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {

@@ -359,6 +359,7 @@ fn pod_spec_into(spec: &Value, path: &str, errors: &mut Errors) {
         return;
     }
     let mut names = HashSet::new();
+    let declared: HashSet<&str> = spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
         errors.push(FieldError::required(format!("{path}.containers")));
@@ -397,6 +398,7 @@ fn pod_spec_into(spec: &Value, path: &str, errors: &mut Errors) {
                     errors.push(FieldError::required(format!("{at}.env[{env_index}].name")));
                 }
             }
+            volume_mounts(container, &at, &declared, errors);
             if let Some(policy) = container["imagePullPolicy"].as_str()
                 && !["Always", "IfNotPresent", "Never"].contains(&policy)
             {
@@ -425,6 +427,36 @@ fn pod_spec_into(spec: &Value, path: &str, errors: &mut Errors) {
             }
             Some(name) => errors.push(FieldError::invalid(format!("{path}.volumes[{index}].name"), quoted(name), DNS1123_LABEL_MESSAGE)),
             None => errors.push(FieldError::required(format!("{path}.volumes[{index}].name"))),
+        }
+    }
+}
+
+/// kube's checks of a container's `volumeMounts`: a declared volume, a unique mount path, and a
+/// subPath that is relative and stays inside its volume.
+fn volume_mounts(container: &Value, at: &str, declared: &HashSet<&str>, errors: &mut Errors) {
+    let mut paths = HashSet::new();
+    for (index, mount) in container["volumeMounts"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("{at}.volumeMounts[{index}]");
+        match mount["name"].as_str() {
+            None | Some("") => errors.push(FieldError::required(format!("{at}.name"))),
+            Some(name) if !declared.contains(name) => errors.push(FieldError::not_found(format!("{at}.name"), quoted(name))),
+            Some(_) => {}
+        }
+        match mount["mountPath"].as_str() {
+            None | Some("") => errors.push(FieldError::required(format!("{at}.mountPath"))),
+            Some(path) if !paths.insert(path.to_owned()) => errors.push(FieldError::invalid(format!("{at}.mountPath"), quoted(path), "must be unique")),
+            Some(_) => {}
+        }
+        for field in ["subPath", "subPathExpr"] {
+            let Some(path) = mount[field].as_str() else { continue };
+            if path.starts_with('/') {
+                errors.push(FieldError::invalid(format!("{at}.{field}"), quoted(path), "must be a relative path"));
+            } else if path.split('/').any(|element| element == "..") {
+                errors.push(FieldError::invalid(format!("{at}.{field}"), quoted(path), "must not contain '..'"));
+            }
+        }
+        if mount["subPath"].as_str().is_some_and(|p| !p.is_empty()) && mount["subPathExpr"].as_str().is_some_and(|p| !p.is_empty()) {
+            errors.push(FieldError::invalid(format!("{at}.subPathExpr"), quoted(mount["subPathExpr"].as_str().unwrap_or_default()), "subPathExpr and subPath are mutually exclusive"));
         }
     }
 }
@@ -775,6 +807,39 @@ mod tests {
         let mut object = object;
         crate::defaults::apply(info, &mut object);
         validate(info, &object).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn volume_mounts_name_declared_volumes_unique_paths_and_relative_sub_paths() {
+        let errors = fields("pod", json!({"metadata": {"name": "p"}, "spec": {
+            "volumes": [{"name": "conf", "configMap": {"name": "c"}}],
+            "containers": [{"name": "c", "image": "i", "volumeMounts": [
+                {"name": "conf", "mountPath": "/etc/app/app.conf", "subPath": "app.conf"},
+                {"name": "conf", "mountPath": "/logs", "subPathExpr": "$(POD)"},
+                {"name": "nope", "mountPath": "/x"},
+                {"name": "conf", "mountPath": "/etc/app/app.conf"},
+                {"name": "conf", "mountPath": "/a", "subPath": "../etc"},
+                {"name": "conf", "mountPath": "/b", "subPath": "/etc"},
+                {"name": "conf", "mountPath": "/c", "subPath": "a", "subPathExpr": "b"},
+                {"name": "conf"},
+            ]}]}}));
+        assert_eq!(errors, [
+            "spec.containers[0].volumeMounts[2].name",
+            "spec.containers[0].volumeMounts[3].mountPath",
+            "spec.containers[0].volumeMounts[4].subPath",
+            "spec.containers[0].volumeMounts[5].subPath",
+            "spec.containers[0].volumeMounts[6].subPathExpr",
+            "spec.containers[0].volumeMounts[7].mountPath",
+        ]);
+        let info = by_name("pods").expect("served");
+        let messages: Vec<String> = validate(info, &json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "volumeMounts": [{"name": "nope", "mountPath": "/x", "subPath": "../up"}]}]}}))
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        assert_eq!(messages, [
+            r#"spec.containers[0].volumeMounts[0].name: Not found: "nope""#,
+            r#"spec.containers[0].volumeMounts[0].subPath: Invalid value: "../up": must not contain '..'"#,
+        ]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod reactors;
 pub mod services;
 pub mod spec;
 pub mod status;
+pub mod subpath;
 pub mod tokens;
 pub mod tunnel;
 pub mod volumes;

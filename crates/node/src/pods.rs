@@ -150,6 +150,12 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
     shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
     let log_dir = shared.config.data_dir.join("logs").join(format!("{namespace}_{name}_{}", pod["metadata"]["uid"].as_str().unwrap_or_default()));
     let _ = std::fs::remove_dir_all(log_dir);
+    // The pod's own directory goes with it, as in kube: its emptyDir and written volumes and
+    // its containers' subPath links.
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    if !uid.is_empty() && !uid.contains('/') && !uid.starts_with('.') {
+        let _ = std::fs::remove_dir_all(shared.config.data_dir.join("pods").join(uid));
+    }
     shared.runtime.release_unused();
 }
 
@@ -548,7 +554,14 @@ async fn prepare_sandbox(shared: &Arc<Shared>, reporter: &Reporter, pod: &Value,
     let pod_ip = net.map(|n| n.network.address.to_string()).unwrap_or_else(|| shared.host_ip.clone());
     let mut attempt = 0;
     loop {
-        match spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, api_service(shared), logs.clone()).await {
+        // A Wasm container is given directories only: files mounted by subPath are linked into
+        // directories of the container's own.
+        let scratch = volume_root.parent().unwrap_or(volume_root).join("subpaths").join(container_name);
+        let built = spec::sandbox(&shared.client, pod, container, volume_root, &pod_ip, api_service(shared), logs.clone()).await.and_then(|mut sandbox| {
+            sandbox.preopens = crate::subpath::files_as_directories(std::mem::take(&mut sandbox.preopens), &scratch)?;
+            Ok(sandbox)
+        });
+        match built {
             Ok(sandbox) => return Some(with_outbound(shared, reporter, container_name, sandbox, net)),
             Err(message) => {
                 reporter.config_error(container_name, &message).await;

@@ -122,11 +122,16 @@ pub async fn sandbox(client: &Client, pod: &Value, container: &Value, volume_roo
         let volume_name = mount["name"].as_str().unwrap_or_default();
         let volume = pod["spec"]["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == volume_name).ok_or_else(|| format!("volume {volume_name} is not declared"))?;
         // The pod's volumes are written (`crate::volumes`) before any container starts.
-        let host_path = match volume["hostPath"]["path"].as_str() {
+        let whole = match volume["hostPath"]["path"].as_str() {
             Some(path) => std::path::PathBuf::from(path),
             None => volume_root.join(volume_name),
         };
-        let read_only = mount["readOnly"] == true || crate::volumes::written_by_node(volume);
+        let written_by_node = crate::volumes::written_by_node(volume);
+        let host_path = match crate::subpath::of_mount(mount, &spec.env).map_err(|e| format!("volume mount {volume_name}: {e}"))? {
+            Some(sub_path) => crate::subpath::resolve(&whole, &sub_path, !written_by_node).map_err(|e| format!("volume {volume_name}: {e}"))?,
+            None => whole,
+        };
+        let read_only = mount["readOnly"] == true || written_by_node;
         spec.preopens.push(Preopen { host_path, guest_path: mount["mountPath"].as_str().unwrap_or("/").to_owned(), read_only });
     }
     Ok(spec)
