@@ -431,6 +431,17 @@ fn pod_spec_into(spec: &Value, path: &str, errors: &mut Errors) {
     }
 }
 
+/// kube's rule for a path inside a volume (a mount's `subPath`): relative, and no `..` element.
+pub fn local_descending_path(path: &str) -> Result<(), &'static str> {
+    if path.starts_with('/') {
+        return Err("must be a relative path");
+    }
+    if path.split('/').any(|element| element == "..") {
+        return Err("must not contain '..'");
+    }
+    Ok(())
+}
+
 /// kube's checks of a container's `volumeMounts`: a declared volume, a unique mount path, and a
 /// subPath that is relative and stays inside its volume.
 fn volume_mounts(container: &Value, at: &str, declared: &HashSet<&str>, errors: &mut Errors) {
@@ -448,11 +459,10 @@ fn volume_mounts(container: &Value, at: &str, declared: &HashSet<&str>, errors: 
             Some(_) => {}
         }
         for field in ["subPath", "subPathExpr"] {
-            let Some(path) = mount[field].as_str() else { continue };
-            if path.starts_with('/') {
-                errors.push(FieldError::invalid(format!("{at}.{field}"), quoted(path), "must be a relative path"));
-            } else if path.split('/').any(|element| element == "..") {
-                errors.push(FieldError::invalid(format!("{at}.{field}"), quoted(path), "must not contain '..'"));
+            if let Some(path) = mount[field].as_str()
+                && let Err(problem) = local_descending_path(path)
+            {
+                errors.push(FieldError::invalid(format!("{at}.{field}"), quoted(path), problem));
             }
         }
         if mount["subPath"].as_str().is_some_and(|p| !p.is_empty()) && mount["subPathExpr"].as_str().is_some_and(|p| !p.is_empty()) {

@@ -59,15 +59,9 @@ fn expand(expression: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// kube's rule for a subPath: relative, and no `..` element.
+/// kube's rule for a subPath (the API's own check; an expanded `subPathExpr` meets it here first).
 pub fn check(path: &str) -> Result<(), String> {
-    if path.starts_with('/') {
-        return Err(format!("subPath {path:?} must be a relative path"));
-    }
-    if path.split('/').any(|element| element == "..") {
-        return Err(format!("subPath {path:?} must not contain '..'"));
-    }
-    Ok(())
+    shoal_api::validation::local_descending_path(path).map_err(|problem| format!("subPath {path:?} {problem}"))
 }
 
 /// The host path of `sub_path` inside the volume directory `base`, every symlink on the way
