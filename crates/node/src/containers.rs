@@ -105,7 +105,7 @@ pub(crate) async fn pull(runtime: &ContainerRuntime, client: &RegistryClient, pi
 }
 
 fn etc_dir(shared: &Shared, uid: &str) -> PathBuf {
-    shared.config.data_dir.join("pods").join(uid).join("etc")
+    crate::pods::pod_dir(shared, uid).join("etc")
 }
 
 /// The pod's network namespace and `/etc` files, made (or found again after an agent restart).

@@ -154,9 +154,14 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
     // its containers' subPath links.
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     if !uid.is_empty() && !uid.contains('/') && !uid.starts_with('.') {
-        let _ = std::fs::remove_dir_all(shared.config.data_dir.join("pods").join(uid));
+        let _ = std::fs::remove_dir_all(pod_dir(shared, uid));
     }
     shared.runtime.release_unused();
+}
+
+/// The node's directory of the pod with `uid`: its volumes, subPath links and `/etc` files.
+pub(crate) fn pod_dir(shared: &Shared, uid: &str) -> std::path::PathBuf {
+    shared.config.data_dir.join("pods").join(uid)
 }
 
 /// The outcome of one try of an operation retried with back-off.
@@ -384,7 +389,7 @@ async fn run_pod_containers(shared: &Arc<Shared>, pod: Value, updates: tokio::sy
         pod_ip: Mutex::new(None),
     });
     reporter.publish().await;
-    let volume_root = shared.config.data_dir.join("pods").join(pod["metadata"]["uid"].as_str().unwrap_or("unknown")).join("volumes");
+    let volume_root = pod_dir(shared, pod["metadata"]["uid"].as_str().unwrap_or("unknown")).join("volumes");
 
     // Pull and load every artifact first (with back-off), so failures show before anything runs.
     let mut loaded: Vec<(Loaded, String)> = Vec::new();

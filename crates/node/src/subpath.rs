@@ -103,15 +103,15 @@ pub fn resolve(base: &Path, sub_path: &str, create: bool) -> Result<PathBuf, Str
 /// `scratch` is the container's own and is emptied first. A file whose target directory is also
 /// a directory mount is refused: the guest could not see both.
 pub fn files_as_directories(preopens: Vec<Preopen>, scratch: &Path) -> Result<Vec<Preopen>, String> {
-    if !preopens.iter().any(|p| p.host_path.is_file()) {
-        return Ok(preopens);
+    let (files, mut kept): (Vec<Preopen>, Vec<Preopen>) = preopens.into_iter().partition(|p| p.host_path.is_file());
+    if files.is_empty() {
+        return Ok(kept);
     }
     match std::fs::remove_dir_all(scratch) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(format!("{}: {error}", scratch.display())),
     }
-    let (files, mut kept): (Vec<Preopen>, Vec<Preopen>) = preopens.into_iter().partition(|p| p.host_path.is_file());
     // Target directory -> (file name -> host file), read-only.
     let mut directories: BTreeMap<String, (BTreeMap<String, PathBuf>, bool)> = BTreeMap::new();
     for file in files {
