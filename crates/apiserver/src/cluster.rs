@@ -124,9 +124,10 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
             if caller != Caller::Server {
                 return server_only();
             }
-            match shoal_store::network::serve(store.raft(), rpc, &body).await {
+            match shoal_store::network::serve(store.raft(), store.log_on_disk(), rpc, &body).await {
                 Ok(answer) => bytes_response(StatusCode::OK, answer, "application/json"),
-                Err(message) => error_response(&ApiError::bad_request(message)),
+                Err(shoal_store::network::ServeError::BadRequest(message)) => error_response(&ApiError::bad_request(message)),
+                Err(shoal_store::network::ServeError::Unavailable(message)) => error_response(&ApiError::unavailable(message)),
             }
         }
         (Method::POST, paths::WRITE) => {

@@ -15,8 +15,14 @@
 //! the Raft RPCs over HTTP/1.1 and 1.70 ms over HTTP/2 (medians of 4 alternating rounds; 64
 //! clients wrote as fast either way; `benches/RESULTS.md`). openraft sends one AppendEntries at a
 //! time to each follower; the store's group commit above Raft makes each entry a batch.
+//!
+//! Two rules here keep Raft's promises while the log acknowledges appends before their fsync
+//! (`log_store`'s module documentation): a follower answers an AppendEntries only once what it
+//! vouches for is on its disk ([`serve`]), and a leader tells followers a committed index no
+//! further than its own log is on disk ([`capped_commit`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -25,11 +31,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::TypeConfig;
+use crate::log_store::Durability;
 
 type NodeId = u64;
 
@@ -186,11 +193,55 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 pub struct NetworkFactory {
     transport: Transport,
     reachability: Arc<Reachability>,
+    held_back: Arc<HeldBackCommit>,
 }
 
 impl NetworkFactory {
-    pub fn new(transport: Transport) -> Self {
-        Self { transport, reachability: Arc::default() }
+    /// Connections over `transport` for the member whose log is on disk as far as `log_on_disk`
+    /// says. `heartbeats` is sent a unit when a committed index held back from the followers
+    /// (see [`capped_commit`]) can be sent: its receiver should trigger a heartbeat.
+    pub fn new(transport: Transport, log_on_disk: Durability, heartbeats: tokio::sync::mpsc::UnboundedSender<()>) -> Self {
+        let held_back = HeldBackCommit { log_on_disk, waiting: AtomicBool::new(false), heartbeats };
+        Self { transport, reachability: Arc::default(), held_back: Arc::new(held_back) }
+    }
+}
+
+/// The committed index a leader may send a follower: `leader_commit`, but no further than the
+/// leader's own log is on disk. openraft counts the leader towards a quorum once its append is
+/// acknowledged, which is before the fsync (`log_store`); a follower that applied an entry the
+/// leader then lost in a crash would have shown a write no majority holds.
+pub fn capped_commit(leader_commit: Option<LogId<NodeId>>, on_disk: Option<LogId<NodeId>>) -> Option<LogId<NodeId>> {
+    match (leader_commit, on_disk) {
+        (Some(commit), Some(on_disk)) if on_disk.index < commit.index => Some(on_disk),
+        (Some(_), None) => None,
+        (commit, _) => commit,
+    }
+}
+
+/// Sends a committed index that [`capped_commit`] held back once the leader's log reaches it.
+/// openraft sends a committed index only when it changes, so a held-back one would otherwise
+/// wait for the next write or heartbeat (100 ms).
+struct HeldBackCommit {
+    log_on_disk: Durability,
+    /// Whether a wait is under way (one at a time; the heartbeat it ends with carries the newest
+    /// committed index, and is held back again if it must be).
+    waiting: AtomicBool,
+    heartbeats: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl HeldBackCommit {
+    fn send_when_on_disk(self: &Arc<Self>, index: u64) {
+        if self.waiting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let reached = this.log_on_disk.wait_for(index).await.is_ok();
+            this.waiting.store(false, Ordering::Release);
+            if reached {
+                let _ = this.heartbeats.send(());
+            }
+        });
     }
 }
 
@@ -224,6 +275,7 @@ impl Reachability {
 pub struct PeerConnection {
     transport: Transport,
     reachability: Arc<Reachability>,
+    held_back: Arc<HeldBackCommit>,
     target: NodeId,
     url: String,
 }
@@ -232,7 +284,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection { transport: self.transport.clone(), reachability: Arc::clone(&self.reachability), target, url: node.addr.clone() }
+        PeerConnection {
+            transport: self.transport.clone(),
+            reachability: Arc::clone(&self.reachability),
+            held_back: Arc::clone(&self.held_back),
+            target,
+            url: node.addr.clone(),
+        }
     }
 }
 
@@ -263,9 +321,27 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let wanted = rpc.leader_commit;
+        let on_disk = &self.held_back.log_on_disk;
+        let mut commit = capped_commit(wanted, on_disk.last_on_disk());
+        if commit != wanted
+            && rpc.entries.is_empty()
+            && let Some(wanted) = wanted
+        {
+            // A message that only tells the committed index: the leader's fsync is under way, so
+            // wait for it a little rather than send this one short and another after it.
+            let _ = tokio::time::timeout(option.soft_ttl() / 2, on_disk.wait_for(wanted.index)).await;
+            commit = capped_commit(Some(wanted), on_disk.last_on_disk());
+        }
+        if commit != wanted
+            && let Some(wanted) = wanted
+        {
+            self.held_back.send_when_on_disk(wanted.index);
+        }
+        rpc.leader_commit = commit;
         self.rpc(paths::APPEND, &rpc, &option).await
     }
 
@@ -307,22 +383,77 @@ impl Rpc {
     }
 }
 
+/// Why a peer's Raft RPC got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The request does not decode: the caller's error (answered with 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// This member cannot vouch for the entries yet (answered with 503; the leader retries).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How long a follower waits for its log to reach the disk before it answers an AppendEntries
+/// with an error instead (the leader gives up on the call after a heartbeat interval anyway).
+const ON_DISK_WAIT: Duration = Duration::from_secs(1);
+
 /// Serves a peer's Raft RPC: decodes the JSON request, hands it to this member's Raft and
-/// encodes `Result<response, RaftError>` for the caller. A body that does not decode is the
-/// caller's error (`Err`, answered with 400).
-pub async fn serve(raft: &crate::Raft, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
-    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(value).map_err(|e| format!("encoding the answer: {e}"))
+/// encodes `Result<response, RaftError>` for the caller. An AppendEntries is answered only once
+/// every entry the answer vouches for (those it carried, and the one it matched) is on this
+/// member's disk, `log_on_disk`.
+pub async fn serve(raft: &crate::Raft, log_on_disk: &Durability, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ServeError> {
+        serde_json::to_vec(value).map_err(|e| ServeError::BadRequest(format!("encoding the answer: {e}")))
     }
-    fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(body).map_err(|e| format!("decoding the request: {e}"))
+    fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
+        serde_json::from_slice(body).map_err(|e| ServeError::BadRequest(format!("decoding the request: {e}")))
     }
     let started = std::time::Instant::now();
     let answer = match rpc {
-        Rpc::Append => encode(&raft.append_entries(decode::<AppendEntriesRequest<TypeConfig>>(body)?).await),
+        Rpc::Append => {
+            let request = decode::<AppendEntriesRequest<TypeConfig>>(body)?;
+            let carried = request.entries.last().map(|entry| entry.log_id).or(request.prev_log_id);
+            let answer = raft.append_entries(request).await;
+            let vouched = match &answer {
+                Ok(AppendEntriesResponse::Success) => carried,
+                Ok(AppendEntriesResponse::PartialSuccess(matching)) => *matching,
+                _ => None,
+            };
+            if let Some(vouched) = vouched {
+                match tokio::time::timeout(ON_DISK_WAIT, log_on_disk.wait_for(vouched.index)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => return Err(ServeError::Unavailable(message)),
+                    Err(_) => {
+                        return Err(ServeError::Unavailable(format!(
+                            "log entry {vouched} is not on this member's disk after {} ms",
+                            ON_DISK_WAIT.as_millis()
+                        )));
+                    }
+                }
+            }
+            encode(&answer)
+        }
         Rpc::Vote => encode(&raft.vote(decode::<VoteRequest<NodeId>>(body)?).await),
         Rpc::Snapshot => encode(&raft.install_snapshot(decode::<InstallSnapshotRequest<TypeConfig>>(body)?).await),
     };
     tracing::debug!(?rpc, bytes = body.len(), micros = started.elapsed().as_micros() as u64, "served a peer's RPC");
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    #[test]
+    fn a_leader_tells_a_committed_index_no_further_than_its_own_log_is_on_disk() {
+        let id = |term, index| Some(LogId::new(CommittedLeaderId::new(term, 1), index));
+        assert_eq!(capped_commit(id(2, 9), id(2, 7)), id(2, 7), "held back to what is on disk");
+        assert_eq!(capped_commit(id(2, 9), id(1, 5)), id(1, 5), "an earlier term's entry is still the leader's log");
+        assert_eq!(capped_commit(id(2, 7), id(2, 9)), id(2, 7));
+        assert_eq!(capped_commit(id(2, 7), id(2, 7)), id(2, 7));
+        assert_eq!(capped_commit(id(2, 7), None), None, "nothing on disk, nothing told");
+        assert_eq!(capped_commit(None, id(2, 7)), None);
+    }
 }

@@ -355,11 +355,14 @@ fn stamp(object: &mut Value, revision: u64) {
 /// The state machine handed to openraft.
 pub struct StateMachine {
     shared: Arc<StateShared>,
+    /// How far the Raft log is on disk: an entry is applied only once it is (the log
+    /// acknowledges appends before their fsync; see `log_store`).
+    log_on_disk: crate::log_store::Durability,
 }
 
 impl StateMachine {
-    pub fn new(shared: Arc<StateShared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<StateShared>, log_on_disk: crate::log_store::Durability) -> Self {
+        Self { shared, log_on_disk }
     }
 }
 
@@ -488,6 +491,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.log_on_disk.wait_for(last.log_id.index).await.map_err(|message| StorageError::from(StorageIOError::write_state_machine(&std::io::Error::other(message))))?;
+        }
         let mut responses = Vec::new();
         let mut events = Vec::new();
         {
@@ -734,7 +741,7 @@ mod tests {
     async fn the_built_snapshot_and_every_copy_handed_out_share_one_buffer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = StateShared::open(&dir.path().join("state.redb"), crate::history::HistoryLimits::default()).expect("open");
-        let mut machine = StateMachine::new(Arc::clone(&shared));
+        let mut machine = StateMachine::new(Arc::clone(&shared), crate::log_store::Durability::settled());
         let built = machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
         let current = machine.get_current_snapshot().await.expect("current").expect("a snapshot was built");
         let again = machine.get_current_snapshot().await.expect("current").expect("a snapshot was built");

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::command::{Command, CommandResponse, ObjectKey, WriteError};
 use crate::error::{Error, Result};
 use crate::history::{HistoryLimits, WatchError, Watcher};
-use crate::log_store::{LogMemory, LogStore};
+use crate::log_store::{Durability, LogMemory, LogStore};
 use crate::network::{CallError, NetworkFactory, Transport, paths};
 use crate::state_machine::{StateMachine, StateShared};
 use crate::Raft;
@@ -215,6 +215,7 @@ pub struct Store {
     id: u64,
     /// What the Raft log holds in memory.
     log_memory: LogMemory,
+    log_on_disk: Durability,
     /// Reads on a follower waiting for the leader's read index (see `coalesced_read_index`).
     read_indexes: Queue<ReadIndexAnswer>,
     /// Reads on the leader waiting for a quorum to confirm its leadership (see `read_index`).
@@ -240,6 +241,7 @@ impl Store {
         let log_bytes = log_store.bytes_held();
         let hand_over_through = log_store.hand_over_through();
         let log_memory = log_store.memory();
+        let log_on_disk = log_store.durability();
         let state = StateShared::open(&config.data_dir.join("state.redb"), config.history.clone())?;
         let raft_config = Config {
             cluster_name: "shoal".into(),
@@ -261,12 +263,13 @@ impl Store {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| Error::Raft(e.to_string()))?);
         let transport = Transport::new(config.ca_pem.as_deref(), &config.server_token, config.node_id).map_err(Error::Raft)?;
+        let (heartbeats, heartbeat_requests) = tokio::sync::mpsc::unbounded_channel();
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            NetworkFactory::new(transport.clone()),
+            NetworkFactory::new(transport.clone(), log_on_disk.clone(), heartbeats),
             log_store,
-            StateMachine::new(Arc::clone(&state)),
+            StateMachine::new(Arc::clone(&state), log_on_disk.clone()),
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
@@ -308,11 +311,12 @@ impl Store {
         }
         tokio::spawn(bound_log_size(raft.clone(), log_bytes, config.snapshot_log_bytes));
         tokio::spawn(follow_replication(raft.clone(), config.node_id, hand_over_through));
+        tokio::spawn(send_heartbeats(raft.clone(), heartbeat_requests));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), queue));
         let (in_step_sender, in_step) = tokio::sync::watch::channel(true);
         tokio::spawn(monitor_group(raft.clone(), transport.clone(), config.node_id, in_step_sender));
-        Ok(Self { id: config.node_id, log_memory, read_indexes: Arc::default(), leadership_checks: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
+        Ok(Self { id: config.node_id, log_memory, log_on_disk, read_indexes: Arc::default(), leadership_checks: Arc::default(), lease_from: Arc::new(std::sync::Mutex::new(None)), in_step, raft, proposals, state, transport, log_writer: Arc::new(std::sync::Mutex::new(Some(log_writer))) })
     }
 
     /// How many Raft log entries this server holds in memory, and how many of those since the
@@ -329,6 +333,11 @@ impl Store {
     /// The Raft handle, for the internal API that serves peers' RPCs.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// How far this server's Raft log is on disk (see `log_store`).
+    pub fn log_on_disk(&self) -> &Durability {
+        &self.log_on_disk
     }
 
     /// The leader this server knows of, with the base URL of its API.
@@ -945,6 +954,18 @@ async fn monitor_group(raft: Raft, transport: Transport, id: u64, in_step: tokio
 
 /// Triggers a snapshot (and with it log compaction) whenever the log outgrows `limit` bytes, so
 /// that large batch entries cannot grow memory without bound between entry-count snapshots.
+/// Sends a heartbeat whenever the network asks, to tell followers a committed index it held
+/// back until this server's log reached the disk (`network::capped_commit`). Ends when the
+/// Raft member (which owns the asking side) stops.
+async fn send_heartbeats(raft: Raft, mut requests: tokio::sync::mpsc::UnboundedReceiver<()>) {
+    while requests.recv().await.is_some() {
+        while requests.try_recv().is_ok() {}
+        if raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Keeps the log's hand-over point (see `log_store`) at what no other member can still need
 /// from this server's memory: everything on a follower or a lone leader, and the lowest index
 /// every other member has matched on a leader of several.
