@@ -824,10 +824,10 @@ fn raft_error(error: openraft::error::RaftError<u64, openraft::error::ClientWrit
     }
 }
 
-/// Group commit above Raft. openraft 0.9 starts a log append only after the previous one is
-/// flushed, so one write per entry would cap throughput at one fsync per write. Instead every
-/// write that arrives while a Raft write is in flight waits here, and the next log entry carries
-/// all of them as one [`Command::Batch`].
+/// Group commit above Raft. One Raft write per client write would cost each its own entry,
+/// AppendEntries and apply. Instead at most [`PROPOSALS_IN_FLIGHT`] Raft writes are in flight;
+/// every write that arrives meanwhile waits here, and the next log entry carries all of them as
+/// one [`Command::Batch`].
 async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
