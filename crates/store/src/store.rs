@@ -194,8 +194,13 @@ pub struct ClusterStatus {
     pub revision: u64,
 }
 
-/// How many Raft writes the proposer keeps in flight at once.
-const PROPOSALS_IN_FLIGHT: usize = 2;
+/// How many Raft writes the proposer keeps in flight at once. One, since the log acknowledges
+/// appends before their fsync (`log_store`): a write's round is then replication and the
+/// slower fsync in parallel, and what arrives meanwhile makes the next entry larger. Against
+/// two in flight, six alternating rounds of 3 members with 64 clients gave a median of about
+/// 7,900 writes/s against 7,300 (session 26, `benches/RESULTS.md`); 8 clients, a follower's 64
+/// and a lone server measured the same.
+const PROPOSALS_IN_FLIGHT: usize = 1;
 /// The most commands folded into one log entry.
 const MAX_BATCH: usize = 512;
 
@@ -825,7 +830,7 @@ fn raft_error(error: openraft::error::RaftError<u64, openraft::error::ClientWrit
 }
 
 /// Group commit above Raft. One Raft write per client write would cost each its own entry,
-/// AppendEntries and apply. Instead at most [`PROPOSALS_IN_FLIGHT`] Raft writes are in flight;
+/// AppendEntries and apply. Instead at most [`PROPOSALS_IN_FLIGHT`] Raft write is in flight;
 /// every write that arrives meanwhile waits here, and the next log entry carries all of them as
 /// one [`Command::Batch`].
 async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
