@@ -176,6 +176,15 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     let before = wait_for(&server, "hello", "Ready", |p| p["status"]["containerStatuses"][0]["ready"] == true).await;
     wait_for(&server, "job", "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
     server.terminate();
+    // The files of a pod deleted while the node was down are removed when it comes back.
+    let node_dir = server.data_dir.join("node");
+    let stray = "0b5e2f7c-0000-4000-8000-00000000dead";
+    let stray_pod = node_dir.join("pods").join(stray);
+    let stray_logs = node_dir.join("logs").join(format!("default_gone_{stray}"));
+    std::fs::create_dir_all(stray_pod.join("volumes/cache")).expect("a stray pod directory");
+    std::fs::write(stray_pod.join("volumes/cache/data"), "left behind").expect("a stray file");
+    std::fs::create_dir_all(&stray_logs).expect("stray logs");
+    std::fs::write(stray_logs.join("app.log"), "left behind\n").expect("a stray log");
     server.restart().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -197,6 +206,19 @@ async fn a_restarted_node_readopts_its_pods_without_duplicating_them() {
     let items: Vec<&Value> = list["items"].as_array().expect("items").iter().filter(|p| p["metadata"]["name"] == "hello").collect();
     assert_eq!(items.len(), 1, "no duplicate pods");
     assert_eq!(items[0]["metadata"]["uid"], before["metadata"]["uid"]);
+    assert!(!stray_pod.exists() && !stray_logs.exists(), "a gone pod's directory and logs are removed");
+    let hello_dir = node_dir.join("pods").join(before["metadata"]["uid"].as_str().expect("uid"));
+    assert!(hello_dir.exists(), "a live pod's directory stays");
+
+    // A pod deleted by force (no grace, so the node does not complete the deletion) loses its
+    // files once its worker has stopped.
+    let (code, body) = server.request(reqwest::Method::DELETE, "/api/v1/namespaces/default/pods/hello?gracePeriodSeconds=0", None).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hello_dir.exists() {
+        assert!(Instant::now() < deadline, "the force-deleted pod's directory was never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

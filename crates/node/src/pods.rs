@@ -4,6 +4,7 @@
 //! deletion it stops taking requests, lets in-flight ones finish within the grace period, and
 //! then completes the deletion.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,17 +85,66 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, pod: Value) {
 }
 
 /// Stops the worker of a pod that is gone from the API.
+///
+/// Once the worker has finished, the pod's directory and logs on this node go too, as they do
+/// when the node itself completes a deletion (`terminate`): the pod was deleted by force, or
+/// while this agent was not watching.
 pub(crate) fn stop(shared: &Arc<Shared>, uid: &str) {
-    if let Some(handle) = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(uid) {
-        handle.stop.cancel();
-    }
+    let Some(handle) = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(uid) else { return };
+    handle.stop.cancel();
+    let shared = Arc::clone(shared);
+    let uid = uid.to_owned();
+    tokio::spawn(async move {
+        // A worker stops its containers with their grace period; past this, the files go anyway.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !handle.done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        remove_files(&shared, &uid);
+    });
 }
 
-/// Stops workers whose pods no longer exist (after a re-list).
+/// Stops workers whose pods no longer exist (after a re-list), and removes the directories and
+/// logs of pods this node no longer has at all: those deleted while the agent was down, as the
+/// kubelet cleans up orphaned pod directories.
 pub(crate) fn forget_missing(shared: &Arc<Shared>, live: &[String]) {
+    let kept = |uid: &str, working: &HashMap<String, PodHandle>| live.iter().any(|l| l == uid) || working.contains_key(uid);
+    let orphans: Vec<String> = {
+        let working = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let pods = std::fs::read_dir(shared.config.data_dir.join("pods")).into_iter().flatten().flatten().filter_map(|entry| entry.file_name().into_string().ok());
+        let logs = std::fs::read_dir(shared.config.data_dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok()?.rsplit_once('_').map(|(_, uid)| uid.to_owned()));
+        let mut orphans: Vec<String> = pods.chain(logs).filter(|uid| !kept(uid, &working)).collect();
+        orphans.sort();
+        orphans.dedup();
+        orphans
+    };
+    for uid in orphans {
+        tracing::info!(pod_uid = %uid, "removing the files of a pod that is gone");
+        remove_files(shared, &uid);
+    }
     let gone: Vec<String> = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).keys().filter(|uid| !live.contains(uid)).cloned().collect();
     for uid in gone {
         stop(shared, &uid);
+    }
+}
+
+/// Removes what this node keeps for the pod with `uid`: its directory (emptyDir and written
+/// volumes, subPath links, `/etc` files) and its containers' logs.
+fn remove_files(shared: &Shared, uid: &str) {
+    if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(pod_dir(shared, uid));
+    let suffix = format!("_{uid}");
+    let logs = shared.config.data_dir.join("logs");
+    for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(&suffix)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -148,14 +198,8 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
         return;
     }
     shared.logs.write().unwrap_or_else(|p| p.into_inner()).retain(|(ns, pod_name, _), _| !(ns == &namespace && pod_name == &name));
-    let log_dir = shared.config.data_dir.join("logs").join(format!("{namespace}_{name}_{}", pod["metadata"]["uid"].as_str().unwrap_or_default()));
-    let _ = std::fs::remove_dir_all(log_dir);
-    // The pod's own directory goes with it, as in kube: its emptyDir and written volumes and
-    // its containers' subPath links.
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-    if !uid.is_empty() && !uid.contains('/') && !uid.starts_with('.') {
-        let _ = std::fs::remove_dir_all(pod_dir(shared, uid));
-    }
+    // The pod's logs and its own directory go with it, as in kube.
+    remove_files(shared, pod["metadata"]["uid"].as_str().unwrap_or_default());
     shared.runtime.release_unused();
 }
 
