@@ -730,6 +730,36 @@ async fn kubectl_until(kubectl: &Kubectl, args: &[&str], seconds: u64, what: &st
     }
 }
 
+/// A Secret of type `kubernetes.io/service-account-token` gets a long-lived token for the
+/// account it names (kube's tokens controller), with the CA and the namespace; the token speaks
+/// for the account until the Secret is deleted. A Secret written before its account waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_secret_gets_a_token_that_ends_with_the_secret() {
+    use base64::Engine;
+    let server = Server::start().await;
+    let admin = Kubectl::new(&server, "1.33");
+    let manifest = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci-token\n  annotations:\n    kubernetes.io/service-account.name: ci\ntype: kubernetes.io/service-account-token\n";
+    admin.ok(&["apply", "-f", "-"], Some(manifest));
+    admin.ok(&["create", "serviceaccount", "ci"], None);
+    let encoded = kubectl_until(&admin, &["get", "secret", "ci-token", "-o", "jsonpath={.data.token}"], 30, "the token Secret to be filled", |out| !out.trim().is_empty()).await;
+    let decode = |text: &str| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text.trim()).expect("base64")).expect("utf-8");
+    let token = decode(&encoded);
+    assert!(token.starts_with("eyJ") && token.split('.').count() == 3, "a JWT: {token}");
+    let secret: Value = serde_json::from_str(&admin.ok(&["get", "secret", "ci-token", "-o", "json"], None)).expect("json");
+    assert_eq!(decode(secret["data"]["namespace"].as_str().expect("namespace")), "default");
+    let ca = decode(secret["data"]["ca.crt"].as_str().expect("ca.crt"));
+    assert_eq!(ca.trim(), std::fs::read_to_string(server.data_dir.join("pki/ca.crt")).expect("the cluster CA").trim());
+    let (_, account) = server.get("/api/v1/namespaces/default/serviceaccounts/ci").await;
+    assert_eq!(secret["metadata"]["annotations"]["kubernetes.io/service-account.uid"], account["metadata"]["uid"]);
+
+    let bot = Kubectl::new(&server, "1.29");
+    let (code, stdout, stderr) = bot.run(&["--token", &token, "auth", "whoami"], None);
+    assert!(code == 0 && stdout.contains("system:serviceaccount:default:ci"), "{stdout}{stderr}");
+    admin.ok(&["delete", "secret", "ci-token"], None);
+    let (code, stdout, stderr) = bot.run(&["--token", &token, "auth", "whoami"], None);
+    assert!(code != 0 && stderr.contains("Unauthorized"), "the token ends with its Secret: {stdout}{stderr}");
+}
+
 /// `kubectl top` reads `metrics.k8s.io`, measured by the node from the guests' own CPU time; and
 /// an autoscaler made by `kubectl autoscale` (a protobuf body from kubectl 1.33) grows a busy
 /// Deployment to its maximum, then shrinks it when the load stops.

@@ -136,6 +136,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let ingress_status = ingress_status::IngressStatusController::register(&context);
     let autoscalers = autoscaler::AutoscalerController::register(&context);
     let service_accounts = serviceaccounts::ServiceAccountController::register(&context);
+    let tokens = serviceaccounts::TokensController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -156,6 +157,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     // Each autoscaler requeues itself every sync period; the resync is only a safety net.
     autoscalers.spawn(&tasks, resync(60), shutdown.clone());
     service_accounts.spawn(&tasks, resync(300), shutdown.clone());
+    tokens.spawn(&tasks, resync(300), shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();
