@@ -16,9 +16,8 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
-
 use base64::Engine;
+use serde_json::{Value, json};
 
 use crate::harness::{self, Action, Reconciler, Result};
 use crate::{Context, Registered};
@@ -143,7 +142,7 @@ impl TokensController {
     }
 }
 
-/// What a token Secret still needs, given its account's uid (`None`: nothing).
+/// Whether a token Secret still needs (a new) token for the account with `account_uid`.
 fn needs_token(secret: &Value, account_uid: &str) -> bool {
     let data = &secret["data"];
     data["token"].as_str().is_none_or(str::is_empty)

@@ -4,7 +4,7 @@
 //! deletion it stops taking requests, lets in-flight ones finish within the grace period, and
 //! then completes the deletion.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,32 +96,34 @@ pub(crate) fn stop(shared: &Arc<Shared>, uid: &str) {
     let uid = uid.to_owned();
     tokio::spawn(async move {
         // A worker stops its containers with their grace period; past this, the files go anyway.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !handle.done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        finished(&handle, Duration::from_secs(60)).await;
         remove_files(&shared, &uid);
     });
+}
+
+/// Waits until the pod's worker has finished, for at most `within`.
+async fn finished(handle: &PodHandle, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !handle.done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Stops workers whose pods no longer exist (after a re-list), and removes the directories and
 /// logs of pods this node no longer has at all: those deleted while the agent was down, as the
 /// kubelet cleans up orphaned pod directories.
 pub(crate) fn forget_missing(shared: &Arc<Shared>, live: &[String]) {
-    let kept = |uid: &str, working: &HashMap<String, PodHandle>| live.iter().any(|l| l == uid) || working.contains_key(uid);
-    let orphans: Vec<String> = {
-        let working = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
-        let pods = std::fs::read_dir(shared.config.data_dir.join("pods")).into_iter().flatten().flatten().filter_map(|entry| entry.file_name().into_string().ok());
-        let logs = std::fs::read_dir(shared.config.data_dir.join("logs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| entry.file_name().into_string().ok()?.rsplit_once('_').map(|(_, uid)| uid.to_owned()));
-        let mut orphans: Vec<String> = pods.chain(logs).filter(|uid| !kept(uid, &working)).collect();
-        orphans.sort();
-        orphans.dedup();
-        orphans
-    };
+    let working: HashSet<String> = shared.pods.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+    let kept = |uid: &str| live.iter().any(|l| l == uid) || working.contains(uid);
+    let pods = std::fs::read_dir(shared.config.data_dir.join("pods")).into_iter().flatten().flatten().filter_map(|entry| entry.file_name().into_string().ok());
+    let logs = std::fs::read_dir(shared.config.data_dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok()?.rsplit_once('_').map(|(_, uid)| uid.to_owned()));
+    let mut orphans: Vec<String> = pods.chain(logs).filter(|uid| !kept(uid)).collect();
+    orphans.sort();
+    orphans.dedup();
     for uid in orphans {
         tracing::info!(pod_uid = %uid, "removing the files of a pod that is gone");
         remove_files(shared, &uid);
@@ -172,10 +174,7 @@ async fn terminate(shared: &Arc<Shared>, pod: Value, handle: Option<PodHandle>) 
     if let Some(handle) = handle {
         handle.stop.cancel();
         // Containers stop with SIGTERM and the grace period; the deletion completes after.
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(15);
-        while !handle.done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        finished(&handle, grace + Duration::from_secs(15)).await;
     }
     let pods = resources::by_name("pods").expect("pods are served");
     let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});

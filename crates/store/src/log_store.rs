@@ -158,8 +158,9 @@ impl Durability {
         Self(Arc::new(tokio::sync::watch::channel(OnDisk { last, failed: None }).0))
     }
 
-    /// A log that has everything on disk, for state machines without one (tests).
-    pub fn settled() -> Self {
+    /// A log that has everything on disk, for state machines tested without one.
+    #[cfg(test)]
+    pub(crate) fn settled() -> Self {
         Self::new(Some(LogId::new(openraft::CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX)))
     }
 
@@ -349,7 +350,6 @@ fn closed() -> std::io::Error {
 fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_up_to: Option<u64>, durability: Durability) {
     // Entries at or below `purge_up_to` are deleted from disk a step at a time.
     let mut purge_pending = purge_up_to.is_some();
-    let mut last_on_disk = durability.last_on_disk();
     let mut committed = CommittedHint::default();
     loop {
         let first = if purge_pending {
@@ -410,8 +410,7 @@ fn writer_loop(database: Database, receiver: mpsc::Receiver<WriteOp>, mut purge_
         match &outcome {
             Ok(more) => {
                 purge_pending = *more;
-                last_on_disk = on_disk_after(last_on_disk, &batch);
-                durability.advance(last_on_disk);
+                durability.advance(on_disk_after(durability.last_on_disk(), &batch));
             }
             // Entries acknowledged before this fsync can never be written now: everything that
             // waits for them fails instead (openraft stops on the state machine's error).
