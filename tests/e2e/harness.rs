@@ -99,6 +99,11 @@ impl Server {
         server
     }
 
+    /// The server's warnings and errors, for a failing test's message.
+    pub fn log_problems(&self) -> String {
+        log_problems(&self.data_dir.parent().unwrap_or(Path::new("/tmp")).join("server.log"))
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.data_dir.join("admin.kubeconfig")
     }
@@ -200,6 +205,11 @@ impl Agent {
         self.temp.path().join("data")
     }
 
+    /// The agent's warnings and errors, for a failing test's message.
+    pub fn log_problems(&self) -> String {
+        log_problems(&self.temp.path().join("agent.log"))
+    }
+
     pub fn start(server: &Server, name: &str) -> Self {
         Self::start_at(server, name, "127.0.0.1")
     }
@@ -275,6 +285,17 @@ pub async fn ingress_of(server: &Server, node: &str) -> (String, String) {
     let body = wait_until(server, &format!("/api/v1/nodes/{node}"), 60, "the node's ingress annotations", |n| !n["metadata"]["annotations"]["shoal.dev/ingress-addr"].is_null()).await;
     let annotations = &body["metadata"]["annotations"];
     (annotations["shoal.dev/ingress-addr"].as_str().unwrap_or_default().to_owned(), annotations["shoal.dev/ingress-tls-addr"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The last 40 warning and error lines of the log at `path` (or why it could not be read).
+fn log_problems(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            format!("{} ({} warnings and errors, the last 40):\n{}\n", path.display(), lines.len(), lines[lines.len().saturating_sub(40)..].join("\n"))
+        }
+        Err(error) => format!("{}: {error}\n", path.display()),
+    }
 }
 
 /// Polls `path` until `check` holds, failing after `seconds` with the last answer.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -327,9 +328,26 @@ fn wrk_summaries_parse() {
     assert_eq!(wrk_summary(output), (5000, 7, 3));
 }
 
+/// A wrk script's part that prints the first five failed responses (status, seconds into the
+/// run, body) when wrk finishes; wrk counts a status above 399 as failed.
+const WRK_FAILURES: &str = r#"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) failed = 0; failures = ""; started = os.time() end
+function response(status, headers, body)
+  if status > 399 then
+    failed = failed + 1
+    if failed <= 5 then failures = failures .. "failed response: " .. status .. " at " .. (os.time() - started) .. " s: " .. body .. "\n" end
+  end
+end
+function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do io.write(thread:get("failures")) end
+end
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
-    let (server, _agent) = two_nodes().await;
+    let (server, agent) = two_nodes().await;
     push(&server, "hello/hello.wasm", "shoal.local/samples/hello:latest");
     create(&server, "/apis/apps/v1/namespaces/default/deployments", &deployment("web", json!({"app": "web"}), 10, "shoal.local/samples/hello:latest", "v1", http_ready())).await;
     create(&server, "/api/v1/namespaces/default/services", &service("web", json!({"app": "web"}), "ClusterIP")).await;
@@ -337,21 +355,24 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
     wait_endpoints(&server, "web", 10, 10).await;
     let (ingress_1, _) = ingress_of(&server, "node-1").await;
 
-    // GETs, and POSTs with a 2 KiB body (which the proxy must replay to retry elsewhere).
-    let script = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(script.path(), "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 2048)\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n").expect("write the wrk script");
-    let load = |extra: &[&str]| {
+    // GETs, and POSTs with a 2 KiB body (which the proxy must replay to retry elsewhere). Both
+    // scripts print the first failed responses, so a failure says which status and why.
+    let get_script = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(get_script.path(), WRK_FAILURES).expect("write the wrk script");
+    let post_script = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(post_script.path(), format!("wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 2048)\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n{WRK_FAILURES}")).expect("write the wrk script");
+    let load = |script: &Path| {
         Command::new("wrk")
-            .args(["-t1", "-c8", "-d45s", "-H", "Host: web.test"])
-            .args(extra)
+            .args(["-t1", "-c8", "-d45s", "-H", "Host: web.test", "-s"])
+            .arg(script)
             .arg(format!("http://{ingress_1}/"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("wrk is installed (.ci/run installs it)")
     };
-    let gets = load(&[]);
-    let posts = load(&["-s", script.path().to_str().expect("a UTF-8 temp path")]);
+    let gets = load(get_script.path());
+    let posts = load(post_script.path());
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A merge patch replaces the containers list, so it carries the whole container.
     let container = deployment("web", json!({"app": "web"}), 10, "shoal.local/samples/hello:latest", "v2", http_ready())["spec"]["template"]["spec"]["containers"][0].clone();
@@ -372,7 +393,7 @@ async fn a_rolling_update_of_ten_replicas_under_load_fails_no_request() {
         assert!(output.status.success(), "wrk {what}: {text}{}", String::from_utf8_lossy(&output.stderr));
         let (requests, non_2xx, socket_errors) = wrk_summary(&text);
         assert!(requests > 1000, "wrk sent too few {what} requests to mean anything: {text}");
-        assert_eq!((non_2xx, socket_errors), (0, 0), "{what} requests failed during the rollout:\n{text}");
+        assert_eq!((non_2xx, socket_errors), (0, 0), "{what} requests failed during the rollout:\n{text}\n{}\n{}", server.log_problems(), agent.log_problems());
     }
     // Every old pod is gone and the new ones answer.
     let http = reqwest::Client::new();
