@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Where an object lives: its resource (`deployments.apps`, `pods` for the core group), its
 /// namespace (empty for cluster-scoped kinds) and its name.
@@ -61,6 +64,72 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+/// A log entry's command, shared and encoded at most once. openraft clones an entry for every
+/// AppendEntries it sends and every read of the log, and encodes it for the log file and for
+/// each follower: with the command behind an `Arc` a clone is a reference count, and its JSON is
+/// made on first use and copied from then on. An entry decoded from JSON (a follower's
+/// AppendEntries, a log read back from disk) keeps the bytes it came from, so a follower writes
+/// them to its log without encoding the command again.
+///
+/// It serialises only through `serde_json`, which is all the log and the Raft transport use.
+#[derive(Clone)]
+pub struct LoggedCommand(Arc<Logged>);
+
+struct Logged {
+    command: Command,
+    encoded: std::sync::OnceLock<Box<RawValue>>,
+}
+
+impl LoggedCommand {
+    pub fn command(&self) -> &Command {
+        &self.0.command
+    }
+
+    /// The command, moved out when this is its only holder (the usual case once an entry is
+    /// applied), copied otherwise.
+    pub fn into_command(self) -> Command {
+        match Arc::try_unwrap(self.0) {
+            Ok(logged) => logged.command,
+            Err(shared) => shared.command.clone(),
+        }
+    }
+
+    /// The command's JSON, made on the first call.
+    fn encoded(&self) -> serde_json::Result<&RawValue> {
+        if let Some(raw) = self.0.encoded.get() {
+            return Ok(raw);
+        }
+        let raw = serde_json::value::to_raw_value(&self.0.command)?;
+        Ok(self.0.encoded.get_or_init(|| raw))
+    }
+}
+
+impl From<Command> for LoggedCommand {
+    fn from(command: Command) -> Self {
+        Self(Arc::new(Logged { command, encoded: std::sync::OnceLock::new() }))
+    }
+}
+
+impl std::fmt::Debug for LoggedCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.command.fmt(f)
+    }
+}
+
+impl Serialize for LoggedCommand {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.encoded().map_err(S::Error::custom)?.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LoggedCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let command = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        Ok(Self(Arc::new(Logged { command, encoded: std::sync::OnceLock::from(raw) })))
+    }
+}
+
 /// Optimistic-concurrency checks on the object as it is when the write is applied.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Precondition {
@@ -109,3 +178,54 @@ pub enum WriteError {
 }
 
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str) -> Command {
+        Command::Create { key: ObjectKey::new("configmaps", "default", name), object: serde_json::json!({"metadata": {"name": name}, "data": {"k": "v"}}) }
+    }
+
+    #[test]
+    fn a_logged_command_encodes_as_the_plain_command_does() {
+        // Logs written before commands were shared hold plain commands: the format is the same.
+        let command = create("a");
+        let logged = LoggedCommand::from(command.clone());
+        let plain = serde_json::to_string(&command).expect("encode");
+        assert_eq!(serde_json::to_string(&logged).expect("encode"), plain);
+        assert_eq!(serde_json::to_string(&logged.clone()).expect("encode again, from the kept encoding"), plain);
+        let decoded: LoggedCommand = serde_json::from_str(&plain).expect("decode");
+        assert!(matches!(decoded.command(), Command::Create { key, .. } if key.name == "a"));
+    }
+
+    #[test]
+    fn a_decoded_command_keeps_the_bytes_it_came_from() {
+        // Spacing a fresh encoding would not produce: encoding it again copies these bytes.
+        let text = r#"{"Create": {"key": {"resource": "configmaps", "namespace": "default", "name": "b"}, "object": {"data": {}}}}"#;
+        let decoded: LoggedCommand = serde_json::from_str(text).expect("decode");
+        assert_eq!(serde_json::to_string(&decoded).expect("encode"), text);
+        // Inside a message decoded from bytes, as a follower's AppendEntries is.
+        #[derive(Deserialize)]
+        struct Message {
+            entries: Vec<LoggedCommand>,
+        }
+        let message: Message = serde_json::from_slice(format!(r#"{{"entries": [{text}, {text}]}}"#).as_bytes()).expect("decode");
+        assert_eq!(message.entries.len(), 2);
+        assert_eq!(serde_json::to_string(&message.entries[1]).expect("encode"), text);
+    }
+
+    #[test]
+    fn a_command_that_does_not_decode_is_an_error() {
+        let error = serde_json::from_str::<LoggedCommand>(r#"{"Create": {"key": 5}}"#).expect_err("not a command");
+        assert!(error.to_string().contains("invalid type"), "{error}");
+    }
+
+    #[test]
+    fn the_command_is_moved_out_or_copied_while_shared() {
+        let logged = LoggedCommand::from(create("c"));
+        let other = logged.clone();
+        assert!(matches!(logged.into_command(), Command::Create { key, .. } if key.name == "c"));
+        assert!(matches!(other.into_command(), Command::Create { key, .. } if key.name == "c"));
+    }
+}

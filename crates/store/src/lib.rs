@@ -13,7 +13,7 @@ pub mod network;
 pub mod state_machine;
 mod store;
 
-pub use command::{Command, CommandResponse, ObjectKey, WriteError};
+pub use command::{Command, CommandResponse, LoggedCommand, ObjectKey, WriteError};
 pub use error::{Error, Result};
 pub use history::{Event, EventType, WatchError};
 pub use store::{ClusterStatus, MemberRequest, MemberStatus, Store, StoreConfig, Stored, WireError, WriteAnswer};
@@ -21,7 +21,7 @@ pub use store::{ClusterStatus, MemberRequest, MemberStatus, Store, StoreConfig, 
 openraft::declare_raft_types!(
     /// The Raft type configuration of Shoal's control plane.
     pub TypeConfig:
-        D = Command,
+        D = LoggedCommand,
         R = CommandResponse,
         NodeId = u64,
         Node = openraft::BasicNode,

@@ -728,17 +728,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, ObjectKey};
+    use crate::command::{Command, LoggedCommand, ObjectKey};
     use openraft::{CommittedLeaderId, Membership};
 
     fn entry(index: u64) -> Entry<TypeConfig> {
         let object = serde_json::json!({"metadata": {"name": format!("c{index}")}, "data": {"k": index}});
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(Command::Create { key: ObjectKey::new("configmaps", "default", format!("c{index}")), object }) }
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(LoggedCommand::from(Command::Create { key: ObjectKey::new("configmaps", "default", format!("c{index}")), object })) }
     }
 
     fn name(entry: &Entry<TypeConfig>) -> String {
         match &entry.payload {
-            EntryPayload::Normal(Command::Create { key, .. }) => key.name.clone(),
+            EntryPayload::Normal(logged) => match logged.command() {
+                Command::Create { key, .. } => key.name.clone(),
+                _ => String::new(),
+            },
             _ => String::new(),
         }
     }

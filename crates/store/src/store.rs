@@ -9,7 +9,7 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::command::{Command, CommandResponse, ObjectKey, WriteError};
+use crate::command::{Command, CommandResponse, LoggedCommand, ObjectKey, WriteError};
 use crate::error::{Error, Result};
 use crate::history::{HistoryLimits, WatchError, Watcher};
 use crate::log_store::{Durability, LogMemory, LogStore};
@@ -849,12 +849,12 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
             let _permit = permit;
             if batch.len() == 1 {
                 let (command, reply) = batch.pop().expect("one proposal");
-                let outcome = raft.client_write(command).await.map(|r| (r.data, r.log_id.index)).map_err(raft_error);
+                let outcome = raft.client_write(LoggedCommand::from(command)).await.map(|r| (r.data, r.log_id.index)).map_err(raft_error);
                 let _ = reply.send(outcome);
                 return;
             }
             let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            match raft.client_write(Command::Batch(commands)).await {
+            match raft.client_write(LoggedCommand::from(Command::Batch(commands))).await {
                 Ok(response) => match response.data {
                     CommandResponse::Batch(responses) => {
                         let index = response.log_id.index;
