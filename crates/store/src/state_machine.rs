@@ -33,6 +33,11 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("state_meta");
 const APPLIED_KEY: &str = "last_applied";
 const MEMBERSHIP_KEY: &str = "membership";
 const REVISION_KEY: &str = "revision";
+/// How long the flusher gathers applied writes before it writes them to redb in one transaction.
+/// Nothing waits on it (the log is what makes a write durable; a restart replays what the state
+/// file lacks), and each transaction copies the B-tree pages it touches: at 64 clients on 3
+/// members, 2 ms meant a transaction per log entry, and the flusher cost a follower 18% of its CPU.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, BasicNode>;
@@ -133,9 +138,9 @@ impl StateShared {
         let (signal, wakeups) = std::sync::mpsc::channel::<()>();
         let weak = Arc::downgrade(&shared);
         let flusher = std::thread::Builder::new().name("state-flusher".into()).spawn(move || {
-            // Flush at most every few milliseconds, batching everything applied meanwhile.
+            // Flush at most every FLUSH_INTERVAL, batching everything applied meanwhile.
             while wakeups.recv().is_ok() {
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::sleep(FLUSH_INTERVAL);
                 while wakeups.try_recv().is_ok() {}
                 let Some(shared) = weak.upgrade() else { return };
                 if let Err(error) = shared.flush(false) {
