@@ -71,48 +71,61 @@ pub enum Command {
 /// AppendEntries, a log read back from disk) keeps the bytes it came from, so a follower writes
 /// them to its log without encoding the command again.
 ///
+/// Applying an entry takes the command out ([`LoggedCommand::take`]) instead of copying it: a
+/// leader still holds the entry for a follower that has not matched it yet, and from then on
+/// sends it from its encoding.
+///
 /// It serialises only through `serde_json`, which is all the log and the Raft transport use.
 #[derive(Clone)]
 pub struct LoggedCommand(Arc<Logged>);
 
 struct Logged {
-    command: Command,
+    /// `None` once applied.
+    command: std::sync::Mutex<Option<Command>>,
     encoded: std::sync::OnceLock<Box<RawValue>>,
 }
 
 impl LoggedCommand {
-    pub fn command(&self) -> &Command {
-        &self.0.command
+    fn command(&self) -> std::sync::MutexGuard<'_, Option<Command>> {
+        // Only clones and moves happen under this lock: nothing panics while it is held.
+        self.0.command.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The command, moved out when this is its only holder (the usual case once an entry is
-    /// applied), copied otherwise.
-    pub fn into_command(self) -> Command {
-        match Arc::try_unwrap(self.0) {
-            Ok(logged) => logged.command,
-            Err(shared) => shared.command.clone(),
+    /// The command, moved out; decoded from its encoding if it was taken before (which applying
+    /// each entry once never does).
+    pub fn take(&self) -> serde_json::Result<Command> {
+        if let Some(command) = self.command().take() {
+            return Ok(command);
         }
+        serde_json::from_str(self.encoded()?.get())
     }
 
-    /// The command's JSON, made on the first call.
+    /// The command's JSON, made on the first call (which the log's append is, before anything
+    /// could take the command).
     fn encoded(&self) -> serde_json::Result<&RawValue> {
         if let Some(raw) = self.0.encoded.get() {
             return Ok(raw);
         }
-        let raw = serde_json::value::to_raw_value(&self.0.command)?;
+        let raw = match self.command().as_ref() {
+            Some(command) => serde_json::value::to_raw_value(command)?,
+            None => return Err(serde_json::Error::io(std::io::Error::other("a log entry's command was applied before it was encoded"))),
+        };
         Ok(self.0.encoded.get_or_init(|| raw))
     }
 }
 
 impl From<Command> for LoggedCommand {
     fn from(command: Command) -> Self {
-        Self(Arc::new(Logged { command, encoded: std::sync::OnceLock::new() }))
+        Self(Arc::new(Logged { command: std::sync::Mutex::new(Some(command)), encoded: std::sync::OnceLock::new() }))
     }
 }
 
 impl std::fmt::Debug for LoggedCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.command.fmt(f)
+        match self.command().as_ref() {
+            Some(command) => command.fmt(f),
+            None => f.write_str("(applied)"),
+        }
     }
 }
 
@@ -126,7 +139,7 @@ impl<'de> Deserialize<'de> for LoggedCommand {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let command = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
-        Ok(Self(Arc::new(Logged { command, encoded: std::sync::OnceLock::from(raw) })))
+        Ok(Self(Arc::new(Logged { command: std::sync::Mutex::new(Some(command)), encoded: std::sync::OnceLock::from(raw) })))
     }
 }
 
@@ -196,7 +209,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&logged).expect("encode"), plain);
         assert_eq!(serde_json::to_string(&logged.clone()).expect("encode again, from the kept encoding"), plain);
         let decoded: LoggedCommand = serde_json::from_str(&plain).expect("decode");
-        assert!(matches!(decoded.command(), Command::Create { key, .. } if key.name == "a"));
+        assert!(matches!(decoded.take().expect("take"), Command::Create { key, .. } if key.name == "a"));
     }
 
     #[test]
@@ -222,10 +235,23 @@ mod tests {
     }
 
     #[test]
-    fn the_command_is_moved_out_or_copied_while_shared() {
+    fn applying_takes_the_command_and_its_holders_still_encode_it() {
         let logged = LoggedCommand::from(create("c"));
-        let other = logged.clone();
-        assert!(matches!(logged.into_command(), Command::Create { key, .. } if key.name == "c"));
-        assert!(matches!(other.into_command(), Command::Create { key, .. } if key.name == "c"));
+        let encoded = serde_json::to_string(&logged).expect("encode, as the log's append does");
+        let held = logged.clone();
+        assert!(matches!(logged.take().expect("take"), Command::Create { key, .. } if key.name == "c"));
+        assert_eq!(format!("{held:?}"), "(applied)");
+        assert_eq!(serde_json::to_string(&held).expect("a held copy still encodes"), encoded);
+        // Taken twice (never done), it is decoded again.
+        assert!(matches!(held.take().expect("take again"), Command::Create { key, .. } if key.name == "c"));
+    }
+
+    #[test]
+    fn a_command_taken_before_it_was_encoded_cannot_be_encoded() {
+        let logged = LoggedCommand::from(create("d"));
+        logged.take().expect("take");
+        let error = serde_json::to_string(&logged).expect_err("nothing to encode");
+        assert!(error.to_string().contains("applied before it was encoded"), "{error}");
+        assert!(logged.take().is_err());
     }
 }

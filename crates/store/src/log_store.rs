@@ -738,8 +738,8 @@ mod tests {
 
     fn name(entry: &Entry<TypeConfig>) -> String {
         match &entry.payload {
-            EntryPayload::Normal(logged) => match logged.command() {
-                Command::Create { key, .. } => key.name.clone(),
+            EntryPayload::Normal(logged) => match serde_json::from_str(&serde_json::to_string(logged).expect("encode")).expect("decode") {
+                Command::Create { key, .. } => key.name,
                 _ => String::new(),
             },
             _ => String::new(),

@@ -508,7 +508,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 memory.applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::None,
-                    EntryPayload::Normal(command) => execute(&self.shared, &mut memory, command.into_command(), &mut events).map_err(io_error)?,
+                    EntryPayload::Normal(command) => execute(&self.shared, &mut memory, command.take().map_err(|e| io_error(e.into()))?, &mut events).map_err(io_error)?,
                     EntryPayload::Membership(membership) => {
                         memory.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse::None
