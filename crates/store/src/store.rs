@@ -69,7 +69,17 @@ pub struct ListResult {
 
 /// A write's answer and the index of the log entry that carried it.
 type Indexed = (CommandResponse, u64);
-type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Indexed>>);
+type Proposal = (Command, tokio::sync::oneshot::Sender<std::result::Result<Indexed, Unwritten>>);
+
+/// Why a proposal was not written. A command this server could not propose because it does not
+/// lead (openraft's `ForwardToLeader`: refused before it was appended, or its entry truncated
+/// by a new leader) comes back unapplied, so the write can go to the leader without having kept
+/// a copy of it.
+#[derive(Debug)]
+struct Unwritten {
+    error: Error,
+    command: Option<Command>,
+}
 
 /// How long a write may wait for a leader (an election, a moving leader, a lost quorum) before it
 /// fails with 503.
@@ -413,21 +423,26 @@ impl Store {
     /// leader went away after receiving it) fails and says so, never retried blindly.
     pub async fn write_indexed(&self, command: Command) -> Result<Indexed> {
         if self.is_alone() {
-            return self.propose(command).await;
+            return self.propose(command).await.map_err(|unwritten| unwritten.error);
         }
         let until = tokio::time::Instant::now() + WRITE_WAIT;
         let mut last_problem = String::from("no leader is known");
+        let mut command = command;
         loop {
             match self.leader() {
                 Some((leader, _)) if leader == self.id => {
-                    match tokio::time::timeout_at(until, self.propose(command.clone())).await {
+                    match tokio::time::timeout_at(until, self.propose(command)).await {
                         Err(_) => {
                             return Err(Error::NotLeader(format!(
                                 "this server leads but no majority of the control plane acknowledged the write within {WRITE_WAIT:?}; it may still be applied if the majority returns"
                             )));
                         }
-                        Ok(Err(Error::NotLeader(message))) => last_problem = message,
-                        Ok(outcome) => return outcome,
+                        Ok(Err(Unwritten { error: Error::NotLeader(message), command: Some(unapplied) })) => {
+                            last_problem = message;
+                            command = unapplied;
+                        }
+                        Ok(Err(unwritten)) => return Err(unwritten.error),
+                        Ok(Ok(outcome)) => return Ok(outcome),
                     }
                 }
                 Some((leader, url)) => {
@@ -461,10 +476,11 @@ impl Store {
     }
 
     /// Proposes on this server (which must lead) through the group-commit proposer.
-    async fn propose(&self, command: Command) -> Result<Indexed> {
+    async fn propose(&self, command: Command) -> std::result::Result<Indexed, Unwritten> {
         let (reply, response) = tokio::sync::oneshot::channel();
-        self.proposals.send((command, reply)).map_err(|_| Error::Raft("the store is shut down".into()))?;
-        response.await.map_err(|_| Error::Raft("the store is shut down".into()))?
+        let shut_down = || Unwritten { error: Error::Raft("the store is shut down".into()), command: None };
+        self.proposals.send((command, reply)).map_err(|_| shut_down())?;
+        response.await.map_err(|_| shut_down())?
     }
 
     /// Serves a write forwarded by a peer: applied only when this server leads.
@@ -475,8 +491,8 @@ impl Store {
         match tokio::time::timeout(WRITE_WAIT, self.propose(command)).await {
             Err(_) => Err(WireError::Failed(format!("no majority acknowledged the write within {WRITE_WAIT:?}"))),
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(Error::NotLeader(message))) => Err(WireError::NotLeader(message)),
-            Ok(Err(other)) => Err(WireError::Failed(other.to_string())),
+            Ok(Err(Unwritten { error: Error::NotLeader(message), .. })) => Err(WireError::NotLeader(message)),
+            Ok(Err(other)) => Err(WireError::Failed(other.error.to_string())),
         }
     }
 
@@ -849,12 +865,20 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
             let _permit = permit;
             if batch.len() == 1 {
                 let (command, reply) = batch.pop().expect("one proposal");
-                let outcome = raft.client_write(LoggedCommand::from(command)).await.map(|r| (r.data, r.log_id.index)).map_err(raft_error);
+                let logged = LoggedCommand::from(command);
+                let outcome = match raft.client_write(logged.clone()).await {
+                    Ok(response) => Ok((response.data, response.log_id.index)),
+                    Err(error) => {
+                        let (error, command) = unwritten(error, &logged);
+                        Err(Unwritten { error, command })
+                    }
+                };
                 let _ = reply.send(outcome);
                 return;
             }
             let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            match raft.client_write(LoggedCommand::from(Command::Batch(commands))).await {
+            let logged = LoggedCommand::from(Command::Batch(commands));
+            match raft.client_write(logged.clone()).await {
                 Ok(response) => match response.data {
                     CommandResponse::Batch(responses) => {
                         let index = response.log_id.index;
@@ -864,23 +888,39 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
                     }
                     other => {
                         for reply in replies {
-                            let _ = reply.send(Err(Error::Raft(format!("a batch produced {other:?}"))));
+                            let _ = reply.send(Err(Unwritten { error: Error::Raft(format!("a batch produced {other:?}")), command: None }));
                         }
                     }
                 },
                 Err(error) => {
-                    let error = raft_error(error);
-                    for reply in replies {
-                        let copy = match &error {
+                    let (error, batch) = unwritten(error, &logged);
+                    let mut commands = match batch {
+                        Some(Command::Batch(commands)) => commands.into_iter().map(Some).collect(),
+                        _ => Vec::new(),
+                    };
+                    commands.resize_with(replies.len(), || None);
+                    for (reply, command) in replies.into_iter().zip(commands) {
+                        let error = match &error {
                             Error::NotLeader(message) => Error::NotLeader(message.clone()),
                             other => Error::Raft(other.to_string()),
                         };
-                        let _ = reply.send(Err(copy));
+                        let _ = reply.send(Err(Unwritten { error, command }));
                     }
                 }
             }
         });
     }
+}
+
+/// A failed proposal's error, and its command back when it was provably not applied (the
+/// `ForwardToLeader` case, see [`Unwritten`]).
+fn unwritten(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>, logged: &LoggedCommand) -> (Error, Option<Command>) {
+    let error = raft_error(error);
+    let command = match error {
+        Error::NotLeader(_) => logged.take().ok(),
+        _ => None,
+    };
+    (error, command)
 }
 
 /// Watches this server's place in the group.
