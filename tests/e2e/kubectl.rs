@@ -740,6 +740,9 @@ async fn a_service_account_token_secret_gets_a_token_that_ends_with_the_secret()
     let admin = Kubectl::new(&server, "1.33");
     let manifest = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci-token\n  annotations:\n    kubernetes.io/service-account.name: ci\ntype: kubernetes.io/service-account-token\n";
     admin.ok(&["apply", "-f", "-"], Some(manifest));
+    // Until its account exists, the Secret says what it waits for.
+    let reasons = kubectl_until(&admin, &["get", "events", "--field-selector", "involvedObject.name=ci-token", "-o", "jsonpath={.items[*].reason}: {.items[*].message}"], 30, "an event on the waiting Secret", |out| out.contains("ServiceAccountNotFound")).await;
+    assert!(reasons.contains("waiting for ServiceAccount \"ci\" in namespace \"default\""), "{reasons}");
     admin.ok(&["create", "serviceaccount", "ci"], None);
     let encoded = kubectl_until(&admin, &["get", "secret", "ci-token", "-o", "jsonpath={.data.token}"], 30, "the token Secret to be filled", |out| !out.trim().is_empty()).await;
     let decode = |text: &str| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text.trim()).expect("base64")).expect("utf-8");
@@ -823,4 +826,33 @@ async fn kubectl_top_and_autoscale_follow_the_guests_cpu() {
     kubectl_until(&kubectl, &["get", "deployment", "busy", "-o", "jsonpath={.spec.replicas}"], 60, "the scale-down once idle", |out| out == "1").await;
     let described = kubectl.ok(&["describe", "hpa", "busy"], None);
     assert!(described.contains("ValidMetricFound") && described.contains("All metrics below target"), "{described}");
+}
+
+/// Built-in Secret types need their keys, a Secret's type stays, and an `immutable: true`
+/// ConfigMap or Secret keeps its data, each refused with kube-apiserver's field errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_secrets_and_immutable_data_are_refused_as_kubernetes_refuses_them() {
+    let server = Server::start().await;
+    let kubectl = Kubectl::new(&server, "1.33");
+    let tls = "apiVersion: v1\nkind: Secret\nmetadata: {name: site}\ntype: kubernetes.io/tls\nstringData: {tls.crt: cert}\n";
+    let (code, stdout, stderr) = kubectl.run(&["apply", "-f", "-"], Some(tls));
+    assert!(code != 0 && stderr.contains("data[tls.key]: Required value"), "{stdout}{stderr}");
+    let pull = "apiVersion: v1\nkind: Secret\nmetadata: {name: pull}\ntype: kubernetes.io/dockerconfigjson\nstringData: {.dockerconfigjson: 'password=hunter2'}\n";
+    let (code, stdout, stderr) = kubectl.run(&["apply", "-f", "-"], Some(pull));
+    assert!(code != 0 && stderr.contains("data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\""), "{stdout}{stderr}");
+    assert!(!stderr.contains("hunter2"), "the refusal does not repeat the credential: {stderr}");
+
+    kubectl.ok(&["create", "secret", "generic", "plain", "--from-literal=k=v"], None);
+    let (code, stdout, stderr) = kubectl.run(&["patch", "secret", "plain", "--type=merge", "-p", "{\"type\": \"example.com/other\"}"], None);
+    assert!(code != 0 && stderr.contains("type: Invalid value: \"example.com/other\": field is immutable"), "{stdout}{stderr}");
+
+    let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {k: v}\n";
+    kubectl.ok(&["apply", "-f", "-"], Some(frozen));
+    let (code, stdout, stderr) = kubectl.run(&["apply", "-f", "-"], Some(&frozen.replace("{k: v}", "{k: w}")));
+    assert!(code != 0 && stderr.contains("data: Forbidden: field is immutable when `immutable` is set"), "{stdout}{stderr}");
+    let (code, stdout, stderr) = kubectl.run(&["patch", "configmap", "frozen", "--type=merge", "-p", "{\"immutable\": false}"], None);
+    assert!(code != 0 && stderr.contains("immutable: Forbidden: field is immutable when `immutable` is set"), "{stdout}{stderr}");
+    // Metadata still changes, and the data is what it was.
+    kubectl.ok(&["label", "configmap", "frozen", "team=a"], None);
+    assert_eq!(kubectl.ok(&["get", "configmap", "frozen", "-o", "jsonpath={.data.k} {.metadata.labels.team}"], None), "v a");
 }

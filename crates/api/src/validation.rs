@@ -105,7 +105,10 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
         ("", "Pod") => pod_spec(&object["spec"], "spec", &mut errors),
         ("", "Service") => service(&object["spec"], &mut errors),
         ("", "ConfigMap") => config_data(object, &["data", "binaryData"], &mut errors),
-        ("", "Secret") => config_data(object, &["data", "stringData"], &mut errors),
+        ("", "Secret") => {
+            config_data(object, &["data", "stringData"], &mut errors);
+            secret_type(object, &mut errors);
+        }
         ("apps", "Deployment") => {
             workload(&object["spec"], true, &mut errors);
             deployment_strategy(&object["spec"], &mut errors);
@@ -566,6 +569,85 @@ fn config_data(object: &Value, fields: &[&str], errors: &mut Errors) {
     }
 }
 
+/// The annotation a `kubernetes.io/service-account-token` Secret names its account with.
+pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+
+/// What each built-in Secret type requires, as kube-apiserver's `ValidateSecret` checks it (on
+/// `data`, where `stringData` has been merged by then).
+fn secret_type(secret: &Value, errors: &mut Errors) {
+    let data = &secret["data"];
+    let has = |key: &str| data.get(key).is_some();
+    let non_empty = |key: &str| data[key].as_str().is_some_and(|value| !value.is_empty());
+    match secret["type"].as_str().unwrap_or("Opaque") {
+        "kubernetes.io/service-account-token" => {
+            if secret["metadata"]["annotations"][SERVICE_ACCOUNT_NAME_ANNOTATION].as_str().is_none_or(str::is_empty) {
+                errors.push(FieldError::required(format!("metadata.annotations[{SERVICE_ACCOUNT_NAME_ANNOTATION}]")));
+            }
+        }
+        kind @ ("kubernetes.io/dockercfg" | "kubernetes.io/dockerconfigjson") => {
+            let key = if kind == "kubernetes.io/dockercfg" { ".dockercfg" } else { ".dockerconfigjson" };
+            let Some(encoded) = data[key].as_str() else {
+                errors.push(FieldError::required(format!("data[{key}]")));
+                return;
+            };
+            use base64::Engine;
+            let parsed = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes).map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(detail) = parsed {
+                // The value is a credential: the message never repeats it.
+                errors.push(FieldError::invalid(format!("data[{key}]"), "\"<secret contents redacted>\"", detail));
+            }
+        }
+        "kubernetes.io/basic-auth" => {
+            if !non_empty("username") && !non_empty("password") {
+                errors.push(FieldError::required("data[username]"));
+                errors.push(FieldError::required("data[password]"));
+            }
+        }
+        "kubernetes.io/ssh-auth" => {
+            if !has("ssh-privatekey") {
+                errors.push(FieldError::required("data[ssh-privatekey]"));
+            }
+        }
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !has(key) {
+                    errors.push(FieldError::required(format!("data[{key}]")));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Why an update of a ConfigMap or Secret marked `immutable: true` is refused (kube's
+/// `ValidateSecretUpdate` and `ValidateConfigMapUpdate`); nothing when it may go ahead.
+pub fn immutable_data(kind: &str, current: &Value, desired: &Value) -> Vec<FieldError> {
+    let fields: &[&str] = match kind {
+        "Secret" => &["data"],
+        "ConfigMap" => &["data", "binaryData"],
+        _ => return Vec::new(),
+    };
+    if current["immutable"] != Value::Bool(true) {
+        return Vec::new();
+    }
+    const DETAIL: &str = "field is immutable when `immutable` is set";
+    let mut errors = Vec::new();
+    if desired["immutable"] != Value::Bool(true) {
+        errors.push(FieldError::forbidden("immutable", DETAIL));
+    }
+    let empty = Value::Object(serde_json::Map::new());
+    for field in fields {
+        let or_empty = |value: &'_ Value| if value.is_null() { empty.clone() } else { value.clone() };
+        if or_empty(&current[*field]) != or_empty(&desired[*field]) {
+            errors.push(FieldError::forbidden(*field, DETAIL));
+        }
+    }
+    errors
+}
+
 fn job_spec(spec: &Value, path: &str, errors: &mut Errors) {
     if spec.is_null() {
         errors.push(FieldError::required(path));
@@ -981,5 +1063,48 @@ mod tests {
     fn ingress_paths_need_a_type_and_a_backend() {
         let errors = fields("ingress", json!({"metadata": {"name": "i"}, "spec": {"rules": [{"host": "hello.localhost", "http": {"paths": [{"path": "/", "backend": {"service": {"name": "hello"}}}]}}]}}));
         assert_eq!(errors, vec!["spec.rules[0].http.paths[0].pathType", "spec.rules[0].http.paths[0].backend.service.port"]);
+    }
+
+    #[test]
+    fn built_in_secret_types_require_their_keys() {
+        let secret = |kind: &str, extra: Value| {
+            let mut object = json!({"metadata": {"name": "s"}, "type": kind});
+            object.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+            fields("secret", object)
+        };
+        assert!(secret("Opaque", json!({})).is_empty());
+        assert!(secret("example.com/custom", json!({})).is_empty());
+        assert_eq!(secret("kubernetes.io/tls", json!({"data": {"tls.key": "a2V5"}})), vec!["data[tls.crt]"]);
+        // `stringData` counts: it is merged into `data` before validation.
+        assert!(secret("kubernetes.io/tls", json!({"stringData": {"tls.crt": "c", "tls.key": "k"}})).is_empty());
+        assert_eq!(secret("kubernetes.io/service-account-token", json!({})), vec!["metadata.annotations[kubernetes.io/service-account.name]"]);
+        assert!(fields("secret", json!({"metadata": {"name": "s", "annotations": {"kubernetes.io/service-account.name": "ci"}}, "type": "kubernetes.io/service-account-token"})).is_empty());
+        assert_eq!(secret("kubernetes.io/basic-auth", json!({"data": {"username": ""}})), vec!["data[username]", "data[password]"]);
+        assert!(secret("kubernetes.io/basic-auth", json!({"stringData": {"password": "p"}})).is_empty());
+        assert_eq!(secret("kubernetes.io/ssh-auth", json!({})), vec!["data[ssh-privatekey]"]);
+        assert_eq!(secret("kubernetes.io/dockerconfigjson", json!({})), vec!["data[.dockerconfigjson]"]);
+        assert!(secret("kubernetes.io/dockerconfigjson", json!({"stringData": {".dockerconfigjson": "{\"auths\": {}}"}})).is_empty());
+        let info = by_name("secret").expect("served");
+        let mut bad = json!({"metadata": {"name": "s"}, "type": "kubernetes.io/dockercfg", "stringData": {".dockercfg": "hunter2-not-json"}});
+        crate::defaults::apply(info, &mut bad);
+        let errors = validate(info, &bad);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.starts_with("Invalid value: \"<secret contents redacted>\": "), "{}", errors[0].message);
+        assert!(!errors[0].message.contains("hunter2"), "the credential is not repeated: {}", errors[0].message);
+    }
+
+    #[test]
+    fn an_immutable_config_map_or_secret_keeps_its_data_and_the_flag() {
+        let current = json!({"immutable": true, "data": {"k": "v"}});
+        assert!(immutable_data("ConfigMap", &current, &json!({"immutable": true, "data": {"k": "v"}, "metadata": {"labels": {"a": "b"}}})).is_empty());
+        let fields_of = |errors: Vec<FieldError>| errors.into_iter().map(|e| e.field).collect::<Vec<_>>();
+        assert_eq!(fields_of(immutable_data("ConfigMap", &current, &json!({"immutable": true, "data": {"k": "w"}}))), vec!["data"]);
+        assert_eq!(fields_of(immutable_data("ConfigMap", &current, &json!({"immutable": true, "data": {"k": "v"}, "binaryData": {"b": "AA=="}}))), vec!["binaryData"]);
+        assert_eq!(fields_of(immutable_data("Secret", &current, &json!({"data": {"k": "v"}}))), vec!["immutable"]);
+        let error = &immutable_data("Secret", &current, &json!({"immutable": false}))[0];
+        assert_eq!((error.reason, error.message.as_str()), ("FieldValueForbidden", "Forbidden: field is immutable when `immutable` is set"));
+        // Not immutable, or not one of these kinds: anything goes.
+        assert!(immutable_data("Secret", &json!({"data": {"k": "v"}}), &json!({"immutable": true, "data": {}})).is_empty());
+        assert!(immutable_data("Pod", &current, &json!({})).is_empty());
     }
 }

@@ -290,6 +290,7 @@ fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
         "Service" => &["spec.clusterIP"],
         "Pod" => &["spec.nodeName"],
         "RoleBinding" | "ClusterRoleBinding" => &["roleRef"],
+        "Secret" => &["type"],
         _ => &[],
     }
 }
@@ -377,7 +378,7 @@ pub async fn update(
         attempt += 1;
         let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
         let _allocation = allocate_service_addresses(state, info, name, &mut object, Some(current)).await?;
-        let mut immutable_errors = Vec::new();
+        let mut immutable_errors = shoal_api::validation::immutable_data(info.kind, current, &object);
         for path in immutable_fields(info) {
             let before = lookup(current, path);
             let after = lookup(&object, path);

@@ -166,6 +166,12 @@ impl Reconciler for TokensController {
             return Ok(Action::Done);
         };
         let Some(account) = self.context.informers.get("ServiceAccount").get_named(&namespace, account_name) else {
+            // kube deletes such a Secret; it waits here (for a manifest listing the Secret before
+            // its account), and says so where `kubectl describe secret` shows it.
+            if needs_token(&secret, "") {
+                let reference = crate::events::ObjectReference::of("v1", "Secret", &secret);
+                self.context.recorder.warning(reference, "ServiceAccountNotFound", format!("waiting for ServiceAccount {account_name:?} in namespace {namespace:?}: the token is written once it exists"));
+            }
             return Ok(Action::Done);
         };
         let account_uid = account["metadata"]["uid"].as_str().unwrap_or_default();
