@@ -142,6 +142,19 @@ pub async fn internal(State(state): State<Arc<AppState>>, method: Method, uri: U
                 Err(error) => decode_error(error),
             }
         }
+        (Method::POST, paths::WRITE_BATCH) => {
+            if caller != Caller::Server {
+                return server_only();
+            }
+            if !calling_member.is_some_and(|id| store.is_member(id)) {
+                return not_a_member(calling_member);
+            }
+            // Proposed together, so they share the proposer's next log entries; answered in order.
+            match serde_json::from_slice::<Vec<Command>>(&body) {
+                Ok(commands) => json(&futures::future::join_all(commands.into_iter().map(|command| store.write_forwarded(command))).await),
+                Err(error) => decode_error(error),
+            }
+        }
         (Method::POST, paths::READ_INDEX) => {
             if caller != Caller::Server {
                 return server_only();

@@ -46,6 +46,8 @@ pub mod paths {
     pub const VOTE: &str = "/internal/raft/vote";
     pub const SNAPSHOT: &str = "/internal/raft/snapshot";
     pub const WRITE: &str = "/internal/store/write";
+    /// Several forwarded writes in one call (`Vec<Command>` in, `Vec<WriteAnswer>` out).
+    pub const WRITE_BATCH: &str = "/internal/store/write-batch";
     pub const READ_INDEX: &str = "/internal/store/read-index";
     pub const MEMBERS: &str = "/internal/cluster/members";
     pub const STATUS: &str = "/internal/cluster/status";
@@ -78,6 +80,9 @@ pub enum CallError {
     /// The request may or may not have been delivered and acted on.
     #[error("calling {url}: {detail}")]
     Failed { url: String, detail: String },
+    /// The peer does not serve this path (404: a server of an older version): nothing was done.
+    #[error("{url} is not served by this peer")]
+    NotServed { url: String },
 }
 
 impl Transport {
@@ -164,6 +169,9 @@ impl Transport {
                 }
             })?;
         let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(CallError::NotServed { url });
+        }
         let bytes = response.bytes().await.map_err(|e| CallError::Failed { url: url.clone(), detail: error_chain(&e) })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
@@ -310,7 +318,7 @@ impl PeerConnection {
                 self.reachability.failed(self.target, &error);
                 return Err(match error {
                     CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
-                    CallError::Failed { .. } => RPCError::Network(NetworkError::new(&error)),
+                    CallError::Failed { .. } | CallError::NotServed { .. } => RPCError::Network(NetworkError::new(&error)),
                 });
             }
         };
