@@ -134,6 +134,21 @@ async fn servers_join_one_group_where_any_server_serves_linearizable_reads_and_w
     assert_eq!(stories[0].len(), 3, "three creations since {start}: {:?}", stories[0]);
     assert!(stories.iter().all(|story| *story == stories[0]), "watches differ between servers: {stories:?}");
 
+    // Writes arriving together at a follower go to the leader together: each keeps its own
+    // answer (a name taken twice is refused once) and is read back at once from that follower.
+    let leader = agreed_leader(&all, 3).await;
+    let follower = &servers[(leader + 1) % 3];
+    let names: Vec<String> = (0..48).map(|i| format!("together-{}", i % 32)).collect();
+    let bodies: Vec<Value> = names.iter().map(|name| config_map(name, "x", None)).collect();
+    let outcomes = futures::future::join_all(bodies.iter().map(|body| follower.post("/api/v1/namespaces/default/configmaps", body))).await;
+    let created = outcomes.iter().filter(|(code, _)| *code == 201).count();
+    let refused = outcomes.iter().filter(|(code, body)| *code == 409 && body["reason"] == "AlreadyExists").count();
+    assert_eq!((created, refused), (32, 16), "{outcomes:?}");
+    for i in 0..32 {
+        let (code, read) = follower.get(&format!("/api/v1/namespaces/default/configmaps/together-{i}")).await;
+        assert_eq!(code, 200, "{read}");
+    }
+
     // A ServiceAccount token issued by one server is honoured by every server (they share the
     // signing key), and says who it is.
     let (code, created) = servers[0].post("/api/v1/namespaces/default/serviceaccounts", &serde_json::json!({"metadata": {"name": "bot"}})).await;
