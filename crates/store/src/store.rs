@@ -862,15 +862,7 @@ fn raft_error(error: openraft::error::RaftError<u64, openraft::error::ClientWrit
 /// one [`Command::Batch`].
 async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(proposal) => batch.push(proposal),
-                Err(_) => break,
-            }
-        }
+    while let Some((permit, mut batch)) = next_batch(&mut queue, &slots, MAX_BATCH).await {
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -937,15 +929,7 @@ const FORWARDS_IN_FLIGHT: usize = 2;
 /// older version does not serve.
 async fn forward_writes(transport: Transport, mut queue: tokio::sync::mpsc::UnboundedReceiver<Forward>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_FORWARD_BATCH {
-            match queue.try_recv() {
-                Ok(forward) => batch.push(forward),
-                Err(_) => break,
-            }
-        }
+    while let Some((permit, batch)) = next_batch(&mut queue, &slots, MAX_FORWARD_BATCH).await {
         // One call per leader (a batch may straddle a change of leader).
         let mut by_leader: BTreeMap<String, Vec<Forward>> = BTreeMap::new();
         for forward in batch {
@@ -966,7 +950,7 @@ async fn forward_batch(transport: &Transport, url: String, forwards: Vec<Forward
         match transport.call::<_, Vec<WriteAnswer>>(&url, paths::WRITE_BATCH, &commands, timeout).await {
             Err(CallError::NotServed { .. }) => {}
             outcome => {
-                let mut answers = match outcome {
+                let answers = match outcome {
                     Ok(answers) if answers.len() == commands.len() => answers.into_iter().map(Ok).collect(),
                     Ok(answers) => {
                         let detail = format!("the leader answered {} of {} forwarded writes", answers.len(), commands.len());
@@ -974,7 +958,6 @@ async fn forward_batch(transport: &Transport, url: String, forwards: Vec<Forward
                     }
                     Err(error) => vec![Err(error); commands.len()],
                 };
-                answers.truncate(commands.len());
                 for ((command, reply), answer) in commands.into_iter().zip(replies).zip(answers) {
                     let _ = reply.send((answer, command));
                 }
@@ -991,6 +974,21 @@ async fn forward_batch(transport: &Transport, url: String, forwards: Vec<Forward
         }
     });
     futures::future::join_all(singles).await;
+}
+
+/// The next batch of a queue with at most `slots` batches in flight: waits for one item and a
+/// slot, then takes up to `max` items that are already there. `None` once the queue is closed.
+async fn next_batch<T>(queue: &mut tokio::sync::mpsc::UnboundedReceiver<T>, slots: &Arc<tokio::sync::Semaphore>, max: usize) -> Option<(tokio::sync::OwnedSemaphorePermit, Vec<T>)> {
+    let first = queue.recv().await?;
+    let permit = Arc::clone(slots).acquire_owned().await.ok()?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some((permit, batch))
 }
 
 /// A failed proposal's error, and its command back when it was provably not applied (the
