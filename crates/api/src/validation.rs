@@ -638,10 +638,11 @@ pub fn immutable_data(kind: &str, current: &Value, desired: &Value) -> Vec<Field
     if desired["immutable"] != Value::Bool(true) {
         errors.push(FieldError::forbidden("immutable", DETAIL));
     }
-    let empty = Value::Object(serde_json::Map::new());
+    // An absent map and an empty one are the same data.
+    let empty = |value: &Value| value.is_null() || value.as_object().is_some_and(serde_json::Map::is_empty);
     for field in fields {
-        let or_empty = |value: &'_ Value| if value.is_null() { empty.clone() } else { value.clone() };
-        if or_empty(&current[*field]) != or_empty(&desired[*field]) {
+        let (before, after) = (&current[*field], &desired[*field]);
+        if before != after && !(empty(before) && empty(after)) {
             errors.push(FieldError::forbidden(*field, DETAIL));
         }
     }

@@ -869,13 +869,7 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
             if batch.len() == 1 {
                 let (command, reply) = batch.pop().expect("one proposal");
                 let logged = LoggedCommand::from(command);
-                let outcome = match raft.client_write(logged.clone()).await {
-                    Ok(response) => Ok((response.data, response.log_id.index)),
-                    Err(error) => {
-                        let (error, command) = unwritten(error, &logged);
-                        Err(Unwritten { error, command })
-                    }
-                };
+                let outcome = raft.client_write(logged.clone()).await.map(|r| (r.data, r.log_id.index)).map_err(|error| unwritten(error, &logged));
                 let _ = reply.send(outcome);
                 return;
             }
@@ -896,7 +890,7 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pro
                     }
                 },
                 Err(error) => {
-                    let (error, batch) = unwritten(error, &logged);
+                    let Unwritten { error, command: batch } = unwritten(error, &logged);
                     let mut commands = match batch {
                         Some(Command::Batch(commands)) => commands.into_iter().map(Some).collect(),
                         _ => Vec::new(),
@@ -991,15 +985,15 @@ async fn next_batch<T>(queue: &mut tokio::sync::mpsc::UnboundedReceiver<T>, slot
     Some((permit, batch))
 }
 
-/// A failed proposal's error, and its command back when it was provably not applied (the
+/// A failed proposal: its error, and its command back when it was provably not applied (the
 /// `ForwardToLeader` case, see [`Unwritten`]).
-fn unwritten(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>, logged: &LoggedCommand) -> (Error, Option<Command>) {
+fn unwritten(error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>, logged: &LoggedCommand) -> Unwritten {
     let error = raft_error(error);
     let command = match error {
         Error::NotLeader(_) => logged.take().ok(),
         _ => None,
     };
-    (error, command)
+    Unwritten { error, command }
 }
 
 /// Watches this server's place in the group.
