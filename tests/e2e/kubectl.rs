@@ -497,8 +497,9 @@ async fn kubectl_auth_answers_for_each_token_and_the_node_token_is_limited() {
 /// ServiceAccounts, their tokens and RBAC, all made with kubectl 1.33 (protobuf bodies): every
 /// namespace gets a `default` account; `kubectl create token` issues a token that opens exactly
 /// what the account's RoleBindings grant, in their namespaces; nobody grants what they do not
-/// hold; the admin checks others' rights with `--as`/`--as-group`; and a deleted account's
-/// token stops working.
+/// hold; the admin checks others' rights with `--as`/`--as-group`, and an account granted
+/// `impersonate` acts as the users, groups and accounts it names and no others; and a deleted
+/// account's token stops working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_service_account_tokens_open_what_rbac_grants() {
     let server = Server::start().await;
@@ -560,6 +561,40 @@ async fn kubectl_service_account_tokens_open_what_rbac_grants() {
         assert_eq!(stdout.split_whitespace().next(), Some(answer), "{args:?}: {stdout}{stderr}");
     }
     admin.ok(&["--as=jane", "--as-group=devs", "create", "deployment", "web", "--image=shoal.local/web:1", "-n", "team"], None);
+
+    // Others impersonate as far as RBAC's `impersonate` verb reaches: `edit` grants it on the
+    // namespace's accounts (as Kubernetes' does), a ClusterRole on user jane and group devs.
+    admin.ok(&["create", "serviceaccount", "lead", "-n", "team"], None);
+    admin.ok(&["create", "rolebinding", "lead-edits", "--clusterrole=edit", "--serviceaccount=team:lead", "-n", "team"], None);
+    admin.ok(&["create", "clusterrole", "act-as-jane", "--verb=impersonate", "--resource=users,groups", "--resource-name=jane", "--resource-name=devs"], None);
+    admin.ok(&["create", "clusterrolebinding", "lead-acts-as-jane", "--clusterrole=act-as-jane", "--serviceaccount=team:lead"], None);
+    let lead_token = admin.ok(&["create", "token", "lead", "-n", "team"], None).trim().to_owned();
+    let as_lead = |args: &[&str]| {
+        let mut full = vec!["--token", lead_token.as_str()];
+        full.extend_from_slice(args);
+        admin.run(&full, None)
+    };
+    kubectl_until(&admin, &["--token", &lead_token, "auth", "can-i", "impersonate", "users/jane"], 10, "the new binding to apply", |out| out.trim() == "yes").await;
+    let (code, stdout, stderr) = as_lead(&["--as=system:serviceaccount:team:bot", "get", "pods", "-n", "team"]);
+    assert_eq!(code, 0, "lead acts as an account of its namespace: {stdout}{stderr}");
+    let (code, stdout, stderr) = as_lead(&["--as=jane", "--as-group=devs", "auth", "whoami"]);
+    assert!(code == 0 && stdout.contains("jane") && stdout.contains("devs"), "{stdout}{stderr}");
+    let (code, _, stderr) = as_lead(&["--as=jane", "--as-group=devs", "create", "configmap", "from-jane", "-n", "team"]);
+    assert_eq!(code, 0, "jane in devs edits team: {stderr}");
+    let (code, _, stderr) = as_lead(&["--as=bob", "get", "pods", "-n", "team"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains(r#"users "bob" is forbidden: User "system:serviceaccount:team:lead" cannot impersonate resource "users" in API group "" at the cluster scope"#), "{stderr}");
+    let (code, _, stderr) = as_lead(&["--as=jane", "--as-group=system:masters", "get", "secrets", "-n", "team"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains(r#"groups "system:masters" is forbidden: User "system:serviceaccount:team:lead" cannot impersonate resource "groups""#), "{stderr}");
+    let (code, _, stderr) = as_lead(&["--as=system:serviceaccount:default:default", "get", "pods"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(r#"serviceaccounts "default" is forbidden: User "system:serviceaccount:team:lead" cannot impersonate resource "serviceaccounts" in API group "" in the namespace "default""#),
+        "{stderr}"
+    );
+    let (code, _, stderr) = as_lead(&["--as=shoal-admin", "get", "secrets", "-A"]);
+    assert!(code != 0 && stderr.contains(r#"users "shoal-admin" is forbidden"#), "{stderr}");
 
     // A deleted account's tokens open nothing.
     admin.ok(&["delete", "serviceaccount", "bot", "-n", "team"], None);
@@ -845,6 +880,10 @@ async fn typed_secrets_and_immutable_data_are_refused_as_kubernetes_refuses_them
     kubectl.ok(&["create", "secret", "generic", "plain", "--from-literal=k=v"], None);
     let (code, stdout, stderr) = kubectl.run(&["patch", "secret", "plain", "--type=merge", "-p", "{\"type\": \"example.com/other\"}"], None);
     assert!(code != 0 && stderr.contains("type: Invalid value: \"example.com/other\": field is immutable"), "{stdout}{stderr}");
+    // Both wrongs in one answer, as kube-apiserver gives them: the type may not change, and the
+    // new type's keys are missing.
+    let (code, stdout, stderr) = kubectl.run(&["patch", "secret", "plain", "--type=merge", "-p", "{\"type\": \"kubernetes.io/tls\"}"], None);
+    assert!(code != 0 && stderr.contains("type: Invalid value: \"kubernetes.io/tls\": field is immutable") && stderr.contains("data[tls.key]: Required value"), "{stdout}{stderr}");
 
     let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {k: v}\n";
     kubectl.ok(&["apply", "-f", "-"], Some(frozen));

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::{ResourceInfo, defaults, validation};
 
 /// What to do with fields the schema does not know (`?fieldValidation=`).
@@ -164,9 +164,17 @@ pub fn decode(info: &ResourceInfo, mut object: Value, mode: FieldValidation) -> 
 
 /// Full admission of a create or update: decode, default, validate.
 pub fn admit(info: &ResourceInfo, object: Value, mode: FieldValidation) -> Result<Admitted, ApiError> {
+    admit_with(info, object, mode, |_| Vec::new())
+}
+
+/// [`admit`], refusing also what `before` finds wrong with the defaulted object (an update's
+/// changes to immutable fields), listed first and in the same answer, as kube-apiserver's
+/// update validation lists them.
+pub fn admit_with(info: &ResourceInfo, object: Value, mode: FieldValidation, before: impl FnOnce(&Value) -> Vec<FieldError>) -> Result<Admitted, ApiError> {
     let mut admitted = decode(info, object, mode)?;
     defaults::apply(info, &mut admitted.object);
-    let errors = validation::validate(info, &admitted.object);
+    let mut errors = before(&admitted.object);
+    errors.extend(validation::validate(info, &admitted.object));
     if !errors.is_empty() {
         let name = admitted.object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         return Err(ApiError::invalid(info, &name, &errors));
@@ -231,5 +239,20 @@ mod tests {
         assert_eq!(error.code, 422);
         let status = error.to_status();
         assert_eq!(status["details"]["causes"][0]["field"], "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn an_updates_own_errors_come_first_in_the_same_answer() {
+        let info = by_name("deploy").expect("served");
+        let mut object = deployment();
+        object["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+        let before = |defaulted: &Value| {
+            assert_eq!(defaulted["spec"]["replicas"], 1, "judged after defaulting");
+            vec![FieldError::invalid("spec.selector", &defaulted["spec"]["selector"], "field is immutable")]
+        };
+        let status = admit_with(info, object, FieldValidation::Strict, before).expect_err("refused").to_status();
+        let fields: Vec<&str> = status["details"]["causes"].as_array().expect("causes").iter().filter_map(|c| c["field"].as_str()).collect();
+        assert_eq!(fields, ["spec.selector", "spec.template.metadata.labels"]);
+        assert!(admit_with(info, deployment(), FieldValidation::Strict, |_| Vec::new()).is_ok());
     }
 }

@@ -18,8 +18,9 @@
 //! - **A ServiceAccount token** (`kubectl create token`, [`crate::serviceaccounts`]) is user
 //!   `system:serviceaccount:NS:NAME` in groups `system:serviceaccounts`,
 //!   `system:serviceaccounts:NS` and `system:authenticated`; what it may do is what the Roles
-//!   and ClusterRoles bound to it grant ([`crate::rbac`]). The admin may also act as any other
-//!   user and groups (`kubectl --as jane --as-group devs`), judged the same way.
+//!   and ClusterRoles bound to it grant ([`crate::rbac`]). The admin, and whoever RBAC grants
+//!   `impersonate`, may also act as another user and groups (`kubectl --as jane --as-group
+//!   devs`), judged the same way ([`impersonate`]).
 //!
 //! None of the node credentials lets a node create or change workloads, Services, Secrets or
 //! ConfigMaps, bind pods or read pod logs, so a node that is taken over cannot start pods
@@ -51,7 +52,7 @@ pub enum Identity {
     Nodes,
     /// A node's own credential: [`NODE_RULES`] for this node only.
     Node(String),
-    /// A ServiceAccount (by its token) or a user the admin impersonates: RBAC decides.
+    /// A ServiceAccount (by its token) or an impersonated user: RBAC decides.
     User(crate::rbac::Subject),
 }
 
@@ -110,13 +111,20 @@ pub fn identify_token(state: &crate::AppState, token: &[u8]) -> Option<Identity>
 }
 
 /// The identity a request acts as: its sender's, or, with `Impersonate-User` (`kubectl --as`)
-/// and `Impersonate-Group` (`--as-group`), the user and groups it names, which only the admin
-/// may ask for. `shoal-admin`, `shoal-node` and `system:node:NAME` are Shoal's own credentials;
-/// `system:serviceaccount:NS:NAME` is that account (with its groups, and any named); any other
-/// name is a user judged by RBAC, in the groups named and `system:authenticated`. Other
+/// and `Impersonate-Group` (`--as-group`), the user and groups it names.
+///
+/// Who may ask, as kube-apiserver's impersonation filter decides: the admin, and anyone granted
+/// the `impersonate` verb on the user (`users`, cluster-scoped, by name) or, for
+/// `system:serviceaccount:NS:NAME`, on that account (`serviceaccounts` NAME in namespace NS),
+/// and on each group named (`groups`, by name). The bootstrap `edit` and `admin` ClusterRoles
+/// grant it on ServiceAccounts, as Kubernetes' do.
+///
+/// `shoal-admin`, `shoal-node` and `system:node:NAME` are Shoal's own credentials;
+/// `system:serviceaccount:NS:NAME` is that account, in its groups unless groups are named; any
+/// other name is a user judged by RBAC, in the groups named and `system:authenticated`. Other
 /// impersonation headers (uid, extra) are refused rather than ignored, so a request never runs
 /// as someone it did not mean to be.
-pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, ApiError> {
+pub fn impersonate(identity: Identity, headers: &HeaderMap, lookup: &dyn Lookup) -> Result<Identity, ApiError> {
     let mut others = headers.keys().filter(|name| name.as_str().starts_with("impersonate-") && name.as_str() != "impersonate-user" && name.as_str() != "impersonate-group");
     if let Some(other) = others.next() {
         return Err(ApiError::forbidden(format!("{other} is not supported: impersonate a user (kubectl --as) and groups (--as-group)")));
@@ -129,9 +137,6 @@ pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, 
         return Err(ApiError::bad_request("Impersonate-Group needs Impersonate-User (kubectl --as-group needs --as)"));
     };
     let user = user.to_str().unwrap_or_default();
-    if identity != Identity::Admin {
-        return Err(ApiError::forbidden(format!("users \"{user}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope", identity.username())));
-    }
     let own = match user {
         "shoal-admin" => Some(Identity::Admin),
         "shoal-node" => Some(Identity::Nodes),
@@ -145,24 +150,53 @@ pub fn impersonate(identity: Identity, headers: &HeaderMap) -> Result<Identity, 
         if !groups.is_empty() {
             return Err(ApiError::forbidden(format!("{user} is one of Shoal's own credentials; its groups are fixed (drop --as-group)")));
         }
+        may_impersonate(&identity, ("users", "", user), &[], lookup)?;
         return Ok(own);
     }
     if user.is_empty() {
         return Err(ApiError::bad_request("Impersonate-User is empty"));
     }
-    let mut identity = match user.strip_prefix("system:serviceaccount:").map(|rest| rest.split_once(':')) {
-        Some(Some((namespace, name))) if !namespace.is_empty() && !name.is_empty() && !name.contains(':') => Identity::service_account(namespace, name),
+    let account = match user.strip_prefix("system:serviceaccount:").map(|rest| rest.split_once(':')) {
+        Some(Some((namespace, name))) if !namespace.is_empty() && !name.is_empty() && !name.contains(':') => Some((namespace, name)),
         Some(_) => return Err(ApiError::forbidden(format!("{user:?} is not system:serviceaccount:NAMESPACE:NAME"))),
-        None => Identity::User(crate::rbac::Subject { user: user.to_owned(), groups: vec!["system:authenticated".into()] }),
+        None => None,
     };
-    if let Identity::User(subject) = &mut identity {
-        for group in groups {
-            if !subject.groups.contains(&group) {
-                subject.groups.push(group);
-            }
+    may_impersonate(&identity, account.map_or(("users", "", user), |(namespace, name)| ("serviceaccounts", namespace, name)), &groups, lookup)?;
+    let mut subject = match account {
+        // An account's groups are fixed, so they are its groups unless others are named.
+        Some((namespace, name)) if groups.is_empty() => return Ok(Identity::service_account(namespace, name)),
+        Some(_) | None => crate::rbac::Subject { user: user.to_owned(), groups: Vec::new() },
+    };
+    for group in groups.into_iter().chain(["system:authenticated".to_owned()]) {
+        if !subject.groups.contains(&group) {
+            subject.groups.push(group);
         }
     }
-    Ok(identity)
+    Ok(Identity::User(subject))
+}
+
+/// Whether `identity` may act as `(resource, namespace, name)` (the user, or the
+/// ServiceAccount) in `groups`: `Err` holds the 403 kube-apiserver answers (`users "jane" is
+/// forbidden: User "…" cannot impersonate resource "users" in API group "" at the cluster
+/// scope`).
+fn may_impersonate(identity: &Identity, (resource, namespace, name): (&str, &str, &str), groups: &[String], lookup: &dyn Lookup) -> Result<(), ApiError> {
+    if *identity == Identity::Admin {
+        return Ok(());
+    }
+    let attributes = |resource: &str, namespace: &str, name: &str| Attributes {
+        verb: "impersonate".into(),
+        group: String::new(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: namespace.into(),
+        name: name.into(),
+        field_selector: String::new(),
+    };
+    authorize(identity, &attributes(resource, namespace, name), lookup)?;
+    for group in groups {
+        authorize(identity, &attributes("groups", "", group), lookup)?;
+    }
+    Ok(())
 }
 
 /// What authorizing a node's own requests needs to know of the stored pods.
@@ -572,10 +606,11 @@ mod tests {
         }
     }
 
-    /// No RBAC objects, except a Role letting ServiceAccount `team/bot` read pods in `team`.
+    /// No RBAC objects, except a Role letting ServiceAccount `team/bot` read pods in `team`, and a
+    /// ClusterRole letting user `ops` impersonate user `alice`, group `devs` and any account.
     impl crate::rbac::Policies for Pods {
         fn cluster_role_bindings(&self) -> Vec<Value> {
-            Vec::new()
+            vec![json!({"metadata": {"name": "ops"}, "roleRef": {"kind": "ClusterRole", "name": "impersonator"}, "subjects": [{"kind": "User", "name": "ops"}]})]
         }
         fn role_bindings(&self, namespace: &str) -> Vec<Value> {
             if namespace != "team" {
@@ -584,7 +619,11 @@ mod tests {
             vec![json!({"metadata": {"namespace": "team", "name": "bot"}, "roleRef": {"kind": "Role", "name": "reader"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]})]
         }
         fn cluster_roles(&self) -> Vec<Value> {
-            Vec::new()
+            vec![json!({"metadata": {"name": "impersonator"}, "rules": [
+                {"apiGroups": [""], "resources": ["users"], "resourceNames": ["alice"], "verbs": ["impersonate"]},
+                {"apiGroups": [""], "resources": ["groups"], "resourceNames": ["devs"], "verbs": ["impersonate"]},
+                {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
+            ]})]
         }
         fn role(&self, namespace: &str, name: &str) -> Option<Value> {
             (namespace == "team" && name == "reader").then(|| json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}))
@@ -734,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_admin_impersonates_and_only_known_users() {
+    fn the_admin_and_those_granted_impersonate_act_as_others() {
         let headers = |pairs: &[(&'static str, &str)]| {
             let mut map = HeaderMap::new();
             for (name, value) in pairs {
@@ -742,21 +781,39 @@ mod tests {
             }
             map
         };
-        assert_eq!(impersonate(Identity::Admin, &headers(&[])).ok(), Some(Identity::Admin));
-        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:a")])).ok(), Some(Identity::Node("a".into())));
-        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node")])).ok(), Some(Identity::Nodes));
-        let alice = impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-group", "devs")])).expect("any user");
-        assert_eq!((alice.username(), alice.groups()), ("alice".to_owned(), vec!["system:authenticated".to_owned(), "devs".to_owned()]));
-        let bot = impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team:bot")])).expect("an account");
+        assert_eq!(impersonate(Identity::Admin, &headers(&[]), &no_pods()).ok(), Some(Identity::Admin));
+        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:a")]), &no_pods()).ok(), Some(Identity::Node("a".into())));
+        assert_eq!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node")]), &no_pods()).ok(), Some(Identity::Nodes));
+        let alice = impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-group", "devs")]), &no_pods()).expect("any user");
+        assert_eq!((alice.username(), alice.groups()), ("alice".to_owned(), vec!["devs".to_owned(), "system:authenticated".to_owned()]));
+        let bot = impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team:bot")]), &no_pods()).expect("an account");
         assert_eq!(bot, Identity::service_account("team", "bot"));
         assert!(bot.groups().contains(&"system:serviceaccounts:team".to_owned()));
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team")])).is_err());
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-group", "devs")])).is_err(), "a group needs a user");
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:Bad_Name")])).is_err());
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node"), ("impersonate-group", "system:masters")])).is_err());
-        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-uid", "1")])).is_err());
-        assert!(impersonate(Identity::Nodes, &headers(&[("impersonate-user", "shoal-admin")])).is_err(), "a node cannot become the admin");
-        assert!(impersonate(Identity::Node("a".into()), &headers(&[("impersonate-user", "system:node:b")])).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team")]), &no_pods()).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-group", "devs")]), &no_pods()).is_err(), "a group needs a user");
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:node:Bad_Name")]), &no_pods()).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "shoal-node"), ("impersonate-group", "system:masters")]), &no_pods()).is_err());
+        assert!(impersonate(Identity::Admin, &headers(&[("impersonate-user", "alice"), ("impersonate-uid", "1")]), &no_pods()).is_err());
+        assert!(impersonate(Identity::Nodes, &headers(&[("impersonate-user", "shoal-admin")]), &no_pods()).is_err(), "a node cannot become the admin");
+        assert!(impersonate(Identity::Node("a".into()), &headers(&[("impersonate-user", "system:node:b")]), &no_pods()).is_err());
+
+        // Others impersonate whom RBAC's `impersonate` verb names: users, groups, accounts.
+        let ops = Identity::User(crate::rbac::Subject { user: "ops".into(), groups: vec!["system:authenticated".into()] });
+        let alice = impersonate(ops.clone(), &headers(&[("impersonate-user", "alice"), ("impersonate-group", "devs")]), &no_pods()).expect("granted");
+        assert_eq!((alice.username(), alice.groups()), ("alice".to_owned(), vec!["devs".to_owned(), "system:authenticated".to_owned()]));
+        let refused = impersonate(ops.clone(), &headers(&[("impersonate-user", "bob")]), &no_pods()).expect_err("not granted");
+        assert_eq!(refused.message, r#"users "bob" is forbidden: User "ops" cannot impersonate resource "users" in API group "" at the cluster scope"#);
+        let refused = impersonate(ops.clone(), &headers(&[("impersonate-user", "alice"), ("impersonate-group", "system:masters")]), &no_pods()).expect_err("not that group");
+        assert_eq!(refused.message, r#"groups "system:masters" is forbidden: User "ops" cannot impersonate resource "groups" in API group "" at the cluster scope"#);
+        let refused = impersonate(ops.clone(), &headers(&[("impersonate-user", "shoal-admin")]), &no_pods()).expect_err("not the admin");
+        assert!(refused.message.starts_with(r#"users "shoal-admin" is forbidden: User "ops" cannot impersonate"#), "{}", refused.message);
+        let bot = impersonate(ops.clone(), &headers(&[("impersonate-user", "system:serviceaccount:team:bot")]), &no_pods()).expect("any account");
+        assert_eq!(bot, Identity::service_account("team", "bot"), "an account keeps its groups when none are named");
+        let refused = impersonate(bot, &headers(&[("impersonate-user", "alice")]), &no_pods()).expect_err("the bot holds no such grant");
+        assert!(refused.message.contains(r#"User "system:serviceaccount:team:bot" cannot impersonate resource "users""#), "{}", refused.message);
+        // Groups named for an account replace its own, as in kube-apiserver.
+        let named = impersonate(Identity::Admin, &headers(&[("impersonate-user", "system:serviceaccount:team:bot"), ("impersonate-group", "devs")]), &no_pods()).expect("admin");
+        assert_eq!(named.groups(), vec!["devs".to_owned(), "system:authenticated".to_owned()]);
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, h
         return crate::registry::handle(state, method, uri, headers, body).await;
     }
     let Some(identity) = authz::identify(&state, &headers) else { return error_response(&ApiError::unauthorized()) };
-    let identity = match authz::impersonate(identity, &headers) {
+    let identity = match authz::impersonate(identity, &headers, &*state) {
         Ok(identity) => identity,
         Err(denied) => return error_response(&denied),
     };

@@ -295,6 +295,22 @@ fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
     }
 }
 
+/// What an update changes that cannot change: [`immutable_fields`] and an immutable
+/// ConfigMap's or Secret's data. With `allocated_later`, a Service's cluster IP the update
+/// leaves out is not counted (the allocation keeps the stored one).
+fn immutable_errors(info: &ResourceInfo, current: &Value, object: &Value, allocated_later: bool) -> Vec<shoal_api::FieldError> {
+    let mut errors = shoal_api::validation::immutable_data(info.kind, current, object);
+    for path in immutable_fields(info) {
+        let before = lookup(current, path);
+        let after = lookup(object, path);
+        let filled_in = allocated_later && info.kind == "Service" && after.is_null();
+        if !before.is_null() && before != after && !filled_in {
+            errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
+        }
+    }
+    errors
+}
+
 fn lookup<'a>(object: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(object, |value, segment| &value[segment])
 }
@@ -368,9 +384,9 @@ pub async fn update(
             return Err(ApiError::invalid(info, name, &[shoal_api::FieldError::forbidden("metadata.finalizers", format!("no new finalizers can be added if the object is being deleted, found new finalizers []string{{\"{added}\"}}"))]));
         }
     }
-    let mut admitted = admission::admit(info, desired, validation)?;
-    no_escalation(state, info, &admitted.object)?;
     let retryable = allocates_addresses(info);
+    let mut admitted = admission::admit_with(info, desired, validation, |object| immutable_errors(info, current, object, retryable))?;
+    no_escalation(state, info, &admitted.object)?;
     let precondition = Precondition { resource_version: precondition.resource_version, uid: Some(meta::uid(current).to_owned()) };
     let key = key(info, namespace, name);
     let mut attempt = 0;
@@ -378,16 +394,10 @@ pub async fn update(
         attempt += 1;
         let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
         let _allocation = allocate_service_addresses(state, info, name, &mut object, Some(current)).await?;
-        let mut immutable_errors = shoal_api::validation::immutable_data(info.kind, current, &object);
-        for path in immutable_fields(info) {
-            let before = lookup(current, path);
-            let after = lookup(&object, path);
-            if !before.is_null() && before != after {
-                immutable_errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
-            }
-        }
-        if !immutable_errors.is_empty() {
-            return Err(ApiError::invalid(info, name, &immutable_errors));
+        // Again once the addresses are allocated: a cluster IP that differs from the stored one.
+        let changed = immutable_errors(info, current, &object, false);
+        if !changed.is_empty() {
+            return Err(ApiError::invalid(info, name, &changed));
         }
         if tracks_generation(info) && generation_fields_differ(current, &object) && scope == UpdateScope::Main {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;

@@ -283,6 +283,8 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
         {"apiGroups": [""], "resources": ["pods", "services", "endpoints", "configmaps", "secrets", "serviceaccounts"], "verbs": WRITE},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": READ},
         {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+        // Acting as an account is as much as holding its token (kube's `edit` grants both).
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
         {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale", "replicasets", "replicasets/scale", "daemonsets"], "verbs": WRITE},
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
         {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": WRITE},
