@@ -2,8 +2,8 @@
 # Whole-system benchmarks, all in one run on this machine: the fsync floor, then API create
 # throughput and latency through a real `shoal server` (single-member Raft group on redb), with
 # wrk (Debian's package; a Lua script makes every name unique) and with a Rust client
-# (reqwest + rustls), each with 1 and 32 concurrent connections. Prints lines for
-# benches/RESULTS.md.
+# (reqwest + rustls), each with 1 and 32 concurrent connections, and with wrk presenting a
+# ServiceAccount's token instead of the admin's. Prints lines for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${SECONDS_PER_RUN:-10}"
@@ -26,6 +26,24 @@ start_server() {
 }
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 
+# A ServiceAccount `bench` bound to the `edit` ClusterRole in `default`, after `EXTRA_BINDINGS`
+# other ClusterRoleBindings (default 0), and a one-hour token for it from the TokenRequest API:
+# what a controller or app running in a pod presents.
+service_account_token() {
+  local api ca admin
+  api="$(awk '/server:/ {print $2}' "$work/data/admin.kubeconfig")"
+  ca="$work/data/pki/ca.crt"
+  admin="$(cat "$work/data/admin-token")"
+  post() { curl -sf --cacert "$ca" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d "$2" "$api$1"; }
+  for i in $(seq 1 "${EXTRA_BINDINGS:-0}"); do
+    post /apis/rbac.authorization.k8s.io/v1/clusterrolebindings "{\"metadata\":{\"name\":\"extra-$i\"},\"roleRef\":{\"apiGroup\":\"rbac.authorization.k8s.io\",\"kind\":\"ClusterRole\",\"name\":\"view\"},\"subjects\":[{\"kind\":\"User\",\"name\":\"user-$i\"}]}" >/dev/null
+  done
+  post /api/v1/namespaces/default/serviceaccounts '{"metadata":{"name":"bench"}}' >/dev/null
+  post /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings '{"metadata":{"name":"bench-edit"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"edit"},"subjects":[{"kind":"ServiceAccount","name":"bench","namespace":"default"}]}' >/dev/null
+  post /api/v1/namespaces/default/serviceaccounts/bench/token '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["token"])'
+}
+
 for connections in 1 32; do
   start_server
   printf 'wrk, %s connection(s), %s s: ' "$connections" "$seconds"
@@ -33,6 +51,14 @@ for connections in 1 32; do
   stop_server
   start_server
   ./target/release/api_create "$work/data" "$connections" "$seconds"
+  stop_server
+done
+
+# The same creates with a ServiceAccount's token: signature, claims and RBAC on every request.
+for connections in 1 32; do
+  start_server
+  printf 'wrk, ServiceAccount token (edit), %s connection(s), %s s: ' "$connections" "$seconds"
+  TOKEN="$(service_account_token)" wrk -t1 -c"$connections" -d"${seconds}s" -s benches/create.lua "$url" | tail -1
   stop_server
 done
 

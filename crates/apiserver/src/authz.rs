@@ -609,24 +609,24 @@ mod tests {
     /// No RBAC objects, except a Role letting ServiceAccount `team/bot` read pods in `team`, and a
     /// ClusterRole letting user `ops` impersonate user `alice`, group `devs` and any account.
     impl crate::rbac::Policies for Pods {
-        fn cluster_role_bindings(&self) -> Vec<Value> {
-            vec![json!({"metadata": {"name": "ops"}, "roleRef": {"kind": "ClusterRole", "name": "impersonator"}, "subjects": [{"kind": "User", "name": "ops"}]})]
+        fn cluster_role_bindings(&self) -> Vec<std::sync::Arc<Value>> {
+            vec![std::sync::Arc::new(json!({"metadata": {"name": "ops"}, "roleRef": {"kind": "ClusterRole", "name": "impersonator"}, "subjects": [{"kind": "User", "name": "ops"}]}))]
         }
-        fn role_bindings(&self, namespace: &str) -> Vec<Value> {
+        fn role_bindings(&self, namespace: &str) -> Vec<std::sync::Arc<Value>> {
             if namespace != "team" {
                 return Vec::new();
             }
-            vec![json!({"metadata": {"namespace": "team", "name": "bot"}, "roleRef": {"kind": "Role", "name": "reader"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]})]
+            vec![std::sync::Arc::new(json!({"metadata": {"namespace": "team", "name": "bot"}, "roleRef": {"kind": "Role", "name": "reader"}, "subjects": [{"kind": "ServiceAccount", "name": "bot"}]}))]
         }
-        fn cluster_roles(&self) -> Vec<Value> {
-            vec![json!({"metadata": {"name": "impersonator"}, "rules": [
+        fn cluster_roles(&self) -> Vec<std::sync::Arc<Value>> {
+            vec![std::sync::Arc::new(json!({"metadata": {"name": "impersonator"}, "rules": [
                 {"apiGroups": [""], "resources": ["users"], "resourceNames": ["alice"], "verbs": ["impersonate"]},
                 {"apiGroups": [""], "resources": ["groups"], "resourceNames": ["devs"], "verbs": ["impersonate"]},
                 {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
-            ]})]
+            ]}))]
         }
-        fn role(&self, namespace: &str, name: &str) -> Option<Value> {
-            (namespace == "team" && name == "reader").then(|| json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}))
+        fn role(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Value>> {
+            (namespace == "team" && name == "reader").then(|| std::sync::Arc::new(json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]})))
         }
     }
 

@@ -20,36 +20,39 @@
 //! The bootstrap ClusterRoles `cluster-admin`, `admin`, `edit` and `view` are created with every
 //! cluster ([`bootstrap_objects`]).
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use crate::authz::Attributes;
 use shoal_api::selector::LabelSelector;
 
-/// The bound roles a subject's requests are judged by.
+/// The bound roles a subject's requests are judged by, shared with the store rather than
+/// copied (every request by a ServiceAccount or impersonated user reads them).
 pub trait Policies {
-    fn cluster_role_bindings(&self) -> Vec<Value>;
-    fn role_bindings(&self, namespace: &str) -> Vec<Value>;
-    fn cluster_roles(&self) -> Vec<Value>;
-    fn role(&self, namespace: &str, name: &str) -> Option<Value>;
+    fn cluster_role_bindings(&self) -> Vec<Arc<Value>>;
+    fn role_bindings(&self, namespace: &str) -> Vec<Arc<Value>>;
+    fn cluster_roles(&self) -> Vec<Arc<Value>>;
+    fn role(&self, namespace: &str, name: &str) -> Option<Arc<Value>>;
 }
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 
 impl Policies for crate::AppState {
-    fn cluster_role_bindings(&self) -> Vec<Value> {
-        self.store.list(&format!("clusterrolebindings.{RBAC}"), None, None, None, &|_| true).map(|l| l.items).unwrap_or_default()
+    fn cluster_role_bindings(&self) -> Vec<Arc<Value>> {
+        self.store.list_shared(&format!("clusterrolebindings.{RBAC}"), None)
     }
 
-    fn role_bindings(&self, namespace: &str) -> Vec<Value> {
-        self.store.list(&format!("rolebindings.{RBAC}"), Some(namespace), None, None, &|_| true).map(|l| l.items).unwrap_or_default()
+    fn role_bindings(&self, namespace: &str) -> Vec<Arc<Value>> {
+        self.store.list_shared(&format!("rolebindings.{RBAC}"), Some(namespace))
     }
 
-    fn cluster_roles(&self) -> Vec<Value> {
-        self.store.list(&format!("clusterroles.{RBAC}"), None, None, None, &|_| true).map(|l| l.items).unwrap_or_default()
+    fn cluster_roles(&self) -> Vec<Arc<Value>> {
+        self.store.list_shared(&format!("clusterroles.{RBAC}"), None)
     }
 
-    fn role(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.store.get(&shoal_store::ObjectKey::new(format!("roles.{RBAC}"), namespace, name)).ok()?
+    fn role(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.store.get_shared(&shoal_store::ObjectKey::new(format!("roles.{RBAC}"), namespace, name)).ok()?
     }
 }
 
@@ -87,51 +90,74 @@ fn strings_of(value: &Value) -> impl Iterator<Item = &Value> {
     value.as_array().into_iter().flatten()
 }
 
-/// The rules of ClusterRole `name`, with those it aggregates (and those they aggregate).
-fn cluster_role_rules(roles: &[Value], name: &str) -> Vec<Value> {
-    let mut rules = Vec::new();
-    let mut seen = vec![name.to_owned()];
-    let mut pending = vec![name.to_owned()];
+/// ClusterRole `name` and those it aggregates (and those they aggregate), as stored.
+fn aggregated<'a>(roles: &'a [Arc<Value>], name: &str) -> Vec<&'a Value> {
+    let mut found: Vec<&'a Value> = Vec::new();
+    let mut pending = vec![name];
+    let mut seen = vec![name];
     while let Some(next) = pending.pop() {
-        let Some(role) = roles.iter().find(|role| role["metadata"]["name"] == next.as_str()) else { continue };
-        rules.extend(strings_of(&role["rules"]).cloned());
+        let Some(role) = roles.iter().find(|role| role["metadata"]["name"] == next) else { continue };
+        found.push(role);
         for selector in strings_of(&role["aggregationRule"]["clusterRoleSelectors"]) {
             let Ok(selector) = LabelSelector::from_object(selector) else { continue };
             for other in roles.iter().filter(|other| selector.matches(other["metadata"]["labels"].as_object())) {
                 let other_name = other["metadata"]["name"].as_str().unwrap_or_default();
-                if !seen.iter().any(|s| s == other_name) {
-                    seen.push(other_name.to_owned());
-                    pending.push(other_name.to_owned());
+                if !seen.contains(&other_name) {
+                    seen.push(other_name);
+                    pending.push(other_name);
                 }
             }
         }
     }
-    rules
+    found
+}
+
+/// The rules of ClusterRole `name`, with those it aggregates (and those they aggregate).
+fn cluster_role_rules(roles: &[Arc<Value>], name: &str) -> Vec<Value> {
+    aggregated(roles, name).into_iter().flat_map(|role| strings_of(&role["rules"]).cloned()).collect()
+}
+
+/// Shows `visit` each rule `subject` holds in `namespace` (empty: only the cluster-wide ones)
+/// with a function that says where it comes from (for `kubectl auth can-i` reasons), until
+/// `visit` returns true; returns whether it did. Nothing is copied.
+fn visit_rules(policies: &dyn Policies, subject: &Subject, namespace: &str, visit: &mut dyn FnMut(&Value, &dyn Fn() -> String) -> bool) -> bool {
+    // Read only when a binding names a ClusterRole (most requests by most accounts do not).
+    let cluster_roles = std::cell::OnceCell::new();
+    let roles = || cluster_roles.get_or_init(|| policies.cluster_roles());
+    for binding in policies.cluster_role_bindings().iter().filter(|b| binds(b, subject, "")) {
+        let role = binding["roleRef"]["name"].as_str().unwrap_or_default();
+        let why = || format!("RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
+        for granted in aggregated(roles(), role) {
+            if strings_of(&granted["rules"]).any(|rule| visit(rule, &why)) {
+                return true;
+            }
+        }
+    }
+    if namespace.is_empty() {
+        return false;
+    }
+    for binding in policies.role_bindings(namespace).iter().filter(|b| binds(b, subject, namespace)) {
+        let (kind, role) = (binding["roleRef"]["kind"].as_str().unwrap_or_default(), binding["roleRef"]["name"].as_str().unwrap_or_default());
+        let why = || format!("RBAC: allowed by RoleBinding \"{}/{namespace}\" of {kind} \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
+        let found = match kind {
+            "ClusterRole" => aggregated(roles(), role).into_iter().any(|granted| strings_of(&granted["rules"]).any(|rule| visit(rule, &why))),
+            _ => policies.role(namespace, role).is_some_and(|granted| strings_of(&granted["rules"]).any(|rule| visit(rule, &why))),
+        };
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 /// The rules `subject` holds in `namespace` (empty: only the cluster-wide ones), with where
 /// each comes from (for `kubectl auth can-i` reasons).
 pub fn rules_for(policies: &dyn Policies, subject: &Subject, namespace: &str) -> Vec<(Value, String)> {
-    // Read only when a binding names a ClusterRole (most requests by most accounts do not).
-    let cluster_roles = std::cell::OnceCell::new();
-    let roles = || cluster_roles.get_or_init(|| policies.cluster_roles());
     let mut rules = Vec::new();
-    for binding in policies.cluster_role_bindings().iter().filter(|b| binds(b, subject, "")) {
-        let role = binding["roleRef"]["name"].as_str().unwrap_or_default();
-        let why = format!("RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
-        rules.extend(cluster_role_rules(roles(), role).into_iter().map(|rule| (rule, why.clone())));
-    }
-    if !namespace.is_empty() {
-        for binding in policies.role_bindings(namespace).iter().filter(|b| binds(b, subject, namespace)) {
-            let (kind, role) = (binding["roleRef"]["kind"].as_str().unwrap_or_default(), binding["roleRef"]["name"].as_str().unwrap_or_default());
-            let why = format!("RBAC: allowed by RoleBinding \"{}/{namespace}\" of {kind} \"{role}\"", binding["metadata"]["name"].as_str().unwrap_or_default());
-            let granted = match kind {
-                "ClusterRole" => cluster_role_rules(roles(), role),
-                _ => policies.role(namespace, role).map(|r| strings_of(&r["rules"]).cloned().collect()).unwrap_or_default(),
-            };
-            rules.extend(granted.into_iter().map(|rule| (rule, why.clone())));
-        }
-    }
+    visit_rules(policies, subject, namespace, &mut |rule, why| {
+        rules.push((rule.clone(), why()));
+        false
+    });
     rules
 }
 
@@ -163,7 +189,15 @@ pub fn non_resource_allows(rule: &Value, verb: &str, path: &str) -> bool {
 
 /// The reason RBAC allows `request` for `subject`, or `None`.
 pub fn allowed_by(policies: &dyn Policies, subject: &Subject, request: &Attributes) -> Option<String> {
-    rules_for(policies, subject, &request.namespace).into_iter().find(|(rule, _)| rule_allows(rule, request)).map(|(_, why)| why)
+    let mut reason = None;
+    visit_rules(policies, subject, &request.namespace, &mut |rule, why| {
+        let allows = rule_allows(rule, request);
+        if allows {
+            reason = Some(why());
+        }
+        allows
+    });
+    reason
 }
 
 /// Whether `held` (rules a user has) cover every permission `rule` grants: each verb, group,
@@ -225,8 +259,8 @@ pub fn escalation(policies: &dyn Policies, subject: &Subject, kind: &str, object
                 ("roles", strings_of(&object["rules"]).cloned().collect())
             } else {
                 // An aggregating ClusterRole grants what it selects: judge it as stored would be.
-                let mut with_it: Vec<Value> = policies.cluster_roles().into_iter().filter(|other| other["metadata"]["name"] != name).collect();
-                with_it.push(object.clone());
+                let mut with_it: Vec<Arc<Value>> = policies.cluster_roles().into_iter().filter(|other| other["metadata"]["name"] != name).collect();
+                with_it.push(Arc::new(object.clone()));
                 ("clusterroles", cluster_role_rules(&with_it, name))
             };
             (granted, may("escalate", plural, name))
@@ -333,17 +367,17 @@ mod tests {
     }
 
     impl Policies for Stored {
-        fn cluster_role_bindings(&self) -> Vec<Value> {
-            self.cluster_bindings.clone()
+        fn cluster_role_bindings(&self) -> Vec<Arc<Value>> {
+            self.cluster_bindings.iter().cloned().map(Arc::new).collect()
         }
-        fn role_bindings(&self, namespace: &str) -> Vec<Value> {
-            self.bindings.iter().filter(|b| b["metadata"]["namespace"] == namespace).cloned().collect()
+        fn role_bindings(&self, namespace: &str) -> Vec<Arc<Value>> {
+            self.bindings.iter().filter(|b| b["metadata"]["namespace"] == namespace).cloned().map(Arc::new).collect()
         }
-        fn cluster_roles(&self) -> Vec<Value> {
-            self.cluster_roles.clone()
+        fn cluster_roles(&self) -> Vec<Arc<Value>> {
+            self.cluster_roles.iter().cloned().map(Arc::new).collect()
         }
-        fn role(&self, namespace: &str, name: &str) -> Option<Value> {
-            self.roles.iter().find(|r| r["metadata"]["namespace"] == namespace && r["metadata"]["name"] == name).cloned()
+        fn role(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+            self.roles.iter().find(|r| r["metadata"]["namespace"] == namespace && r["metadata"]["name"] == name).cloned().map(Arc::new)
         }
     }
 

@@ -280,6 +280,14 @@ impl StateShared {
     }
 }
 
+impl StateShared {
+    /// Every object under `prefix`, shared rather than copied (for readers that only look).
+    pub fn list_shared(&self, prefix: &str) -> Vec<Arc<Value>> {
+        let memory = self.read_memory();
+        memory.objects.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded)).take_while(|(key, _)| key.starts_with(prefix)).map(|(_, object)| Arc::clone(object)).collect()
+    }
+}
+
 /// Records the applied position (last applied id, membership, revision) in the meta table.
 fn write_applied(meta: &mut redb::Table<&str, &[u8]>, applied: &Applied) -> Result<()> {
     meta.insert(APPLIED_KEY, serde_json::to_vec(&applied.last_applied)?.as_slice()).map_err(db)?;

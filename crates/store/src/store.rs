@@ -787,6 +787,12 @@ impl Store {
         self.state.get_shared(key)
     }
 
+    /// Every `resource` object (in `namespace` if given), in key order, shared rather than
+    /// copied (for readers that only look, such as RBAC's checks).
+    pub fn list_shared(&self, resource: &str, namespace: Option<&str>) -> Vec<std::sync::Arc<Value>> {
+        self.state.list_shared(&ObjectKey::prefix(resource, namespace))
+    }
+
     /// Lists `resource` objects (in `namespace` if given) that `filter` accepts, in key order,
     /// starting after the encoded key `start_after`, at most `limit` of them.
     pub fn list(
