@@ -515,6 +515,15 @@ async fn kubectl_service_account_tokens_open_what_rbac_grants() {
     for name in ["cluster-admin", "admin", "edit", "view"] {
         assert!(roles.lines().any(|line| line.split_whitespace().next() == Some(name)), "{name} in {roles}");
     }
+    // Aggregated ClusterRoles are written back, as kube-controller-manager's controller writes
+    // them: a role labelled aggregate-to-view shows in view, and through view in edit and admin.
+    let widgets = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widget-viewer\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- {apiGroups: [example.com], resources: [widgets], verbs: [get, list]}\n";
+    admin.ok(&["apply", "-f", "-"], Some(widgets));
+    for role in ["view", "edit", "admin"] {
+        kubectl_until(&admin, &["get", "clusterrole", role, "-o", "jsonpath={.rules[*].resources}"], 15, &format!("{role} to aggregate widgets"), |out| out.contains("widgets")).await;
+    }
+    let edit = admin.ok(&["get", "clusterrole", "edit", "-o", "jsonpath={.rules[*].resources}"], None);
+    assert!(edit.contains("deployments") && edit.contains("pods/log"), "edit holds its own rules and view's: {edit}");
 
     let token = admin.ok(&["create", "token", "bot", "-n", "team", "--duration=20m"], None).trim().to_owned();
     assert!(token.starts_with("eyJ") && token.split('.').count() == 3, "a JWT: {token}");

@@ -74,11 +74,20 @@ fn is_port_name(text: &str) -> bool {
         && !text.contains("--")
 }
 
+/// A name that is one URL path segment (kube's `ValidatePathSegmentName`, which RBAC's kinds
+/// use: `system:aggregate-to-view`, `system:metrics-server`).
+fn is_path_segment_name(text: &str) -> bool {
+    text != "." && text != ".." && !text.contains(['/', '%'])
+}
+
+const PATH_SEGMENT_MESSAGE: &str = "may not be '.' or '..' and may not contain '/' or '%'";
+
 /// How a kind's names are checked.
 fn name_rule(info: &ResourceInfo) -> (fn(&str) -> bool, &'static str) {
     match info.kind {
         "Namespace" => (is_dns1123_label, DNS1123_LABEL_MESSAGE),
         "Service" => (is_dns1035_label, DNS1035_LABEL_MESSAGE),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => (is_path_segment_name, PATH_SEGMENT_MESSAGE),
         _ => (is_dns1123_subdomain, DNS1123_SUBDOMAIN_MESSAGE),
     }
 }
@@ -1006,6 +1015,8 @@ mod tests {
         assert!(!is_qualified_name("-x"));
         assert!(is_label_value(""));
         assert!(!is_label_value("a b"));
+        assert!(is_path_segment_name("system:aggregate-to-view") && is_path_segment_name("Any Name"));
+        assert!(!is_path_segment_name("..") && !is_path_segment_name("a/b") && !is_path_segment_name("50%"));
     }
 
     #[test]

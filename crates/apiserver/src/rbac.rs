@@ -11,14 +11,15 @@
 //!   ClusterRole's `nonResourceURLs` rules (`/healthz`, `/apis/*`) cover paths outside
 //!   resources.
 //! - A ClusterRole with an `aggregationRule` also holds the rules of every ClusterRole its
-//!   selectors match, read when a request is judged (Kubernetes' controller copies them into
-//!   the role; Shoal does not write them).
+//!   selectors match, read when a request is judged (so a grant holds at once); the
+//!   clusterrole-aggregation controller also writes them into the role, as Kubernetes' does.
 //! - No escalation: writing a Role or ClusterRole needs every permission it grants (or the
 //!   `escalate` verb on it), and binding one needs every permission of the role (or the `bind`
 //!   verb on it), as kube-apiserver's RBAC storage checks ([`escalation`]).
 //!
-//! The bootstrap ClusterRoles `cluster-admin`, `admin`, `edit` and `view` are created with every
-//! cluster ([`bootstrap_objects`]).
+//! The bootstrap ClusterRoles `cluster-admin`, `admin`, `edit` and `view` (and the
+//! `system:aggregate-to-*` roles the last three aggregate) are created with every cluster, and
+//! again at a server's start when missing ([`bootstrap_objects`]).
 
 use std::sync::Arc;
 
@@ -335,18 +336,41 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
         }
         json!({"name": name, "labels": labels, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}})
     };
-    // As in Kubernetes, `view` aggregates into `edit` and `edit` into `admin`, and each takes
-    // in the roles labelled `aggregate-to-<name>` (a CRD's, say).
+    // As in Kubernetes, `admin`, `edit` and `view` hold only what they aggregate: the roles
+    // labelled `aggregate-to-<name>`. `system:aggregate-to-<name>` carry Shoal's rules, `view`
+    // aggregates into `edit` and `edit` into `admin`, and a CRD's role can join any of them. The
+    // clusterrole-aggregation controller (`shoal_controllers::clusterroles`) writes the rules
+    // back; they are created already filled, in the order it writes them (selected roles by
+    // name, each rule once).
+    let part = |name: &str, rules: &Value| {
+        json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRole", "metadata": metadata(&format!("system:aggregate-to-{name}"), Some(name)), "rules": rules})
+    };
+    let union = |lists: &[&Value]| {
+        let mut rules: Vec<Value> = Vec::new();
+        for rule in lists.iter().flat_map(|list| strings_of(list)) {
+            if !rules.contains(rule) {
+                rules.push(rule.clone());
+            }
+        }
+        Value::Array(rules)
+    };
     let aggregating = |name: &str, into: Option<&str>, rules: Value| {
         json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRole", "metadata": metadata(name, into),
             "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}]},
             "rules": rules})
     };
+    // `edit` selects `system:aggregate-to-edit` and `view`; `admin` selects `edit` and
+    // `system:aggregate-to-admin`.
+    let edit = union(&[&writable, &readable]);
+    let admin = union(&[&edit, &administrable]);
     vec![
         ("clusterroles", json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRole", "metadata": metadata("cluster-admin", None),
             "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]})),
-        ("clusterroles", aggregating("admin", None, administrable)),
-        ("clusterroles", aggregating("edit", Some("admin"), writable)),
+        ("clusterroles", part("admin", &administrable)),
+        ("clusterroles", part("edit", &writable)),
+        ("clusterroles", part("view", &readable)),
+        ("clusterroles", aggregating("admin", None, admin)),
+        ("clusterroles", aggregating("edit", Some("admin"), edit)),
         ("clusterroles", aggregating("view", Some("edit"), readable)),
         ("clusterrolebindings", json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRoleBinding", "metadata": metadata("cluster-admin", None),
             "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},

@@ -7,6 +7,7 @@
 //! schedules) with table-driven tests next to them.
 
 pub mod autoscaler;
+pub mod clusterroles;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -137,6 +138,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     let autoscalers = autoscaler::AutoscalerController::register(&context);
     let service_accounts = serviceaccounts::ServiceAccountController::register(&context);
     let tokens = serviceaccounts::TokensController::register(&context);
+    let cluster_roles = clusterroles::ClusterRoleAggregationController::register(&context);
 
     let informers = &context.informers;
     let scheduler_pods = Arc::clone(informers.get("Pod"));
@@ -158,6 +160,7 @@ async fn run_all(client: Client, settings: Settings, shutdown: CancellationToken
     autoscalers.spawn(&tasks, resync(60), shutdown.clone());
     service_accounts.spawn(&tasks, resync(300), shutdown.clone());
     tokens.spawn(&tasks, resync(300), shutdown.clone());
+    cluster_roles.spawn(&tasks, resync(300), shutdown.clone());
 
     shutdown.cancelled().await;
     tasks.close();
