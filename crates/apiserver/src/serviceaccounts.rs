@@ -76,9 +76,9 @@ impl Signer {
     pub fn verify(&self, token: &str) -> Option<std::sync::Arc<Value>> {
         let mut digest = [0u8; 32];
         digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-        let remembered = |verified: &std::collections::HashMap<[u8; 32], std::sync::Arc<Value>>| verified.get(&digest).cloned();
-        if let Some(claims) = remembered(&self.verified.lock().unwrap_or_else(|p| p.into_inner())) {
-            return Some(claims);
+        let remembered = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
+        if remembered.is_some() {
+            return remembered;
         }
         let claims = std::sync::Arc::new(self.check_signature(token)?);
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
