@@ -524,6 +524,11 @@ async fn kubectl_service_account_tokens_open_what_rbac_grants() {
     }
     let edit = admin.ok(&["get", "clusterrole", "edit", "-o", "jsonpath={.rules[*].resources}"], None);
     assert!(edit.contains("deployments") && edit.contains("pods/log"), "edit holds its own rules and view's: {edit}");
+    // RBAC names are path segments: `system:…`, and a space kubectl escapes in the URL.
+    admin.ok(&["get", "clusterrole", "system:aggregate-to-view"], None);
+    admin.ok(&["create", "clusterrole", "team a:reader", "--verb=get", "--resource=pods"], None);
+    assert!(admin.ok(&["get", "clusterrole", "team a:reader", "-o", "name"], None).contains("team a:reader"));
+    admin.ok(&["delete", "clusterrole", "team a:reader"], None);
 
     let token = admin.ok(&["create", "token", "bot", "-n", "team", "--duration=20m"], None).trim().to_owned();
     assert!(token.starts_with("eyJ") && token.split('.').count() == 3, "a JWT: {token}");

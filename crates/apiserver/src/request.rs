@@ -30,7 +30,15 @@ pub struct Target {
 }
 
 pub fn route(path: &str) -> Result<Route, ApiError> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    // Each segment percent-decoded, as kube-apiserver reads the path: kubectl escapes what a
+    // name may hold that a URL may not (an RBAC name such as `team a:reader`).
+    let decoded: Vec<std::borrow::Cow<'_, str>> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8().map_err(|_| ApiError::path_not_found()))
+        .collect::<Result<_, _>>()?;
+    let segments: Vec<&str> = decoded.iter().map(|segment| &**segment).collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api"] => return Ok(Route::Discovery { group: None, version: None, legacy_core: true }),
         ["apis"] => return Ok(Route::Discovery { group: None, version: None, legacy_core: false }),
@@ -191,6 +199,9 @@ mod tests {
         assert_eq!(t.subresource.as_deref(), Some("status"));
         let t = target("/api/v1/nodes/n1");
         assert_eq!((t.info.kind, t.name.as_deref()), ("Node", Some("n1")));
+        let t = target("/apis/rbac.authorization.k8s.io/v1/clusterroles/team%20a:reader");
+        assert_eq!((t.info.kind, t.name.as_deref()), ("ClusterRole", Some("team a:reader")), "segments are percent-decoded");
+        assert!(route("/api/v1/nodes/%FF").is_err(), "not UTF-8");
     }
 
     #[test]
