@@ -162,11 +162,13 @@ pub fn impersonate(identity: Identity, headers: &HeaderMap, lookup: &dyn Lookup)
         None => None,
     };
     may_impersonate(&identity, account.map_or(("users", "", user), |(namespace, name)| ("serviceaccounts", namespace, name)), &groups, lookup)?;
-    let mut subject = match account {
-        // An account's groups are fixed, so they are its groups unless others are named.
-        Some((namespace, name)) if groups.is_empty() => return Ok(Identity::service_account(namespace, name)),
-        Some(_) | None => crate::rbac::Subject { user: user.to_owned(), groups: Vec::new() },
-    };
+    // An account's groups are fixed, so they are its groups unless others are named.
+    if let Some((namespace, name)) = account
+        && groups.is_empty()
+    {
+        return Ok(Identity::service_account(namespace, name));
+    }
+    let mut subject = crate::rbac::Subject { user: user.to_owned(), groups: Vec::new() };
     for group in groups.into_iter().chain(["system:authenticated".to_owned()]) {
         if !subject.groups.contains(&group) {
             subject.groups.push(group);

@@ -296,14 +296,15 @@ fn immutable_fields(info: &ResourceInfo) -> &'static [&'static str] {
 }
 
 /// What an update changes that cannot change: [`immutable_fields`] and an immutable
-/// ConfigMap's or Secret's data. With `allocated_later`, a Service's cluster IP the update
-/// leaves out is not counted (the allocation keeps the stored one).
+/// ConfigMap's or Secret's data. With `allocated_later` (a Service, before its addresses are
+/// allocated), a cluster IP the update leaves out is not counted (the allocation keeps the
+/// stored one).
 fn immutable_errors(info: &ResourceInfo, current: &Value, object: &Value, allocated_later: bool) -> Vec<shoal_api::FieldError> {
     let mut errors = shoal_api::validation::immutable_data(info.kind, current, object);
     for path in immutable_fields(info) {
         let before = lookup(current, path);
         let after = lookup(object, path);
-        let filled_in = allocated_later && info.kind == "Service" && after.is_null();
+        let filled_in = allocated_later && after.is_null();
         if !before.is_null() && before != after && !filled_in {
             errors.push(shoal_api::FieldError::invalid(*path, after, "field is immutable"));
         }
@@ -394,10 +395,13 @@ pub async fn update(
         attempt += 1;
         let mut object = if retryable { admitted.object.clone() } else { std::mem::take(&mut admitted.object) };
         let _allocation = allocate_service_addresses(state, info, name, &mut object, Some(current)).await?;
-        // Again once the addresses are allocated: a cluster IP that differs from the stored one.
-        let changed = immutable_errors(info, current, &object, false);
-        if !changed.is_empty() {
-            return Err(ApiError::invalid(info, name, &changed));
+        // A Service again once its addresses are allocated: a cluster IP that differs from the
+        // stored one (nothing else changed since admission checked).
+        if retryable {
+            let changed = immutable_errors(info, current, &object, false);
+            if !changed.is_empty() {
+                return Err(ApiError::invalid(info, name, &changed));
+            }
         }
         if tracks_generation(info) && generation_fields_differ(current, &object) && scope == UpdateScope::Main {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
