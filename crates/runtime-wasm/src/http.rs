@@ -14,7 +14,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::sandbox::{ComponentState, SandboxSpec, apply_time_budget};
+use crate::sandbox::{ComponentState, OpenedDirs, SandboxSpec, apply_time_budget};
 use crate::{Error, Result};
 
 /// The body of a response from a guest.
@@ -92,6 +92,7 @@ impl Prepared {
         let mut linker = Linker::<ComponentState>::new(engine);
         crate::sandbox::add_wasi_to_linker(&mut linker)?;
         crate::outgoing::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        crate::sandbox::link_shared_preopens(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
         let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| Error::Link(format!("{e:#}")))?;
         Ok(Some(Self { pre }))
@@ -176,6 +177,10 @@ pub struct HttpHandler {
     warm: Arc<WarmPools>,
     /// How long each fresh instantiation took (its count is the number of instances made).
     instantiate_times: Arc<crate::latency::LatencyHistogram>,
+    /// The spec's preopened directories, opened for the first instance and shared by every
+    /// instance after it ([`OpenedDirs`]). Not set while opening fails: each request then fails
+    /// saying why, and the first one after the directories appear opens them.
+    preopened: std::sync::OnceLock<OpenedDirs>,
 }
 
 fn text_response(status: u16, text: String) -> hyper::Response<ResponseBody> {
@@ -203,7 +208,17 @@ impl HttpHandler {
             concurrency: Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1))),
             max_concurrency: max_concurrency.max(1),
             failures: std::sync::atomic::AtomicU64::new(0),
+            preopened: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The preopened directories, opened now if they were not yet.
+    fn preopened(&self) -> Result<OpenedDirs> {
+        if let Some(opened) = self.preopened.get() {
+            return Ok(Arc::clone(opened));
+        }
+        let opened = self.spec.open_preopens()?;
+        Ok(Arc::clone(self.preopened.get_or_init(|| opened)))
     }
 
     /// Instances idle in the reuse pool now.
@@ -271,7 +286,7 @@ impl HttpHandler {
         let (mut store, proxy, uses) = match warm {
             Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
             None => {
-                let state = ComponentState::new(&self.spec).map_err(|e| e.to_string())?;
+                let state = ComponentState::with_dirs(&self.spec, self.preopened().map_err(|e| e.to_string())?);
                 let mut store = Store::new(self.prepared.pre.engine(), state);
                 store.limiter(|state| &mut state.limits);
                 (store, None, 0)

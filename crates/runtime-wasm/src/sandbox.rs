@@ -1,7 +1,7 @@
 //! What a guest may do and see: the sandbox spec the node resolves from the pod spec, the store
 //! state built from it (deny by default), and the line-by-line capture of stdout and stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -11,7 +11,8 @@ use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimitsBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::filesystem::Dir;
+use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// A host directory the guest sees at `guest_path`.
@@ -400,16 +401,35 @@ impl SandboxSpec {
         Self { env: Vec::new(), args: Vec::new(), preopens: Vec::new(), memory_limit_bytes: 128 * 1024 * 1024, time_budget: Duration::from_secs(30), logs, outbound: None, cpu: None, usage: Arc::default() }
     }
 
+    /// A WASI context builder with everything granted, the preopened directories included.
     pub(crate) fn wasi_builder(&self) -> Result<WasiCtxBuilder, crate::Error> {
-        let mut builder = WasiCtx::builder();
-        builder.envs(&self.env).args(&self.args).stdout(self.logs.stream(Stream::Stdout)).stderr(self.logs.stream(Stream::Stderr));
+        let mut builder = self.wasi_builder_without_preopens();
         for preopen in &self.preopens {
             let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-            builder
-                .preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
-                .map_err(|e| crate::Error::Sandbox(format!("preopening {} as {}: {e}", preopen.host_path.display(), preopen.guest_path)))?;
+            builder.preopened_dir(&preopen.host_path, &preopen.guest_path, perms).map_err(|e| preopen.error(e))?;
         }
         Ok(builder)
+    }
+
+    /// A WASI context builder with everything granted but the preopened directories, which the
+    /// store's [`ComponentState::preopened`] holds instead (see [`OpenedDirs`]).
+    fn wasi_builder_without_preopens(&self) -> WasiCtxBuilder {
+        let mut builder = WasiCtx::builder();
+        builder.envs(&self.env).args(&self.args).stdout(self.logs.stream(Stream::Stdout)).stderr(self.logs.stream(Stream::Stderr));
+        builder
+    }
+
+    /// Opens every preopened directory, with the permissions `WasiCtxBuilder::preopened_dir`
+    /// gives it.
+    pub(crate) fn open_preopens(&self) -> Result<OpenedDirs, crate::Error> {
+        self.preopens
+            .iter()
+            .map(|preopen| {
+                let directory = open_directory(&preopen.host_path).map_err(|e| preopen.error(e))?;
+                let (perms, mode) = if preopen.read_only { (FsPerms::ReadOnly, OpenMode::READ) } else { (FsPerms::ReadWrite, OpenMode::READ | OpenMode::WRITE) };
+                Ok((Dir::new(directory, perms, mode, false), preopen.guest_path.clone()))
+            })
+            .collect()
     }
 
     /// A store's limits, counting its memory into the container's usage.
@@ -418,6 +438,32 @@ impl SandboxSpec {
     }
 }
 
+impl Preopen {
+    fn error(&self, error: impl std::fmt::Display) -> crate::Error {
+        crate::Error::Sandbox(format!("preopening {} as {}: {error}", self.host_path.display(), self.guest_path))
+    }
+}
+
+/// A directory handle as wasmtime-wasi opens a preopen's (`O_PATH`: no read permission needed on
+/// the directory itself; everything under it is opened relative to it).
+fn open_directory(path: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags((OFlag::O_DIRECTORY | OFlag::O_PATH).bits()).open(path)
+}
+
+/// An HTTP component's preopened directories, opened once and shared by all its instances,
+/// with the guest path each is seen at.
+///
+/// Opening a directory is a path walk in the kernel: done for every instance, as
+/// `WasiCtxBuilder::preopened_dir` would, it cost more than a small guest's whole run (every pod
+/// has at least its ServiceAccount token's directory). Shared handles are what a container's
+/// bind mounts are too: made once at its start, they keep showing the directory they were made
+/// from. Every file operation of the guest is relative to the handle (`openat`), so instances
+/// on different threads share it safely, as one instance's several descriptors for a preopen
+/// already do in wasmtime-wasi.
+pub(crate) type OpenedDirs = Arc<[(Dir, String)]>;
+
 /// The per-store state of component workloads.
 pub struct ComponentState {
     pub(crate) wasi: WasiCtx,
@@ -425,6 +471,9 @@ pub struct ComponentState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: crate::usage::Limits,
     pub(crate) hooks: Hooks,
+    /// The preopened directories `wasi:filesystem/preopens#get-directories` hands out, for
+    /// stores whose WASI context has none of its own ([`ComponentState::with_dirs`]).
+    pub(crate) preopened: OpenedDirs,
 }
 
 impl WasiView for ComponentState {
@@ -440,9 +489,45 @@ impl WasiHttpView for ComponentState {
 }
 
 impl ComponentState {
+    /// A store's state whose WASI context opens the spec's directories itself (commands: one
+    /// store per run).
     pub(crate) fn new(spec: &SandboxSpec) -> Result<Self, crate::Error> {
-        Ok(Self { wasi: spec.wasi_builder()?.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), limits: spec.limits(), hooks: Hooks { outbound: spec.outbound.clone() } })
+        Ok(Self::from_ctx(spec, spec.wasi_builder()?.build(), Arc::new([])))
     }
+
+    /// A store's state seeing `preopened` as its directories, for a linker that serves
+    /// `get-directories` from [`ComponentState::preopened`] ([`link_shared_preopens`]).
+    pub(crate) fn with_dirs(spec: &SandboxSpec, preopened: OpenedDirs) -> Self {
+        Self::from_ctx(spec, spec.wasi_builder_without_preopens().build(), preopened)
+    }
+
+    fn from_ctx(spec: &SandboxSpec, wasi: WasiCtx, preopened: OpenedDirs) -> Self {
+        Self { wasi, http: WasiHttpCtx::new(), table: ResourceTable::new(), limits: spec.limits(), hooks: Hooks { outbound: spec.outbound.clone() }, preopened }
+    }
+}
+
+/// The interface whose `get-directories` [`link_shared_preopens`] replaces, at the version
+/// wasmtime-wasi links (guests importing any earlier 0.2 version resolve to it).
+const PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
+
+/// Makes `wasi:filesystem/preopens#get-directories` hand out the store's
+/// [`ComponentState::preopened`] directories, for stores made with [`ComponentState::with_dirs`].
+pub(crate) fn link_shared_preopens(linker: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::filesystem::Descriptor;
+    linker.allow_shadowing(true);
+    let replaced = linker.instance(PREOPENS).and_then(|mut instance| {
+        instance.func_wrap("get-directories", |mut store: wasmtime::StoreContextMut<'_, ComponentState>, (): ()| {
+            let state = store.data_mut();
+            let mut directories: Vec<(Resource<Descriptor>, String)> = Vec::with_capacity(state.preopened.len());
+            for (directory, guest_path) in state.preopened.iter() {
+                directories.push((state.table.push(Descriptor::Dir(directory.clone()))?, guest_path.clone()));
+            }
+            Ok((directories,))
+        })
+    });
+    linker.allow_shadowing(false);
+    replaced
 }
 
 /// Links WASI 0.2 for components (including `wasi:cli/exit#exit-with-code`, stable since 0.2.12,

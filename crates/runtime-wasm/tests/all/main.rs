@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use shoal_runtime_wasm::{CpuLimit, HttpHandler, LogSink, Runtime, RuntimeConfig, SandboxSpec, Workload, run_command};
+use shoal_runtime_wasm::{CpuLimit, HttpHandler, LogSink, Preopen, Runtime, RuntimeConfig, SandboxSpec, Workload, run_command};
 
 fn sample(relative: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(relative);
@@ -78,6 +78,57 @@ async fn an_http_component_answers_with_its_environment_only() {
     let (response, _) = echo.handle(request("/some/path?x=1")).await;
     let text = body_text(response).await;
     assert!(text.contains("\"path\":\"/some/path\"") && text.contains("\"query\":\"x=1\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_component_sees_its_preopened_directories_live_from_every_instance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(echo) = load(&runtime, "echo/echo.wasm").await else { panic!("echo is an HTTP component") };
+    let (volume, scratch) = (dir.path().join("volume"), dir.path().join("scratch"));
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    spec.preopens = vec![
+        Preopen { host_path: volume.clone(), guest_path: "/config".into(), read_only: true },
+        Preopen { host_path: scratch.clone(), guest_path: "/scratch".into(), read_only: false },
+    ];
+    let echo = Arc::new(HttpHandler::new(echo, spec, 16));
+    let get = |path: &str| {
+        let (echo, path) = (Arc::clone(&echo), path.to_owned());
+        async move {
+            let (response, _) = echo.handle(request(&path)).await;
+            (response.status().as_u16(), body_text(response).await)
+        }
+    };
+
+    // A directory that is not there fails the request, saying which; once it appears, it serves.
+    let (status, text) = get("/read?path=/config/greeting").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("preopening") && text.contains(&volume.display().to_string()), "{text}");
+    std::fs::create_dir(&volume).expect("mkdir");
+    std::fs::create_dir(&scratch).expect("mkdir");
+    std::fs::write(volume.join("greeting"), "one").expect("write");
+    assert_eq!(get("/read?path=/config/greeting").await, (200, "one".to_owned()));
+
+    // Every instance shares the directories and sees changes at once, on any thread.
+    std::fs::write(volume.join("next"), "two").expect("write");
+    std::fs::rename(volume.join("next"), volume.join("greeting")).expect("rename");
+    let reads: Vec<_> = (0..16).map(|_| tokio::spawn(get("/read?path=/config/greeting"))).collect();
+    for read in reads {
+        assert_eq!(read.await.expect("join"), (200, "two".to_owned()));
+    }
+    assert_eq!(echo.instantiations(), 17, "the failed request made no instance; every other one made its own");
+
+    // Each directory keeps its own permissions, and nothing outside them is reachable.
+    let (status, text) = get("/write?path=/scratch/out").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(scratch.join("out").exists());
+    let (status, text) = get("/write?path=/config/out").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(!volume.join("out").exists());
+    let (status, text) = get("/read?path=/config/../scratch/out").await;
+    assert_eq!(status, 404, "{text}");
+    let (status, text) = get(&format!("/read?path={}", volume.join("greeting").display())).await;
+    assert_eq!(status, 404, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
