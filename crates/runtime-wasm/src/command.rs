@@ -1,6 +1,7 @@
 //! Command workloads: components exporting `wasi:cli/run` and WASI preview 1 modules with
 //! `_start`, run to completion (or as long-lived processes) with the pod's sandbox.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -11,15 +12,16 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::http::describe_trap;
 use crate::sandbox::{ComponentState, SandboxSpec, apply_time_budget};
-use crate::{Error, Result, Workload};
+use crate::{EpochClock, Error, Result, Workload};
 
 /// A `wasi:cli/run` component, linked.
 pub struct PreparedCommand {
     pre: CommandPre<ComponentState>,
+    clock: Arc<EpochClock>,
 }
 
 impl PreparedCommand {
-    pub(crate) fn new(engine: &Engine, component: &Component) -> Result<Option<Self>> {
+    pub(crate) fn new(engine: &Engine, component: &Component, clock: &Arc<EpochClock>) -> Result<Option<Self>> {
         let runs = component.component_type().exports(engine).any(|(name, _)| name.starts_with("wasi:cli/run@0.2"));
         if !runs {
             return Ok(None);
@@ -30,7 +32,7 @@ impl PreparedCommand {
         crate::outgoing::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
         let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link(format!("{e:#}")))?;
         let pre = CommandPre::new(instance_pre).map_err(|e| Error::Link(format!("{e:#}")))?;
-        Ok(Some(Self { pre }))
+        Ok(Some(Self { pre, clock: Arc::clone(clock) }))
     }
 }
 
@@ -42,17 +44,18 @@ struct ModuleState {
 /// A preview 1 core module with `_start`, linked.
 pub struct PreparedModule {
     pre: wasmtime::InstancePre<ModuleState>,
+    clock: Arc<EpochClock>,
 }
 
 impl PreparedModule {
-    pub(crate) fn new(engine: &Engine, module: &Module) -> Result<Self> {
+    pub(crate) fn new(engine: &Engine, module: &Module, clock: &Arc<EpochClock>) -> Result<Self> {
         if !module.exports().any(|e| e.name() == "_start") {
             return Err(Error::NotRunnable);
         }
         let mut linker = wasmtime::Linker::<ModuleState>::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi).map_err(|e| Error::Engine(e.to_string()))?;
         let pre = linker.instantiate_pre(module).map_err(|e| Error::Link(format!("{e:#}")))?;
-        Ok(Self { pre })
+        Ok(Self { pre, clock: Arc::clone(clock) })
     }
 }
 
@@ -90,6 +93,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
     let budget = spec.time_budget;
     let outcome = match workload {
         Workload::Command(prepared) => {
+            let _running = prepared.clock.running();
             let mut store = Store::new(prepared.pre.engine(), ComponentState::new(spec)?);
             store.limiter(|state| &mut state.limits);
             let charged = apply_time_budget(&mut store, budget, spec.cpu.clone());
@@ -109,6 +113,7 @@ pub async fn run_command(workload: &Workload, spec: &SandboxSpec) -> Result<Comm
             }
         }
         Workload::Preview1(prepared) => {
+            let _running = prepared.clock.running();
             let wasi = spec.wasi_builder()?.build_p1();
             let mut store = Store::new(prepared.pre.module().engine(), ModuleState { wasi, limits: spec.limits() });
             store.limiter(|state| &mut state.limits);

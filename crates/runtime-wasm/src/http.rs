@@ -77,11 +77,12 @@ fn retire(store: Store<ComponentState>) {
 /// A component linked against WASI and wasi:http, ready to instantiate per request.
 pub struct Prepared {
     pre: ProxyPre<ComponentState>,
+    clock: Arc<crate::EpochClock>,
 }
 
 impl Prepared {
     /// `None` when the component does not export the HTTP handler.
-    pub(crate) fn new(engine: &Engine, component: &Component) -> Result<Option<Self>> {
+    pub(crate) fn new(engine: &Engine, component: &Component, clock: &Arc<crate::EpochClock>) -> Result<Option<Self>> {
         let exports_handler = component
             .component_type()
             .exports(engine)
@@ -95,7 +96,7 @@ impl Prepared {
         crate::sandbox::link_shared_preopens(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
         let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| Error::Link(format!("{e:#}")))?;
-        Ok(Some(Self { pre }))
+        Ok(Some(Self { pre, clock: Arc::clone(clock) }))
     }
 }
 
@@ -282,6 +283,8 @@ impl HttpHandler {
         if let Some(wait) = self.spec.cpu.as_ref().and_then(|cpu| cpu.pending_wait()) {
             tokio::time::sleep(wait.min(budget)).await;
         }
+        // From before the instance is made until the guest has returned (in whichever task).
+        let running = self.prepared.clock.running();
         let warm = if self.reuse_limit > 1 { self.warm.take() } else { None };
         let (mut store, proxy, uses) = match warm {
             Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
@@ -303,6 +306,7 @@ impl HttpHandler {
         // arrive before the guest has finished (it is still streaming the body), the rest of
         // the guest moves to a task of its own.
         let mut guest = crate::usage::Metered::new(Box::pin(async move {
+            let _running = running;
             let proxy = match proxy {
                 Some(proxy) => proxy,
                 None => {

@@ -180,6 +180,41 @@ async fn hostile_guests_are_contained_while_a_neighbour_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_clock_ticks_while_guests_run_and_sleeps_when_none_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime(&dir);
+    let Workload::Http(misbehave) = load(&runtime, "misbehave/misbehave.wasm").await else { panic!("http") };
+    let mut spec = SandboxSpec::new(LogSink::new(10));
+    spec.time_budget = Duration::from_millis(150);
+    let misbehave = HttpHandler::new(misbehave, spec, 16);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runtime.epoch_ticks(), 0, "no guest has run: the clock has not ticked");
+
+    // A spinning guest is stopped at its budget: the clock woke and ticked for it.
+    let (response, _) = misbehave.handle(request("/loop")).await;
+    assert_eq!(response.status(), 500);
+    assert!(body_text(response).await.contains("time budget"));
+    let ticked = runtime.epoch_ticks();
+    assert!(ticked >= 50, "the clock ticked while the guest spun ({ticked} ticks in a 150 ms budget)");
+
+    // With nothing running, it stops again; and it wakes for the next guest.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let settled = loop {
+        let before = runtime.epoch_ticks();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if runtime.epoch_ticks() == before {
+            break before;
+        }
+        assert!(Instant::now() < deadline, "the clock kept ticking with no guest running");
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runtime.epoch_ticks(), settled, "an idle runtime's clock sleeps");
+    let (response, _) = misbehave.handle(request("/sleep?ms=30")).await;
+    assert_eq!(response.status(), 200);
+    assert!(runtime.epoch_ticks() > settled, "the clock ticked for a guest that ran 30 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_code_is_cached_and_bad_artifacts_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = runtime(&dir);
