@@ -750,6 +750,29 @@ pub async fn delete(
     name: &str,
     options: &DeleteOptions,
 ) -> Result<Value, ApiError> {
+    // A graceful deletion writes the object it read (with a deletion timestamp). One that loses
+    // a race with another writer, say a node reporting the pod's status, tries again on the
+    // object as it is now, as kube-apiserver's GuaranteedUpdate does: the client asked for a
+    // deletion, not an update of a version. Its own preconditions are checked again each time.
+    const ATTEMPTS: usize = 16;
+    for _ in 1..ATTEMPTS {
+        if let Some(deleted) = delete_once(state, info, namespace, name, options).await? {
+            return Ok(deleted);
+        }
+    }
+    delete_once(state, info, namespace, name, options)
+        .await?
+        .ok_or_else(|| ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"))
+}
+
+/// One attempt of [`delete`]: `None` when the object changed between reading and writing it.
+async fn delete_once(
+    state: &Arc<AppState>,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Option<Value>, ApiError> {
     let current = get(state, info, namespace, name)?;
     if let Some(expected) = &options.precondition.uid
         && expected != meta::uid(&current)
@@ -762,7 +785,7 @@ pub async fn delete(
         return Err(ApiError::conflict(info, name, format!("Precondition failed: ResourceVersion in precondition: {expected}, ResourceVersion in object meta: {}", meta::resource_version(&current).unwrap_or(0))));
     }
     if options.dry_run {
-        return Ok(current);
+        return Ok(Some(current));
     }
     let key = key(info, namespace, name);
     let already_terminating = !current["metadata"]["deletionTimestamp"].is_null();
@@ -780,16 +803,14 @@ pub async fn delete(
             metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
             terminating["status"]["phase"] = json!("Terminating");
             let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
-            state
-                .store
-                .write(Command::Update { key, object: terminating, precondition })
-                .await
-                .map_err(store_error)?
-                .map_err(|e| write_error(info, name, e))
-                .map(|(_, stored)| Arc::unwrap_or_clone(stored))?
+            match state.store.write(Command::Update { key, object: terminating, precondition }).await.map_err(store_error)? {
+                Ok((_, stored)) => Arc::unwrap_or_clone(stored),
+                Err(WriteError::ResourceVersionConflict { .. }) => return Ok(None),
+                Err(error) => return Err(write_error(info, name, error)),
+            }
         };
         spawn_namespace_teardown(state, name.to_owned());
-        return Ok(object);
+        return Ok(Some(object));
     }
 
     let grace = match info.kind {
@@ -816,7 +837,7 @@ pub async fn delete(
         // finalizers complete the deletion.
         let current_grace = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if already_terminating && current_grace.is_some_and(|g| g <= grace) {
-            return Ok(current);
+            return Ok(Some(current));
         }
         let mut terminating = current.clone();
         let deadline = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or_else(|_| jiff::Timestamp::now());
@@ -831,13 +852,11 @@ pub async fn delete(
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             meta::metadata_mut(&mut terminating).insert("generation".into(), json!(generation));
         }
-        let (_, stored) = state
-            .store
-            .write(Command::Update { key, object: terminating, precondition })
-            .await
-            .map_err(store_error)?
-            .map_err(|e| write_error(info, name, e))?;
-        return Ok(Arc::unwrap_or_clone(stored));
+        return match state.store.write(Command::Update { key, object: terminating, precondition }).await.map_err(store_error)? {
+            Ok((_, stored)) => Ok(Some(Arc::unwrap_or_clone(stored))),
+            Err(WriteError::ResourceVersionConflict { .. }) => Ok(None),
+            Err(error) => Err(write_error(info, name, error)),
+        };
     }
     let precondition = Precondition { resource_version: None, uid: Some(meta::uid(&current).to_owned()) };
     let (_, deleted) = state
@@ -846,7 +865,7 @@ pub async fn delete(
         .await
         .map_err(store_error)?
         .map_err(|e| write_error(info, name, e))?;
-    Ok(Arc::unwrap_or_clone(deleted))
+    Ok(Some(Arc::unwrap_or_clone(deleted)))
 }
 
 /// Deletes everything in a terminating namespace, then the namespace itself. Runs until done;

@@ -119,3 +119,55 @@ async fn in_process_requests_are_served_and_checked_like_remote_ones() {
     shutdown.cancel();
     server.wait().await;
 }
+
+/// A graceful deletion (here: of objects with a finalizer) writes the object it read. Racing
+/// with another writer of the same object, it is tried again on the newer object, as
+/// kube-apiserver does, instead of answering the client's delete with a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_delete_racing_other_writes_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shutdown = CancellationToken::new();
+    let server = start(dir.path(), &shutdown).await;
+    let client = Client::new(&server.loopback_url(), Some(&server.credentials.ca_pem), Some(server.credentials.admin_token.clone()))
+        .expect("client")
+        .with_in_process(shoal_client::InProcess::new(&server.loopback_url(), server.call()));
+    let configmaps = shoal_api::resources::by_name("configmaps").expect("configmaps are served");
+    for round in 0..40 {
+        let name = format!("raced-{round}");
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "finalizers": ["example.com/hold"]}, "data": {"n": "0"}});
+        client.create(configmaps, Some("default"), &object, "test").await.expect("create");
+        // Another writer keeps changing the object while it is deleted, as a busy controller or
+        // node might: a write in flight half the time. (A writer with a write always in flight
+        // would win every race: each attempt reads the object before that write applies.)
+        let stop = CancellationToken::new();
+        let writer = {
+            let (client, name, stop) = (client.clone(), name.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut writes = 0u64;
+                while !stop.is_cancelled() {
+                    let patch = json!({"data": {"n": writes.to_string()}});
+                    let started = std::time::Instant::now();
+                    if client.patch(configmaps, Some("default"), &name, &patch, true, "writer").await.is_ok() {
+                        writes += 1;
+                    }
+                    tokio::time::sleep(started.elapsed() + std::time::Duration::from_millis(1)).await;
+                }
+                writes
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let deleted = client.delete(configmaps, Some("default"), &name, &json!({})).await;
+        stop.cancel();
+        let writes = writer.await.expect("join");
+        let deleted = deleted.unwrap_or_else(|error| panic!("round {round}: the delete must win its race with {writes} writes: {error:?}"));
+        assert!(!deleted["metadata"]["deletionTimestamp"].is_null(), "marked for deletion: {deleted}");
+        // A precondition the client set still fails when it does not hold.
+        let stale = json!({"preconditions": {"resourceVersion": "1"}});
+        match client.delete(configmaps, Some("default"), &name, &stale).await {
+            Err(Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+            other => panic!("a stale precondition must be refused: {other:?}"),
+        }
+    }
+    shutdown.cancel();
+    server.wait().await;
+}
