@@ -755,24 +755,25 @@ pub async fn delete(
     // object as it is now, as kube-apiserver's GuaranteedUpdate does: the client asked for a
     // deletion, not an update of a version. Its own preconditions are checked again each time.
     const ATTEMPTS: usize = 16;
-    for _ in 1..ATTEMPTS {
-        if let Some(deleted) = delete_once(state, info, namespace, name, options).await? {
-            return Ok(deleted);
+    let mut attempt = 1;
+    loop {
+        match delete_once(state, info, namespace, name, options).await? {
+            Ok(deleted) => return Ok(deleted),
+            Err(raced) if attempt == ATTEMPTS => return Err(write_error(info, name, raced)),
+            Err(_) => attempt += 1,
         }
     }
-    delete_once(state, info, namespace, name, options)
-        .await?
-        .ok_or_else(|| ApiError::conflict(info, name, "the object has been modified; please apply your changes to the latest version and try again"))
 }
 
-/// One attempt of [`delete`]: `None` when the object changed between reading and writing it.
+/// One attempt of [`delete`]: `Ok(Err(conflict))` when the object changed between reading it
+/// and writing its deletion mark.
 async fn delete_once(
     state: &Arc<AppState>,
     info: &'static ResourceInfo,
     namespace: Option<&str>,
     name: &str,
     options: &DeleteOptions,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Result<Value, WriteError>, ApiError> {
     let current = get(state, info, namespace, name)?;
     if let Some(expected) = &options.precondition.uid
         && expected != meta::uid(&current)
@@ -785,7 +786,7 @@ async fn delete_once(
         return Err(ApiError::conflict(info, name, format!("Precondition failed: ResourceVersion in precondition: {expected}, ResourceVersion in object meta: {}", meta::resource_version(&current).unwrap_or(0))));
     }
     if options.dry_run {
-        return Ok(Some(current));
+        return Ok(Ok(current));
     }
     let key = key(info, namespace, name);
     let already_terminating = !current["metadata"]["deletionTimestamp"].is_null();
@@ -802,15 +803,13 @@ async fn delete_once(
             metadata.insert("deletionTimestamp".into(), json!(now()));
             metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
             terminating["status"]["phase"] = json!("Terminating");
-            let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
-            match state.store.write(Command::Update { key, object: terminating, precondition }).await.map_err(store_error)? {
-                Ok((_, stored)) => Arc::unwrap_or_clone(stored),
-                Err(WriteError::ResourceVersionConflict { .. }) => return Ok(None),
-                Err(error) => return Err(write_error(info, name, error)),
+            match write_deletion_mark(state, info, name, key, &current, terminating).await? {
+                Ok(marked) => marked,
+                Err(raced) => return Ok(Err(raced)),
             }
         };
         spawn_namespace_teardown(state, name.to_owned());
-        return Ok(Some(object));
+        return Ok(Ok(object));
     }
 
     let grace = match info.kind {
@@ -837,7 +836,7 @@ async fn delete_once(
         // finalizers complete the deletion.
         let current_grace = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if already_terminating && current_grace.is_some_and(|g| g <= grace) {
-            return Ok(Some(current));
+            return Ok(Ok(current));
         }
         let mut terminating = current.clone();
         let deadline = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or_else(|_| jiff::Timestamp::now());
@@ -847,16 +846,11 @@ async fn delete_once(
         }
         metadata.insert("deletionTimestamp".into(), json!(meta::format_time(deadline)));
         metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
-        let precondition = Precondition { resource_version: meta::resource_version(&current), uid: Some(meta::uid(&current).to_owned()) };
         if tracks_generation(info) {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             meta::metadata_mut(&mut terminating).insert("generation".into(), json!(generation));
         }
-        return match state.store.write(Command::Update { key, object: terminating, precondition }).await.map_err(store_error)? {
-            Ok((_, stored)) => Ok(Some(Arc::unwrap_or_clone(stored))),
-            Err(WriteError::ResourceVersionConflict { .. }) => Ok(None),
-            Err(error) => Err(write_error(info, name, error)),
-        };
+        return write_deletion_mark(state, info, name, key, &current, terminating).await;
     }
     let precondition = Precondition { resource_version: None, uid: Some(meta::uid(&current).to_owned()) };
     let (_, deleted) = state
@@ -865,7 +859,18 @@ async fn delete_once(
         .await
         .map_err(store_error)?
         .map_err(|e| write_error(info, name, e))?;
-    Ok(Some(Arc::unwrap_or_clone(deleted)))
+    Ok(Ok(Arc::unwrap_or_clone(deleted)))
+}
+
+/// Writes `marked` (`current` with its deletion mark) if the object is still `current`; the
+/// conflict when it is not comes back as `Ok(Err(..))`, for [`delete`] to try again.
+async fn write_deletion_mark(state: &AppState, info: &ResourceInfo, name: &str, key: ObjectKey, current: &Value, marked: Value) -> Result<Result<Value, WriteError>, ApiError> {
+    let precondition = Precondition { resource_version: meta::resource_version(current), uid: Some(meta::uid(current).to_owned()) };
+    match state.store.write(Command::Update { key, object: marked, precondition }).await.map_err(store_error)? {
+        Ok((_, stored)) => Ok(Ok(Arc::unwrap_or_clone(stored))),
+        Err(raced @ WriteError::ResourceVersionConflict { .. }) => Ok(Err(raced)),
+        Err(error) => Err(write_error(info, name, error)),
+    }
 }
 
 /// Deletes everything in a terminating namespace, then the namespace itself. Runs until done;
