@@ -71,6 +71,12 @@ pub enum Command {
 /// AppendEntries, a log read back from disk) keeps the bytes it came from, so a follower writes
 /// them to its log without encoding the command again.
 ///
+/// Such an entry is decoded into a [`Command`] only when it is applied, not when it arrives: a
+/// follower's AppendEntries is on every write's path to its commit, and building the objects of
+/// a batch of writes there was most of that request's decoding. Only the JSON's syntax is
+/// checked on arrival; a command whose JSON does not describe a `Command` (which a leader never
+/// sends) fails when it is applied, as a corrupt entry read back from disk does.
+///
 /// Applying an entry takes the command out ([`LoggedCommand::take`]) instead of copying it: a
 /// leader still holds the entry for a follower that has not matched it yet, and from then on
 /// sends it from its encoding.
@@ -80,21 +86,30 @@ pub enum Command {
 pub struct LoggedCommand(Arc<Logged>);
 
 struct Logged {
-    /// `None` once applied.
-    command: std::sync::Mutex<Option<Command>>,
+    command: std::sync::Mutex<Slot>,
     encoded: std::sync::OnceLock<Box<RawValue>>,
 }
 
+/// Where a logged command's decoded form is.
+enum Slot {
+    /// Proposed here, or decoded.
+    Decoded(Command),
+    /// Received as JSON (`encoded` holds it) and not decoded yet.
+    Undecoded,
+    /// Taken by the state machine.
+    Taken,
+}
+
 impl LoggedCommand {
-    fn command(&self) -> std::sync::MutexGuard<'_, Option<Command>> {
-        // Only clones and moves happen under this lock: nothing panics while it is held.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // Only moves happen under this lock: nothing panics while it is held.
         self.0.command.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The command, moved out; decoded from its encoding if it was taken before (which applying
-    /// each entry once never does).
+    /// The command, moved out, or decoded from its encoding if it arrived as JSON (or was taken
+    /// before, which applying each entry once never does).
     pub fn take(&self) -> serde_json::Result<Command> {
-        if let Some(command) = self.command().take() {
+        if let Slot::Decoded(command) = std::mem::replace(&mut *self.slot(), Slot::Taken) {
             return Ok(command);
         }
         serde_json::from_str(self.encoded()?.get())
@@ -106,9 +121,11 @@ impl LoggedCommand {
         if let Some(raw) = self.0.encoded.get() {
             return Ok(raw);
         }
-        let raw = match self.command().as_ref() {
-            Some(command) => serde_json::value::to_raw_value(command)?,
-            None => return Err(serde_json::Error::io(std::io::Error::other("a log entry's command was applied before it was encoded"))),
+        let raw = match &*self.slot() {
+            Slot::Decoded(command) => serde_json::value::to_raw_value(command)?,
+            Slot::Undecoded | Slot::Taken => {
+                return Err(serde_json::Error::io(std::io::Error::other("a log entry's command was applied before it was encoded")));
+            }
         };
         Ok(self.0.encoded.get_or_init(|| raw))
     }
@@ -116,15 +133,16 @@ impl LoggedCommand {
 
 impl From<Command> for LoggedCommand {
     fn from(command: Command) -> Self {
-        Self(Arc::new(Logged { command: std::sync::Mutex::new(Some(command)), encoded: std::sync::OnceLock::new() }))
+        Self(Arc::new(Logged { command: std::sync::Mutex::new(Slot::Decoded(command)), encoded: std::sync::OnceLock::new() }))
     }
 }
 
 impl std::fmt::Debug for LoggedCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.command().as_ref() {
-            Some(command) => command.fmt(f),
-            None => f.write_str("(applied)"),
+        match &*self.slot() {
+            Slot::Decoded(command) => command.fmt(f),
+            Slot::Undecoded => write!(f, "(not decoded yet, {} bytes)", self.0.encoded.get().map_or(0, |raw| raw.get().len())),
+            Slot::Taken => f.write_str("(applied)"),
         }
     }
 }
@@ -138,8 +156,7 @@ impl Serialize for LoggedCommand {
 impl<'de> Deserialize<'de> for LoggedCommand {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        let command = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
-        Ok(Self(Arc::new(Logged { command: std::sync::Mutex::new(Some(command)), encoded: std::sync::OnceLock::from(raw) })))
+        Ok(Self(Arc::new(Logged { command: std::sync::Mutex::new(Slot::Undecoded), encoded: std::sync::OnceLock::from(raw) })))
     }
 }
 
@@ -229,8 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn a_received_command_is_decoded_when_it_is_taken() {
+        let text = serde_json::to_string(&create("e")).expect("encode");
+        let received: LoggedCommand = serde_json::from_str(&text).expect("decode");
+        assert_eq!(format!("{received:?}"), format!("(not decoded yet, {} bytes)", text.len()));
+        let held = received.clone();
+        assert!(matches!(received.take().expect("take"), Command::Create { key, .. } if key.name == "e"));
+        assert_eq!(format!("{held:?}"), "(applied)");
+        assert_eq!(serde_json::to_string(&held).expect("still encodes"), text);
+    }
+
+    #[test]
     fn a_command_that_does_not_decode_is_an_error() {
-        let error = serde_json::from_str::<LoggedCommand>(r#"{"Create": {"key": 5}}"#).expect_err("not a command");
+        // Not JSON: refused on arrival.
+        let error = serde_json::from_str::<LoggedCommand>(r#"{"Create": {"key": 5"#).expect_err("not JSON");
+        assert!(error.to_string().contains("EOF"), "{error}");
+        // JSON that is not a command: refused when it is applied.
+        let received = serde_json::from_str::<LoggedCommand>(r#"{"Create": {"key": 5}}"#).expect("JSON");
+        let error = received.take().expect_err("not a command");
         assert!(error.to_string().contains("invalid type"), "{error}");
     }
 

@@ -508,17 +508,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(last) = entries.last() {
             self.log_on_disk.wait_for(last.log_id.index).await.map_err(|message| StorageError::from(StorageIOError::write_state_machine(&std::io::Error::other(message))))?;
         }
+        // Commands that arrived as JSON are decoded here (`LoggedCommand`), before the state's
+        // lock is taken, so that readers never wait for the decoding.
+        let entries = entries
+            .into_iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(command) => Ok((entry.log_id, Some(command.take().map_err(|e| io_error(e.into()))?), entry.payload)),
+                _ => Ok((entry.log_id, None, entry.payload)),
+            })
+            .collect::<Result<Vec<_>, StorageError<NodeId>>>()?;
         let mut responses = Vec::new();
         let mut events = Vec::new();
         {
             let mut memory = self.shared.write_memory();
-            for entry in entries {
-                memory.applied.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => CommandResponse::None,
-                    EntryPayload::Normal(command) => execute(&self.shared, &mut memory, command.take().map_err(|e| io_error(e.into()))?, &mut events).map_err(io_error)?,
-                    EntryPayload::Membership(membership) => {
-                        memory.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+            for (log_id, command, payload) in entries {
+                memory.applied.last_applied = Some(log_id);
+                let response = match (command, payload) {
+                    (Some(command), _) => execute(&self.shared, &mut memory, command, &mut events).map_err(io_error)?,
+                    (None, EntryPayload::Blank | EntryPayload::Normal(_)) => CommandResponse::None,
+                    (None, EntryPayload::Membership(membership)) => {
+                        memory.applied.membership = StoredMembership::new(Some(log_id), membership);
                         CommandResponse::None
                     }
                 };
