@@ -5,13 +5,17 @@
 //! The call's cost is the third minus the first; the second is the callee's share of it. Runs on
 //! a current-thread runtime, as the node's reactors serve connections, and on a two-worker
 //! multi-threaded runtime for comparison. The samples must be built (samples/build.sh).
+//!
+//! Both guests get a read-only directory holding a token, as every pod gets its ServiceAccount
+//! token: until session 29 each instance opened its directories afresh, a per-request cost this
+//! bench could not show while its guests had none.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
-use shoal_runtime_wasm::{HttpError, HttpHandler, LogSink, OutboundFuture, OutboundHttp, Runtime, RuntimeConfig, SandboxSpec, Workload};
+use shoal_runtime_wasm::{HttpError, HttpHandler, LogSink, OutboundFuture, OutboundHttp, Preopen, Runtime, RuntimeConfig, SandboxSpec, Workload};
 
 /// Answers every request for the host `hello` with the hello component, in-process.
 struct ToHello(Arc<HttpHandler>);
@@ -48,9 +52,17 @@ fn service_call(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(RuntimeConfig::new(dir.path().join("compiled"))).expect("engine");
-    let (hello, echo) = tokio.block_on(async {
-        let hello = serve(&runtime, "hello", SandboxSpec::new(LogSink::new(16))).await;
+    let token = dir.path().join("serviceaccount");
+    std::fs::create_dir_all(&token).expect("token directory");
+    std::fs::write(token.join("token"), "a-bench-token").expect("token");
+    let pod_spec = || {
         let mut spec = SandboxSpec::new(LogSink::new(16));
+        spec.preopens.push(Preopen { host_path: token.clone(), guest_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(), read_only: true });
+        spec
+    };
+    let (hello, echo) = tokio.block_on(async {
+        let hello = serve(&runtime, "hello", pod_spec()).await;
+        let mut spec = pod_spec();
         spec.outbound = Some(Arc::new(ToHello(Arc::clone(&hello))));
         let echo = serve(&runtime, "echo", spec).await;
         let fetched = call(&echo, "http://bench/fetch?url=http://hello/").await;
