@@ -510,23 +510,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Commands that arrived as JSON are decoded here (`LoggedCommand`), before the state's
         // lock is taken, so that readers never wait for the decoding.
-        let entries = entries
+        enum Step {
+            Blank,
+            Command(Command),
+            Membership(openraft::Membership<NodeId, BasicNode>),
+        }
+        let steps = entries
             .into_iter()
-            .map(|entry| match &entry.payload {
-                EntryPayload::Normal(command) => Ok((entry.log_id, Some(command.take().map_err(|e| io_error(e.into()))?), entry.payload)),
-                _ => Ok((entry.log_id, None, entry.payload)),
+            .map(|entry| {
+                let step = match entry.payload {
+                    EntryPayload::Blank => Step::Blank,
+                    EntryPayload::Normal(command) => Step::Command(command.take().map_err(|e| io_error(e.into()))?),
+                    EntryPayload::Membership(membership) => Step::Membership(membership),
+                };
+                Ok((entry.log_id, step))
             })
             .collect::<Result<Vec<_>, StorageError<NodeId>>>()?;
         let mut responses = Vec::new();
         let mut events = Vec::new();
         {
             let mut memory = self.shared.write_memory();
-            for (log_id, command, payload) in entries {
+            for (log_id, step) in steps {
                 memory.applied.last_applied = Some(log_id);
-                let response = match (command, payload) {
-                    (Some(command), _) => execute(&self.shared, &mut memory, command, &mut events).map_err(io_error)?,
-                    (None, EntryPayload::Blank | EntryPayload::Normal(_)) => CommandResponse::None,
-                    (None, EntryPayload::Membership(membership)) => {
+                let response = match step {
+                    Step::Blank => CommandResponse::None,
+                    Step::Command(command) => execute(&self.shared, &mut memory, command, &mut events).map_err(io_error)?,
+                    Step::Membership(membership) => {
                         memory.applied.membership = StoredMembership::new(Some(log_id), membership);
                         CommandResponse::None
                     }
