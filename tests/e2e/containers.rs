@@ -376,11 +376,16 @@ async fn a_mixed_pod_shares_localhost_and_an_empty_dir_between_a_component_and_a
         &format!(
             r#"
 apiVersion: v1
+kind: ConfigMap
+metadata: {{name: mixed-config}}
+data: {{app.conf: "from-the-config-map", other.conf: "not-mounted"}}
+---
+apiVersion: v1
 kind: Pod
 metadata: {{name: mixed}}
 spec:
   terminationGracePeriodSeconds: 1
-  volumes: [{{name: shared, emptyDir: {{}}}}]
+  volumes: [{{name: shared, emptyDir: {{}}}}, {{name: config, configMap: {{name: mixed-config}}}}]
   initContainers:
   - name: native
     image: {image}
@@ -388,8 +393,11 @@ spec:
     command: ["sleep", "3600"]
   - name: prepare
     image: {image}
-    command: ["sh", "-c", "echo prepared > /shared/prepared"]
-    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    command: ["sh", "-c", "echo prepared > /shared/prepared; cat /etc/app.conf > /made/copied; ls /etc/app.conf /etc > /made/listing"]
+    volumeMounts:
+    - {{name: shared, mountPath: /shared}}
+    - {{name: shared, mountPath: /made, subPath: made/here}}
+    - {{name: config, mountPath: /etc/app.conf, subPath: app.conf, readOnly: true}}
   containers:
   - name: echo
     image: shoal.local/samples/echo:1
@@ -426,6 +434,13 @@ spec:
     // The init container ran first and its file is there too.
     let prepared: Value = http.get(format!("http://{data_plane}/_pods/default/mixed:8080/fetch?url=http://localhost:9090/prepared")).send().await.expect("fetch").json().await.expect("json");
     assert_eq!(prepared["body"], "prepared\n", "{prepared}");
+    // Its subPath mounts in an OCI container: one key of the ConfigMap as a file, and a
+    // directory of the emptyDir made for it, where it copied that file.
+    let copied: Value = http.get(format!("http://{data_plane}/_pods/default/mixed:8080/fetch?url=http://localhost:9090/made/here/copied")).send().await.expect("fetch").json().await.expect("json");
+    assert_eq!(copied["body"], "from-the-config-map", "{copied}");
+    let listing: Value = http.get(format!("http://{data_plane}/_pods/default/mixed:8080/fetch?url=http://localhost:9090/made/here/listing")).send().await.expect("fetch").json().await.expect("json");
+    let listing = listing["body"].as_str().unwrap_or_default();
+    assert!(listing.contains("/etc/app.conf") && !listing.contains("other.conf"), "only the key is mounted, as a file: {listing}");
     // The sidecar reaches the component at localhost:8080.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
