@@ -7,7 +7,8 @@ pods="${PODS:-1000}"
 [ -f samples/hello/hello.wasm ] || bash samples/build.sh
 cargo build --release -q -p shoal
 work="$(mktemp -d)"
-trap 'kill ${pid:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+# The server is waited for before its data directory goes: it may still be removing pods' files.
+trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 ./target/release/shoal server --data-dir "$work/data" --api-addr 127.0.0.1:0 --data-addr 127.0.0.1:0 --node-name density 2>"$work/log" &
 pid=$!
 for _ in $(seq 1 600); do [ -f "$work/data/admin.kubeconfig" ] && break; sleep 0.1; done
